@@ -1,0 +1,391 @@
+//! `loadgen compare`: every scenario against its own fresh server, alternating A B C … for
+//! several rounds so that machine drift hits all alike, then one table.
+//!
+//! Scenarios build up the full path one stage at a time; each Hookwall scenario gets its own
+//! temp dir, config and process, and sinks are paused (deliveries are stored, not sent) so the
+//! numbers are about ingest.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+
+use crate::client::{self, Report, Spec};
+use crate::pool::{Prepared, Target};
+
+/// The demo secret of the generated configs (benchmark only).
+const SECRET: &str = "loadgen-bench-secret";
+
+#[derive(Clone, Copy)]
+pub struct Options {
+    pub rounds: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub connections: usize,
+    pub body_bytes: usize,
+    pub pool: usize,
+}
+
+struct Scenario {
+    name: &'static str,
+    /// `None`: the bare hyper baseline.
+    config: Option<String>,
+}
+
+/// The Hookwall config of a scenario: `plugin` adds the bundled router, `fsync` the durable
+/// commit.
+fn hookwall_config(plugins_dir: &Path, plugin: bool, fsync: bool) -> String {
+    let plugins = if plugin { "[\"router\"]" } else { "[]" };
+    format!(
+        r#"
+[server]
+listen = "{{listen}}"
+
+[storage]
+path = "data"
+fsync = {fsync}
+
+[plugins]
+dir = "{plugins_dir}"
+
+{router_config}
+
+[sources.bench]
+path = "/hooks/bench"
+verify = {{ scheme = "hmac", header = "X-Signature", prefix = "sha256=", secrets = ["{SECRET}"], id_header = "X-Event-Id" }}
+plugins = {plugins}
+sinks = ["bench"]
+
+[sinks.bench]
+type = "file"
+path = "events.jsonl"
+paused = true
+"#,
+        plugins_dir = plugins_dir.display(),
+        router_config = if plugin {
+            "[plugins.config.router]\ndefault = \"bench\"\nrules = [{ name = \"orders\", json = \"/type\", prefix = \"order.\", sink = \"bench\" }]"
+        } else {
+            ""
+        },
+    )
+}
+
+fn scenarios(repo: &Path) -> Vec<Scenario> {
+    let plugins = repo.join("plugins");
+    vec![
+        Scenario {
+            name: "baseline (bare hyper)",
+            config: None,
+        },
+        Scenario {
+            name: "verify",
+            config: Some(hookwall_config(&plugins, false, false)),
+        },
+        Scenario {
+            name: "verify + router plugin",
+            config: Some(hookwall_config(&plugins, true, false)),
+        },
+        Scenario {
+            name: "full path (+ durable commit)",
+            config: Some(hookwall_config(&plugins, true, true)),
+        },
+    ]
+}
+
+/// A server process of one run; killed on drop.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(scenario: &Scenario, hookwall: &Path) -> anyhow::Result<Server> {
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut cmd = match &scenario.config {
+            None => {
+                let mut c = Command::new(std::env::current_exe()?);
+                c.args(["baseline", "--listen", &addr.to_string()]);
+                c
+            }
+            Some(config) => {
+                let path = dir.path().join("hookwall.toml");
+                std::fs::write(&path, config.replace("{listen}", &addr.to_string()))?;
+                let mut c = Command::new(hookwall);
+                c.arg("serve")
+                    .arg("--config")
+                    .arg(&path)
+                    .env("RUST_LOG", "warn");
+                c
+            }
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start server")?;
+        let server = Server {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if Instant::now() > deadline {
+                bail!("{} did not start listening", scenario.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(server)
+    }
+
+    /// (current RSS, peak RSS) in KiB, from /proc.
+    fn rss_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+/// One scenario's results over all rounds.
+#[derive(Serialize)]
+pub struct Row {
+    pub scenario: String,
+    pub rps: Vec<f64>,
+    pub median_rps: f64,
+    pub ratio_to_baseline: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub idle_rss_mib: f64,
+    pub peak_rss_mib: f64,
+    pub non_2xx: u64,
+}
+
+#[derive(Serialize)]
+pub struct Comparison {
+    pub rows: Vec<Row>,
+    pub half_load: Option<HalfLoad>,
+}
+
+/// The full path at half its own measured maximum, open loop.
+#[derive(Serialize)]
+pub struct HalfLoad {
+    pub offered_rps: f64,
+    pub achieved_rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+async fn measure(
+    server: &Server,
+    path: &str,
+    pool: &Arc<Vec<Prepared>>,
+    options: &Options,
+    rate: Option<f64>,
+) -> anyhow::Result<Report> {
+    let spec = Spec {
+        addr: server.addr,
+        path: path.to_string(),
+        connections: options.connections,
+        duration: options.duration,
+        warmup: options.warmup,
+        rate,
+        http2: false,
+    };
+    let report = client::run(spec, pool.clone()).await?;
+    if report.pool_exhausted {
+        eprintln!("warning: the request pool ran out; raise --pool for longer runs");
+    }
+    Ok(report)
+}
+
+pub async fn run(options: Options, repo: &Path, hookwall: &Path) -> anyhow::Result<Comparison> {
+    let scenarios = scenarios(repo);
+    // One pool serves every run: each server starts with an empty store, so ids never repeat
+    // within a server's life.
+    let pool_config = tempfile::tempdir()?;
+    let config_path = pool_config.path().join("hookwall.toml");
+    std::fs::write(
+        &config_path,
+        hookwall_config(&repo.join("plugins"), false, true).replace("{listen}", "127.0.0.1:1"),
+    )?;
+    let target = Target::from_config(&config_path, "bench")?;
+    eprintln!(
+        "preparing {} signed requests of {} bytes…",
+        options.pool, options.body_bytes
+    );
+    let pool = Arc::new(target.prepare(options.pool, options.body_bytes, "cmp")?);
+
+    let mut results: Vec<Vec<(Report, (u64, u64))>> =
+        scenarios.iter().map(|_| Vec::new()).collect();
+    for round in 1..=options.rounds {
+        for (i, scenario) in scenarios.iter().enumerate() {
+            let server = Server::start(scenario, hookwall)?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let idle = server.rss_kib().0;
+            let report = measure(&server, &target.path, &pool, &options, None).await?;
+            let peak = server.rss_kib().1;
+            eprintln!(
+                "round {round}/{}: {:<30} {:>9.0} req/s  p99 {:>7.2} ms",
+                options.rounds,
+                scenario.name,
+                report.requests_per_sec,
+                report.latency_us.p99 as f64 / 1000.0
+            );
+            results[i].push((report, (idle, peak)));
+        }
+    }
+
+    let mut rows = Vec::new();
+    let mut baseline_rps = 0.0;
+    for (scenario, runs) in scenarios.iter().zip(&results) {
+        let rps: Vec<f64> = runs.iter().map(|(r, _)| r.requests_per_sec).collect();
+        let median_rps = median(&mut rps.clone());
+        if scenario.config.is_none() {
+            baseline_rps = median_rps;
+        }
+        let ms = |f: &dyn Fn(&Report) -> u64| {
+            median(
+                &mut runs
+                    .iter()
+                    .map(|(r, _)| f(r) as f64 / 1000.0)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        rows.push(Row {
+            scenario: scenario.name.to_string(),
+            median_rps,
+            ratio_to_baseline: if baseline_rps > 0.0 {
+                median_rps / baseline_rps
+            } else {
+                0.0
+            },
+            p50_ms: ms(&|r| r.latency_us.p50),
+            p99_ms: ms(&|r| r.latency_us.p99),
+            idle_rss_mib: runs.iter().map(|(_, m)| m.0).max().unwrap_or(0) as f64 / 1024.0,
+            peak_rss_mib: runs.iter().map(|(_, m)| m.1).max().unwrap_or(0) as f64 / 1024.0,
+            non_2xx: runs
+                .iter()
+                .map(|(r, _)| {
+                    r.errors
+                        + r.statuses
+                            .iter()
+                            .filter(|(s, _)| !(200..300).contains(*s))
+                            .map(|(_, n)| n)
+                            .sum::<u64>()
+                })
+                .sum(),
+            rps,
+        });
+    }
+
+    // The full path again at half its own maximum, open loop, for the latency at a sane load.
+    let full = scenarios.len() - 1;
+    let offered = rows[full].median_rps / 2.0;
+    let half_load = if offered > 0.0 {
+        let server = Server::start(&scenarios[full], hookwall)?;
+        let report = measure(&server, &target.path, &pool, &options, Some(offered)).await?;
+        Some(HalfLoad {
+            offered_rps: offered,
+            achieved_rps: report.requests_per_sec,
+            p50_ms: report.latency_us.p50 as f64 / 1000.0,
+            p99_ms: report.latency_us.p99 as f64 / 1000.0,
+            p999_ms: report.latency_us.p999 as f64 / 1000.0,
+        })
+    } else {
+        None
+    };
+    Ok(Comparison { rows, half_load })
+}
+
+/// The Markdown table printed at the end (also what the README shows).
+pub fn table(c: &Comparison, options: &Options) -> String {
+    let mut out = format!(
+        "{} rounds × {:?} per scenario, {} connections, {}-byte bodies, HTTP/1.1 keep-alive\n\n",
+        options.rounds, options.duration, options.connections, options.body_bytes
+    );
+    out.push_str("| scenario | median req/s | ratio to baseline | p50 ack ms | p99 ack ms | idle RSS MiB | peak RSS MiB | non-2xx |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in &c.rows {
+        out.push_str(&format!(
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {} |\n",
+            r.scenario,
+            r.median_rps,
+            r.ratio_to_baseline,
+            r.p50_ms,
+            r.p99_ms,
+            r.idle_rss_mib,
+            r.peak_rss_mib,
+            r.non_2xx
+        ));
+    }
+    if let Some(h) = &c.half_load {
+        out.push_str(&format!(
+            "\nFull path at 50 % of its max (open loop, {:.0} req/s offered, {:.0} achieved): p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms\n",
+            h.offered_rps, h.achieved_rps, h.p50_ms, h.p99_ms, h.p999_ms
+        ));
+    }
+    out
+}
+
+/// The `hookwall` binary next to this one, built (release) if missing.
+pub fn hookwall_binary(repo: &Path) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe.with_file_name("hookwall");
+    if !bin.exists() {
+        eprintln!("building the hookwall binary…");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(repo)
+            .args(["build", "-p", "hookwall", "--bin", "hookwall"]);
+        if !cfg!(debug_assertions) {
+            cmd.arg("--release");
+        }
+        if !cmd.status()?.success() {
+            bail!("cannot build hookwall");
+        }
+    }
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "warning: this is a debug build; run with `cargo run --release -p loadgen` for real numbers"
+        );
+    }
+    Ok(bin)
+}

@@ -1,0 +1,247 @@
+//! `loadgen`: load generator and benchmark runner for Hookwall.
+//!
+//! - `loadgen run`: load any running Hookwall source with pre-signed requests.
+//! - `loadgen baseline`: a bare hyper server, the HTTP stack's limit.
+//! - `loadgen compare`: start each server itself and compare them in one run.
+
+mod baseline;
+mod client;
+mod compare;
+mod pool;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Load generator and benchmark runner for Hookwall")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Send signed webhooks to a running Hookwall and report throughput and latency.
+    Run {
+        /// The target's config file: the source's path and signing scheme come from it.
+        #[arg(long)]
+        config: PathBuf,
+        /// The source to load.
+        #[arg(long)]
+        source: String,
+        /// Address to connect to [default: the config's listen address].
+        #[arg(long)]
+        addr: Option<String>,
+        /// Concurrent connections (streams with --http2).
+        #[arg(short, long, default_value_t = 32)]
+        connections: usize,
+        /// How long to measure.
+        #[arg(short, long, value_parser = humantime::parse_duration, default_value = "10s")]
+        duration: Duration,
+        /// Load before measuring, not recorded.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+        warmup: Duration,
+        /// Fixed total request rate (open loop); default: as fast as answered (closed loop).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// One HTTP/2 connection with N streams instead of N HTTP/1.1 connections.
+        #[arg(long)]
+        http2: bool,
+        #[arg(long, default_value_t = 1024)]
+        body_bytes: usize,
+        /// Pre-signed requests to build; each is sent once (unique event ids).
+        #[arg(long, default_value_t = 300_000)]
+        pool: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve as the bare hyper baseline.
+    Baseline {
+        #[arg(long, default_value = "127.0.0.1:9999")]
+        listen: SocketAddr,
+    },
+    /// Start the baseline and each Hookwall scenario, measure them alternately, print a table.
+    Compare {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(short, long, value_parser = humantime::parse_duration, default_value = "5s")]
+        duration: Duration,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+        warmup: Duration,
+        #[arg(short, long, default_value_t = 32)]
+        connections: usize,
+        #[arg(long, default_value_t = 1024)]
+        body_bytes: usize,
+        #[arg(long, default_value_t = 300_000)]
+        pool: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Baseline { listen } => multi_thread()?.block_on(baseline::serve(listen)),
+        Cmd::Run {
+            config,
+            source,
+            addr,
+            connections,
+            duration,
+            warmup,
+            rate,
+            http2,
+            body_bytes,
+            pool,
+            json,
+        } => {
+            let target = pool::Target::from_config(&config, &source)?;
+            let addr = match addr {
+                Some(a) => a,
+                None => hookwall::config::Config::load(&config)?
+                    .server
+                    .listen
+                    .to_string(),
+            };
+            let addr = addr
+                .to_socket_addrs()?
+                .next()
+                .context("the address resolves to nothing")?;
+            eprintln!("preparing {pool} signed requests…");
+            let tag = uuid::Uuid::new_v4().simple().to_string();
+            let requests = Arc::new(target.prepare(pool, body_bytes, &tag[..8])?);
+            let spec = client::Spec {
+                addr,
+                path: target.path.clone(),
+                connections,
+                duration,
+                warmup,
+                rate,
+                http2,
+            };
+            let report = client_runtime()?.block_on(client::run(spec, requests))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{:.0} req/s over {:.1} s ({} requests, {} errors)\nstatus: {:?}\nlatency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+                    report.requests_per_sec,
+                    report.seconds,
+                    report.requests,
+                    report.errors,
+                    report.statuses,
+                    report.latency_us.p50 as f64 / 1000.0,
+                    report.latency_us.p90 as f64 / 1000.0,
+                    report.latency_us.p99 as f64 / 1000.0,
+                    report.latency_us.p999 as f64 / 1000.0,
+                    report.latency_us.max as f64 / 1000.0,
+                );
+            }
+            Ok(())
+        }
+        Cmd::Compare {
+            rounds,
+            duration,
+            warmup,
+            connections,
+            body_bytes,
+            pool,
+            json,
+        } => {
+            let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            let repo = std::fs::canonicalize(&repo).unwrap_or(repo);
+            let hookwall = compare::hookwall_binary(&repo)?;
+            let options = compare::Options {
+                rounds,
+                duration,
+                warmup,
+                connections,
+                body_bytes,
+                pool,
+            };
+            let result = client_runtime()?.block_on(compare::run(options, &repo, &hookwall))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else {
+                println!("{}", compare::table(&result, &options));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn multi_thread() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+/// The client runs on one thread, so on a 2-core machine the server under test gets the other.
+fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A quick run of the load generator against the in-process baseline: it must send, get
+    /// 200s and measure latencies.
+    #[test]
+    fn smoke_run_against_the_baseline() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("hookwall.toml");
+        std::fs::write(
+            &config,
+            r#"
+[sources.s]
+path = "/hooks/s"
+verify = { scheme = "hmac", header = "X-Signature", secrets = ["k"], id_header = "X-Id" }
+sinks = ["out"]
+[sinks.out]
+type = "stdout"
+"#,
+        )
+        .unwrap();
+        let target = pool::Target::from_config(&config, "s").unwrap();
+        let requests = Arc::new(target.prepare(5_000, 512, "smoke").unwrap());
+        assert_eq!(requests[0].body.len(), 512);
+        assert!(requests[0].headers.iter().any(|(k, _)| k == "x-signature"));
+
+        let rt = multi_thread().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        rt.spawn(baseline::serve(addr));
+        std::thread::sleep(Duration::from_millis(200));
+        let spec = client::Spec {
+            addr,
+            path: target.path.clone(),
+            connections: 4,
+            duration: Duration::from_millis(300),
+            warmup: Duration::from_millis(50),
+            rate: None,
+            http2: false,
+        };
+        let report = rt.block_on(client::run(spec, requests)).unwrap();
+        assert!(report.requests > 0, "{report:?}");
+        assert_eq!(report.errors, 0);
+        assert_eq!(
+            report.statuses.keys().copied().collect::<Vec<_>>(),
+            vec![200]
+        );
+        assert!(report.latency_us.p50 > 0 && report.latency_us.p50 <= report.latency_us.max);
+    }
+}

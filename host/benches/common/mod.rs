@@ -1,0 +1,46 @@
+//! Shared set-up for the benchmarks: a temp dir with config, plugins and store.
+
+use std::path::Path;
+
+use hookwall::config::Config;
+
+pub const SECRET: &str = "bench-secret";
+
+/// A config with one HMAC source `bench` running `plugins` (copied from the test kit's
+/// builds), with a paused file sink so nothing is delivered while measuring.
+pub fn config(dir: &Path, plugins: &[(&str, &str)], fsync: bool) -> Config {
+    std::fs::create_dir_all(dir.join("plugins")).unwrap();
+    for (name, built) in plugins {
+        std::fs::copy(built, dir.join("plugins").join(format!("{name}.wasm"))).unwrap();
+    }
+    let list: Vec<String> = plugins.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+    let text = format!(
+        r#"
+[storage]
+path = "data"
+fsync = {fsync}
+
+[sources.bench]
+path = "/hooks/bench"
+verify = {{ scheme = "hmac", header = "X-Signature", prefix = "sha256=", secrets = ["{SECRET}"] }}
+plugins = [{}]
+sinks = ["bench"]
+
+[sinks.bench]
+type = "file"
+path = "events.jsonl"
+paused = true
+"#,
+        list.join(", ")
+    );
+    Config::parse(&text, dir).unwrap()
+}
+
+/// A 1 KiB JSON body.
+pub fn body_1k() -> Vec<u8> {
+    let head = br#"{"id":"o-1","type":"order.created","pad":""#;
+    let mut body = head.to_vec();
+    body.resize(1024 - 2, b'x');
+    body.extend_from_slice(b"\"}");
+    body
+}

@@ -1,0 +1,648 @@
+//! Configuration: one TOML file, parsed into plain structs, validated before any port is bound.
+//!
+//! Every struct rejects unknown keys (`deny_unknown_fields`), so a typo fails at load with the
+//! key's name and line instead of being silently ignored. Defaults live in `default_*` functions
+//! next to the field that uses them. Relative paths are resolved against the config file's
+//! directory, so a config works the same from any working directory.
+//!
+//! ```toml
+//! [server]
+//! listen = "127.0.0.1:8080"
+//!
+//! [sources.demo]
+//! path = "/hooks/demo"
+//! verify = { scheme = "hmac", header = "X-Signature", prefix = "sha256=", secrets = ["env:DEMO_SECRET"] }
+//! plugins = ["router"]
+//! sinks = ["events-file"]
+//!
+//! [sinks.events-file]
+//! type = "file"
+//! path = "./data/events.jsonl"
+//! ```
+
+mod intake;
+mod secret;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use intake::{
+    DEFAULT_DEDUPE_TTL, DedupeConfig, DedupeKey, LimitBy, OnRedisError, OverloadConfig, Rate,
+    RateLimitConfig,
+};
+pub use secret::{Secret, SecretRef};
+// The `verify` table belongs to the verify stage; it is part of the file format all the same.
+pub use crate::verify::config::{
+    Delimiter, Handshake, HmacAlgorithm, SchemeName, SecretEncoding, SignatureEncoding,
+    TimestampUnit, VerifyConfig,
+};
+
+/// Why a configuration could not be loaded. Messages name the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema (unknown key, wrong type).
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A value is well-formed but not acceptable.
+    #[error("invalid config: `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+    /// A secret reference could not be resolved. Never includes the secret's value.
+    #[error("invalid config: `{key}`: cannot resolve secret {reference}: {reason}")]
+    Secret {
+        key: String,
+        reference: String,
+        reason: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`: the webhook listener.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// `[storage]`: where accepted events are kept.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// `[plugins]`: where plugins are loaded from and their default limits.
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+    /// `[admin]`: the optional operator API listener.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// `[sources.NAME]`: one per webhook endpoint.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// `[sinks.NAME]`: where accepted events are delivered.
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkConfig>,
+    /// Directory of the config file; relative paths are resolved against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[server]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `listen = "127.0.0.1:8080"`
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// `max_body_bytes = 1048576`: larger bodies are refused with 413 before being read whole.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// `shutdown_grace = "10s"`: how long in-flight requests may take to finish on shutdown.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// `trusted_proxies = ["10.0.0.0/8"]`: peers whose `Forwarded` / `X-Forwarded-For` headers
+    /// are believed when a source checks `allow_ips`. Default: none.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `overload = { max_pending = 100000, max_commit_latency = "2s" }`: answer 503 before
+    /// reading a body while the store is behind (off unless set).
+    #[serde(default)]
+    pub overload: OverloadConfig,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_max_body_bytes() -> usize {
+    1024 * 1024
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            max_body_bytes: default_max_body_bytes(),
+            shutdown_grace: default_shutdown_grace(),
+            trusted_proxies: Vec::new(),
+            overload: OverloadConfig::default(),
+        }
+    }
+}
+
+/// `[storage]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `path = "./data"`: directory of the embedded store (created if missing).
+    #[serde(default = "default_storage_path")]
+    pub path: PathBuf,
+    /// `fsync = true`: every commit reaches the disk before the sender hears 2xx. `false`
+    /// skips the fsync (much faster, but a crash can lose acknowledged events): for benchmarks
+    /// and development only.
+    #[serde(default = "default_true")]
+    pub fsync: bool,
+    /// `redis = "env:HOOKWALL_REDIS_URL"`: a `redis://` URL (a secret reference, since it may
+    /// carry a password). Dedupe marks and rate limits are then shared by every replica that
+    /// uses the same Redis and prefix.
+    #[serde(default)]
+    pub redis: Option<SecretRef>,
+    /// `redis_prefix = "hookwall"`: prefix of every key Hookwall writes to Redis.
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
+}
+
+fn default_redis_prefix() -> String {
+    "hookwall".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_storage_path() -> PathBuf {
+    PathBuf::from("data")
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            path: default_storage_path(),
+            fsync: true,
+            redis: None,
+            redis_prefix: default_redis_prefix(),
+        }
+    }
+}
+
+/// `[plugins]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// `dir = "./plugins"`: plugin `NAME` is loaded from `DIR/NAME.wasm`.
+    #[serde(default = "default_plugins_dir")]
+    pub dir: PathBuf,
+    /// `max_memory_bytes = 16777216`: linear memory one plugin call may use.
+    #[serde(default = "default_plugin_memory")]
+    pub max_memory_bytes: usize,
+    /// `deadline = "50ms"`: wall-clock time one plugin call may take.
+    #[serde(default = "default_plugin_deadline", with = "humantime_serde")]
+    pub deadline: Duration,
+    /// `max_deliveries = 100`: deliveries one plugin call may return.
+    #[serde(default = "default_max_deliveries")]
+    pub max_deliveries: usize,
+    /// `max_output_bytes = 16777216`: bodies and headers one call may return, in total.
+    #[serde(default = "default_max_output_bytes")]
+    pub max_output_bytes: usize,
+    /// `max_headers = 64`: headers per delivery.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// `max_header_bytes = 8192`: bytes of one header (name and value).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// `[plugins.config.NAME]`: values returned by the `config` import to plugin `NAME`.
+    /// Strings are passed as they are; other TOML values as JSON text. They override the
+    /// plugin manifest's `[config]`.
+    #[serde(default)]
+    pub config: BTreeMap<String, BTreeMap<String, toml::Value>>,
+}
+
+fn default_plugins_dir() -> PathBuf {
+    PathBuf::from("plugins")
+}
+fn default_plugin_memory() -> usize {
+    16 * 1024 * 1024
+}
+fn default_plugin_deadline() -> Duration {
+    Duration::from_millis(50)
+}
+fn default_max_deliveries() -> usize {
+    100
+}
+fn default_max_output_bytes() -> usize {
+    16 * 1024 * 1024
+}
+fn default_max_headers() -> usize {
+    64
+}
+fn default_max_header_bytes() -> usize {
+    8 * 1024
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            dir: default_plugins_dir(),
+            max_memory_bytes: default_plugin_memory(),
+            deadline: default_plugin_deadline(),
+            max_deliveries: default_max_deliveries(),
+            max_output_bytes: default_max_output_bytes(),
+            max_headers: default_max_headers(),
+            max_header_bytes: default_max_header_bytes(),
+            config: BTreeMap::new(),
+        }
+    }
+}
+
+impl PluginsConfig {
+    /// The host config's `config` import values for plugin `name`.
+    pub fn values_for(&self, name: &str) -> BTreeMap<String, String> {
+        self.config
+            .get(name)
+            .map(crate::plugin::config_values)
+            .unwrap_or_default()
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `listen = "127.0.0.1:9090"`
+    pub listen: SocketAddr,
+    /// `token = "env:HOOKWALL_ADMIN_TOKEN"`: bearer token required on `/api/*`.
+    #[serde(default)]
+    pub token: Option<SecretRef>,
+}
+
+/// `[sources.NAME]`: one webhook endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `path = "/hooks/demo"`: the request path this source answers on (POST only).
+    pub path: String,
+    /// `verify = { scheme = "hmac", ... }`: how the sender is authenticated.
+    pub verify: VerifyConfig,
+    /// `plugins = ["router"]`: plugins run in this order on every accepted event.
+    #[serde(default)]
+    pub plugins: Vec<String>,
+    /// `sinks = ["events-file"]`: where unrouted output goes after the last plugin.
+    #[serde(default)]
+    pub sinks: Vec<String>,
+    /// `on_plugin_error = "accept"`: answer when a plugin fails (the event is dead-lettered either
+    /// way). `accept` answers 202 so the provider does not retry; `reject` answers 500.
+    #[serde(default)]
+    pub on_plugin_error: OnPluginError,
+    /// `max_body_bytes = 65536`: overrides `[server] max_body_bytes` for this source.
+    #[serde(default)]
+    pub max_body_bytes: Option<usize>,
+    /// `respond = { status = 202, body = "ok" }`: the answer to an accepted (or duplicate, or
+    /// dropped) event, for providers that want a particular one.
+    #[serde(default)]
+    pub respond: Option<RespondConfig>,
+    /// `dedupe = { key = "scheme", ttl = "48h" }`: copies of an event within `ttl` are answered
+    /// `duplicate` and not delivered again. Default: `key = "scheme"` when the verify scheme
+    /// carries an event id, else off.
+    #[serde(default)]
+    pub dedupe: Option<DedupeConfig>,
+    /// `rate_limit = { rate = "100/s", burst = 200, by = "source" }`: over the limit → 429.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// `respond = { status = 204 }` or `respond = { status = 200, body = "OK", content_type = "text/plain" }`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RespondConfig {
+    /// `status = 200` (default), `202` or `204`.
+    #[serde(default = "default_respond_status")]
+    pub status: u16,
+    /// `body = "..."`: a static body instead of `{"status":…,"id":…}`. Not with 204.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// `content_type = "text/plain"` (the default with `body`).
+    #[serde(default)]
+    pub content_type: Option<String>,
+}
+
+fn default_respond_status() -> u16 {
+    200
+}
+
+/// What the sender hears when a plugin fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnPluginError {
+    #[default]
+    Accept,
+    Reject,
+}
+
+/// `[sinks.NAME]`, tagged by `type`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// Appends one JSON line per delivery, fsynced before the delivery counts as done.
+    File(FileSinkConfig),
+    /// Prints one JSON line per delivery to standard output.
+    Stdout(StdoutSinkConfig),
+}
+
+impl SinkConfig {
+    pub fn retry(&self) -> &RetryConfig {
+        match self {
+            SinkConfig::File(c) => &c.retry,
+            SinkConfig::Stdout(c) => &c.retry,
+        }
+    }
+
+    /// Whether the sink starts paused: deliveries are stored and wait.
+    pub fn paused(&self) -> bool {
+        match self {
+            SinkConfig::File(c) => c.paused,
+            SinkConfig::Stdout(c) => c.paused,
+        }
+    }
+}
+
+/// `type = "file"`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// `path = "./data/events.jsonl"`. The parent directory must exist: it is not created, so a
+    /// missing mount shows up as failed deliveries (retried) rather than a file in the wrong place.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// `paused = true`: deliveries to this sink are stored but not sent (e.g. during an app's
+    /// maintenance window); they go out once the sink is started without the flag.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// `type = "stdout"`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutSinkConfig {
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// See [`FileSinkConfig::paused`].
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// `retry = { max_attempts = 12, initial = "500ms", max_delay = "5m" }`: exponential backoff with
+/// full jitter; after `max_attempts` the delivery is dead-lettered.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_retry_initial", with = "humantime_serde")]
+    pub initial: Duration,
+    #[serde(default = "default_retry_max_delay", with = "humantime_serde")]
+    pub max_delay: Duration,
+}
+
+fn default_max_attempts() -> u32 {
+    12
+}
+fn default_retry_initial() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_retry_max_delay() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: default_max_attempts(),
+            initial: default_retry_initial(),
+            max_delay: default_retry_max_delay(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        // Absolute, so paths stay right whatever the process's working directory becomes.
+        let base_dir = std::path::absolute(&base_dir).unwrap_or(base_dir);
+        Config::parse(&text, &base_dir).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates config text; relative paths are resolved against `base_dir`.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: describe_toml_error(text, &e),
+        })?;
+        config.base_dir = base_dir.to_path_buf();
+        config.resolve_paths();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self) {
+        let base = self.base_dir.clone();
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut self.storage.path);
+        abs(&mut self.plugins.dir);
+        for sink in self.sinks.values_mut() {
+            if let SinkConfig::File(f) = sink {
+                abs(&mut f.path);
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.sources.is_empty() {
+            return Err(invalid(
+                "sources",
+                "at least one [sources.NAME] is required",
+            ));
+        }
+        if self.server.max_body_bytes == 0 {
+            return Err(invalid("server.max_body_bytes", "must be greater than 0"));
+        }
+        if self.plugins.max_memory_bytes < 1024 * 1024 {
+            return Err(invalid(
+                "plugins.max_memory_bytes",
+                "must be at least 1 MiB",
+            ));
+        }
+        if self.plugins.deadline.is_zero() {
+            return Err(invalid("plugins.deadline", "must be greater than 0"));
+        }
+        intake::validate_overload(&self.server.overload)?;
+        if !self
+            .storage
+            .redis_prefix
+            .chars()
+            .all(|c| c.is_ascii_graphic())
+        {
+            return Err(invalid(
+                "storage.redis_prefix",
+                "use printable ASCII without spaces",
+            ));
+        }
+        let mut paths = HashSet::new();
+        for (name, source) in &self.sources {
+            let key = |field: &str| format!("sources.{name}.{field}");
+            check_name(name, &format!("sources.{name}"))?;
+            if !source.path.starts_with('/') {
+                return Err(invalid(key("path"), "must start with '/'"));
+            }
+            if !paths.insert(source.path.as_str()) {
+                return Err(invalid(
+                    key("path"),
+                    format!("{} is used by another source", source.path),
+                ));
+            }
+            source.verify.validate(&key("verify"))?;
+            if let Some(respond) = &source.respond {
+                if ![200, 202, 204].contains(&respond.status) {
+                    return Err(invalid(key("respond.status"), "must be 200, 202 or 204"));
+                }
+                if respond.status == 204 && respond.body.is_some() {
+                    return Err(invalid(key("respond.body"), "a 204 answer has no body"));
+                }
+                if respond.content_type.is_some() && respond.body.is_none() {
+                    return Err(invalid(key("respond.content_type"), "needs `body`"));
+                }
+                if let Some(ct) = &respond.content_type
+                    && http::HeaderValue::from_str(ct).is_err()
+                {
+                    return Err(invalid(key("respond.content_type"), "not a header value"));
+                }
+            }
+            for plugin in &source.plugins {
+                check_name(plugin, &key("plugins"))?;
+            }
+            for sink in &source.sinks {
+                if !self.sinks.contains_key(sink) {
+                    return Err(invalid(
+                        key("sinks"),
+                        format!("no sink named `{sink}` in [sinks]"),
+                    ));
+                }
+            }
+            if source.sinks.is_empty() && source.plugins.is_empty() {
+                return Err(invalid(
+                    key("sinks"),
+                    "a source without plugins needs at least one sink",
+                ));
+            }
+            if source.max_body_bytes == Some(0) {
+                return Err(invalid(key("max_body_bytes"), "must be greater than 0"));
+            }
+            intake::validate_source(source, &key)?;
+        }
+        for (name, sink) in &self.sinks {
+            check_name(name, &format!("sinks.{name}"))?;
+            let retry = sink.retry();
+            if retry.max_attempts == 0 {
+                return Err(invalid(
+                    format!("sinks.{name}.retry.max_attempts"),
+                    "must be at least 1",
+                ));
+            }
+            if retry.initial.is_zero() || retry.max_delay < retry.initial {
+                return Err(invalid(
+                    format!("sinks.{name}.retry"),
+                    "need 0 < initial <= max_delay",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves every secret once, so a missing variable or file fails at start-up.
+    pub fn check_secrets(&self) -> Result<(), ConfigError> {
+        for (name, source) in &self.sources {
+            let key = format!("sources.{name}.verify.secrets");
+            for s in &source.verify.secrets {
+                let secret = s.resolve(&self.base_dir, &key)?;
+                source.verify.check_secret(&secret, &key)?;
+            }
+        }
+        if let Some(AdminConfig { token: Some(t), .. }) = &self.admin {
+            t.resolve(&self.base_dir, "admin.token")?;
+        }
+        if let Some(url) = &self.storage.redis {
+            url.resolve(&self.base_dir, "storage.redis")?;
+        }
+        Ok(())
+    }
+
+    /// Every plugin name used by some source, in a stable order.
+    pub fn plugin_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .sources
+            .values()
+            .flat_map(|s| s.plugins.iter().cloned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+/// "line L, column C: message" — without toml's source excerpt, which would echo a literal
+/// secret written on the offending line.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message.to_string(),
+    }
+}
+
+/// Names become file names and metric labels: keep them to a safe alphabet.
+fn check_name(name: &str, key: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("`{name}` is not a valid name (use 1-64 of a-z, A-Z, 0-9, '-', '_')"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

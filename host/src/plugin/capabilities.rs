@@ -1,0 +1,112 @@
+//! Host capabilities behind the WIT imports beyond `log`/`config`: the per-plugin key-value
+//! store (a trait, because the backend varies: embedded or Redis) and plugin counters.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Distinct counter names one plugin may create; more are ignored so a plugin cannot blow up
+/// the metrics' cardinality.
+const MAX_COUNTERS_PER_PLUGIN: usize = 64;
+/// Key and value bounds for the key-value store.
+pub const MAX_KV_KEY_BYTES: usize = 512;
+pub const MAX_KV_VALUE_BYTES: usize = 1024 * 1024;
+
+/// Why a key-value operation failed; the plugin sees the message.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum KvError {
+    /// The key or value is over its size bound.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The backend is unreachable or failed.
+    #[error("key-value store unavailable: {0}")]
+    Backend(String),
+}
+
+/// A key-value store scoped per plugin. Calls are synchronous: plugins run on blocking
+/// threads, never on the async workers.
+pub trait PluginKv: Send + Sync {
+    fn get(&self, plugin: &str, key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, KvError>;
+    fn set(
+        &self,
+        plugin: &str,
+        key: &str,
+        value: Vec<u8>,
+        expires_at_ms: Option<u64>,
+    ) -> Result<(), KvError>;
+    fn delete(&self, plugin: &str, key: &str) -> Result<bool, KvError>;
+    /// Sets `key` only if its live value equals `expected` (`None`: absent or expired).
+    fn compare_and_swap(
+        &self,
+        plugin: &str,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+        expires_at_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<bool, KvError>;
+}
+
+/// Checks the key/value bounds shared by every backend.
+pub fn check_kv_sizes(key: &str, value: Option<&[u8]>) -> Result<(), KvError> {
+    if key.len() > MAX_KV_KEY_BYTES {
+        return Err(KvError::TooLarge(format!(
+            "key of {} bytes is over the {MAX_KV_KEY_BYTES}-byte limit",
+            key.len()
+        )));
+    }
+    if let Some(v) = value
+        && v.len() > MAX_KV_VALUE_BYTES
+    {
+        return Err(KvError::TooLarge(format!(
+            "value of {} bytes is over the {MAX_KV_VALUE_BYTES}-byte limit",
+            v.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Counters bumped by plugins, keyed by (plugin, name).
+#[derive(Default)]
+pub struct PluginCounters(Mutex<HashMap<(String, String), u64>>);
+
+impl PluginCounters {
+    pub fn add(&self, plugin: &str, name: &str, delta: u64) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (plugin.to_string(), name.to_string());
+        if let Some(v) = map.get_mut(&key) {
+            *v = v.saturating_add(delta);
+            return;
+        }
+        let existing = map.keys().filter(|(p, _)| p == plugin).count();
+        if existing < MAX_COUNTERS_PER_PLUGIN && !name.is_empty() && name.len() <= 64 {
+            map.insert(key, delta);
+        }
+    }
+
+    /// A copy of every counter, sorted.
+    pub fn snapshot(&self) -> Vec<((String, String), u64)> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = map.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        out.sort();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_capped_per_plugin() {
+        let c = PluginCounters::default();
+        for i in 0..100 {
+            c.add("p", &format!("n{i}"), 1);
+        }
+        c.add("p", "n0", 5);
+        c.add("q", "x", 1);
+        let snap = c.snapshot();
+        assert_eq!(snap.iter().filter(|((p, _), _)| p == "p").count(), 64);
+        assert!(snap.contains(&(("p".into(), "n0".into()), 6)));
+        assert!(snap.contains(&(("q".into(), "x".into()), 1)));
+    }
+}

@@ -1,0 +1,775 @@
+//! Plugin: run a source's WebAssembly plugins on a verified event, sandboxed.
+//!
+//! Plugins are components implementing `hookwall:plugin/plugin` (see `wit/plugin.wit`). Each is
+//! compiled once at load into an `InstancePre`; every call gets a fresh store and instance
+//! (from wasmtime's pooling allocator), a memory limit and an epoch deadline, and no access to
+//! files, network or environment. A trap, a timeout or an `err` fails that event only.
+//!
+//! The loaded set is built from the whole plugins directory (`NAME.wasm` plus an optional
+//! `NAME.toml` manifest, see [`manifest`]) and lives behind an [`ArcSwap`]: a call takes a
+//! snapshot, so swapping in a new set (hot reload, see [`reload`]) never disturbs calls in
+//! flight. A rebuild reuses every plugin whose file is unchanged (same SHA-256) and keeps the
+//! previous version of any plugin whose new file fails to compile, link or start.
+//!
+//! ## Chaining
+//! A source's chain is its `plugins` list from the host config, followed by the plugins whose
+//! manifest names the source, by manifest `order` then name. They run in order. A plugin's `forward` deliveries that name a sink are final;
+//! unrouted ones (`sink: none`) become the next plugin's input events (same id and metadata, the
+//! delivery's headers and body). After the last plugin, unrouted output goes to each of the
+//! source's configured `sinks`. A `reject` anywhere rejects the event; `drop` ends that branch.
+
+mod capabilities;
+pub mod manifest;
+pub mod reload;
+mod runtime;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use sha2::Digest;
+
+pub use capabilities::{KvError, PluginCounters, PluginKv, check_kv_sizes};
+pub use manifest::{InstanceMode, config_values};
+use manifest::{Manifest, POOL_BY_DEFAULT_ABOVE_BYTES};
+pub use runtime::CallLimits;
+use runtime::{CallState, Capabilities, InstancePool, Runtime};
+
+use crate::config::Config;
+use crate::store::Priority;
+
+mod bindings {
+    wasmtime::component::bindgen!({ path: "../wit", world: "plugin" });
+}
+use bindings::PluginPre;
+use bindings::hookwall::plugin::types;
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The wasmtime engine could not be set up.
+    #[error("plugin engine: {0}")]
+    Engine(String),
+    /// A source names a plugin whose file is not there.
+    #[error("plugin `{name}`: cannot read {path}: {reason}")]
+    Missing {
+        name: String,
+        path: PathBuf,
+        reason: String,
+    },
+    /// The file is not a valid WebAssembly component.
+    #[error("plugin `{name}`: not a valid component: {reason}")]
+    Compile { name: String, reason: String },
+    /// The component does not implement the `hookwall:plugin` world (or imports something
+    /// the host does not offer).
+    #[error("plugin `{name}`: does not fit the hookwall:plugin world: {reason}")]
+    Link { name: String, reason: String },
+    /// The component was built for another major version of our WIT package.
+    #[error(
+        "plugin `{name}`: built for {found}, but this host supports {supported}; rebuild it against this host's wit/"
+    )]
+    Version {
+        name: String,
+        found: String,
+        supported: String,
+    },
+    /// The plugin's `NAME.toml` is invalid.
+    #[error("plugin `{name}`: invalid manifest: {reason}")]
+    Manifest { name: String, reason: String },
+    /// The component cannot even be instantiated within its limits.
+    #[error("plugin `{name}`: start-up probe failed: {reason}")]
+    Probe { name: String, reason: String },
+    /// A source lists a plugin that is not in the plugins directory.
+    #[error("source `{source_name}` uses plugin `{name}`, which is not in {dir}")]
+    NotFound {
+        source_name: String,
+        name: String,
+        dir: PathBuf,
+    },
+}
+
+/// Why one call of a plugin failed. Becomes the event's dead-letter reason.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallFailure {
+    /// The plugin returned `err(message)`.
+    #[error("returned error: {0}")]
+    Error(String),
+    /// The call ran past its deadline and was interrupted.
+    #[error("deadline exceeded: stopped after {elapsed:?} (limit {limit:?})")]
+    Deadline { limit: Duration, elapsed: Duration },
+    /// The plugin tried to grow its memory past the limit.
+    #[error("memory limit exceeded ({limit} bytes)")]
+    MemoryLimit { limit: usize },
+    /// The plugin trapped (panic, unreachable, out-of-bounds access...).
+    #[error("trapped: {reason}{}", if stderr.is_empty() { String::new() } else { format!(" ({stderr})") })]
+    Trap { reason: String, stderr: String },
+    /// The plugin's output broke a host rule (e.g. routed to a sink that does not exist).
+    #[error("invalid output: {0}")]
+    InvalidOutput(String),
+}
+
+/// A verified event as plugins see it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub id: String,
+    pub source: String,
+    pub received_at_ms: u64,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// One message routed to a named sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    pub sink: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub priority: Priority,
+}
+
+/// A plugin's refusal, answered to the sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+/// A plugin's direct answer to the sender (a provider handshake).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// The result of running a source's chain.
+#[derive(Debug)]
+pub enum ChainOutcome {
+    Forward(Vec<Routed>),
+    Dropped(String),
+    Rejected(Rejection),
+    Responded(Reply),
+    Failed {
+        plugin: String,
+        failure: CallFailure,
+    },
+}
+
+/// A compiled plugin ready to instantiate.
+pub struct LoadedPlugin {
+    pub name: Arc<str>,
+    pub path: PathBuf,
+    /// First 12 hex digits of the file's SHA-256: identifies the version in logs and the API.
+    pub version: String,
+    pub loaded_at: SystemTime,
+    pub mode: InstanceMode,
+    pub limits: CallLimits,
+    /// Sources this plugin's manifest attaches it to.
+    attach: Vec<String>,
+    order: i32,
+    /// SHA-256 of the wasm and manifest, to reuse an unchanged plugin across reloads.
+    digest: [u8; 32],
+    config: Arc<HashMap<String, String>>,
+    pool: Option<InstancePool>,
+    pre: PluginPre<CallState>,
+}
+
+/// The set of loaded plugins and each source's chain, swapped as a whole.
+#[derive(Default)]
+pub struct PluginSet {
+    by_name: HashMap<String, Arc<LoadedPlugin>>,
+    chains: HashMap<String, Vec<String>>,
+}
+
+impl PluginSet {
+    pub fn get(&self, name: &str) -> Option<&Arc<LoadedPlugin>> {
+        self.by_name.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<LoadedPlugin>> {
+        self.by_name.values()
+    }
+
+    /// The plugins that run for `source`, in order.
+    pub fn chain(&self, source: &str) -> &[String] {
+        self.chains.get(source).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// What operators see about a plugin (`hookwall plugins`, the admin API).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PluginStatus {
+    pub name: String,
+    pub file: PathBuf,
+    /// The live version, if any loaded.
+    pub version: Option<String>,
+    pub loaded_at_ms: Option<u64>,
+    pub instances: Option<InstanceMode>,
+    pub sources: Vec<String>,
+    /// Why the newest file could not be loaded (the previous version stays live).
+    pub last_error: Option<String>,
+    pub load_errors: u64,
+}
+
+/// Settings a (re)load needs, taken from the host config once.
+struct Settings {
+    dir: PathBuf,
+    default_limits: CallLimits,
+    output: OutputLimits,
+    host_values: BTreeMap<String, BTreeMap<String, String>>,
+    /// Each source's plugin list from the host config.
+    sources: BTreeMap<String, Vec<String>>,
+}
+
+/// The plugin host: runtime plus the current plugin set.
+pub struct PluginHost {
+    runtime: Runtime,
+    current: ArcSwap<PluginSet>,
+    settings: Settings,
+    status: Mutex<BTreeMap<String, PluginStatus>>,
+    /// Serialises rebuilds, so two reloads never race to swap.
+    reloading: Mutex<()>,
+}
+
+impl PluginHost {
+    /// Builds the engine and loads every plugin in the plugins directory. Fails if any of them
+    /// cannot be loaded or a source names a plugin that is not there. `kv` backs the plugins'
+    /// key-value import (`None`: those calls fail, e.g. in `hookwall check`).
+    pub fn load(config: &Config, kv: Option<Arc<dyn PluginKv>>) -> Result<PluginHost, PluginError> {
+        let cache_dir = config.storage.path.join("compile-cache");
+        let caps = Capabilities {
+            kv,
+            counters: Arc::new(PluginCounters::default()),
+        };
+        let runtime = Runtime::new(Some(&cache_dir), caps)?;
+        let settings = Settings {
+            dir: config.plugins.dir.clone(),
+            default_limits: CallLimits {
+                max_memory_bytes: config.plugins.max_memory_bytes,
+                deadline: config.plugins.deadline,
+            },
+            output: OutputLimits {
+                max_deliveries: config.plugins.max_deliveries,
+                max_bytes: config.plugins.max_output_bytes,
+                max_headers: config.plugins.max_headers,
+                max_header_bytes: config.plugins.max_header_bytes,
+            },
+            host_values: config
+                .plugins
+                .config
+                .keys()
+                .map(|name| (name.clone(), config.plugins.values_for(name)))
+                .collect(),
+            sources: config
+                .sources
+                .iter()
+                .map(|(name, s)| (name.clone(), s.plugins.clone()))
+                .collect(),
+        };
+        let host = PluginHost {
+            runtime,
+            current: ArcSwap::from_pointee(PluginSet::default()),
+            settings,
+            status: Mutex::new(BTreeMap::new()),
+            reloading: Mutex::new(()),
+        };
+        let errors = host.rebuild();
+        if let Some(e) = errors.into_iter().next() {
+            return Err(e);
+        }
+        let set = host.plugins();
+        for (source, list) in &host.settings.sources {
+            if let Some(missing) = list.iter().find(|n| set.get(n).is_none()) {
+                return Err(PluginError::NotFound {
+                    source_name: source.clone(),
+                    name: missing.clone(),
+                    dir: host.settings.dir.clone(),
+                });
+            }
+        }
+        Ok(host)
+    }
+
+    /// Rebuilds the plugin set from the directory and swaps it in. Plugins whose files are
+    /// unchanged are reused; a plugin whose new file fails keeps its previous version. Returns
+    /// the failures (also recorded in [`PluginHost::status`] and logged).
+    pub fn rebuild(&self) -> Vec<PluginError> {
+        let _guard = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = self.plugins();
+        let mut errors = Vec::new();
+        let mut by_name = HashMap::new();
+        let mut failed = BTreeMap::new();
+        for (name, wasm, manifest) in scan_dir(&self.settings.dir) {
+            match self.load_one(&name, &wasm, &manifest, previous.get(&name)) {
+                Ok(plugin) => {
+                    by_name.insert(name, plugin);
+                }
+                Err(e) => {
+                    // Keep the version that works; report the one that does not.
+                    if let Some(old) = previous.get(&name) {
+                        by_name.insert(name.clone(), old.clone());
+                    }
+                    failed.insert(name, e.to_string());
+                    errors.push(e);
+                }
+            }
+        }
+        let chains = self.chains(&by_name);
+        let set = PluginSet { by_name, chains };
+        self.record_status(&set, &failed);
+        for (source, chain) in &set.chains {
+            for name in chain.iter().filter(|n| set.get(n).is_none()) {
+                tracing::warn!(source, plugin = %name,
+                    "source uses a plugin that is not loaded; its events will be dead-lettered");
+            }
+        }
+        self.current.store(Arc::new(set));
+        errors
+    }
+
+    fn load_one(
+        &self,
+        name: &str,
+        wasm: &Path,
+        manifest_path: &Path,
+        previous: Option<&Arc<LoadedPlugin>>,
+    ) -> Result<Arc<LoadedPlugin>, PluginError> {
+        let bytes = std::fs::read(wasm).map_err(|e| PluginError::Missing {
+            name: name.to_string(),
+            path: wasm.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let manifest_text = std::fs::read(manifest_path).unwrap_or_default();
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(&bytes);
+        hasher.update(&manifest_text);
+        let digest: [u8; 32] = hasher.finalize().into();
+        if let Some(old) = previous.filter(|old| old.digest == digest) {
+            return Ok(old.clone());
+        }
+        let manifest = Manifest::read(name, manifest_path)?.unwrap_or_default();
+        let pre = self.runtime.prepare(name, &bytes)?;
+        let limits = CallLimits {
+            max_memory_bytes: manifest
+                .limits
+                .max_memory_bytes
+                .unwrap_or(self.settings.default_limits.max_memory_bytes),
+            deadline: manifest
+                .limits
+                .deadline
+                .unwrap_or(self.settings.default_limits.deadline),
+        };
+        let plugin_name: Arc<str> = Arc::from(name);
+        self.runtime
+            .probe(&pre, &plugin_name, limits)
+            .map_err(|f| PluginError::Probe {
+                name: name.to_string(),
+                reason: f.to_string(),
+            })?;
+        let mut values: HashMap<String, String> =
+            config_values(&manifest.config).into_iter().collect();
+        if let Some(host) = self.settings.host_values.get(name) {
+            values.extend(host.clone());
+        }
+        let mode = manifest
+            .instances
+            .unwrap_or(if bytes.len() > POOL_BY_DEFAULT_ABOVE_BYTES {
+                InstanceMode::Pooled
+            } else {
+                InstanceMode::Fresh
+            });
+        let pool = (mode == InstanceMode::Pooled)
+            .then(|| InstancePool::new(manifest.pool_size(), manifest.recycle_after()));
+        let version = hex::encode(&sha2::Sha256::digest(&bytes)[..6]);
+        tracing::info!(plugin = name, %version, ?mode, "plugin loaded");
+        Ok(Arc::new(LoadedPlugin {
+            name: plugin_name,
+            path: wasm.to_path_buf(),
+            version,
+            loaded_at: SystemTime::now(),
+            mode,
+            limits,
+            attach: manifest.sources.clone(),
+            order: manifest.order(),
+            digest,
+            config: Arc::new(values),
+            pool,
+            pre,
+        }))
+    }
+
+    /// Each source's chain: host-config list, then manifest-attached plugins by order, name.
+    fn chains(&self, plugins: &HashMap<String, Arc<LoadedPlugin>>) -> HashMap<String, Vec<String>> {
+        let mut attached: Vec<&Arc<LoadedPlugin>> = plugins.values().collect();
+        attached.sort_by(|a, b| (a.order, &a.name).cmp(&(b.order, &b.name)));
+        self.settings
+            .sources
+            .iter()
+            .map(|(source, listed)| {
+                let mut chain = listed.clone();
+                for p in &attached {
+                    if p.attach.iter().any(|s| s == source) && !chain.iter().any(|n| **n == *p.name)
+                    {
+                        chain.push(p.name.to_string());
+                    }
+                }
+                (source.clone(), chain)
+            })
+            .collect()
+    }
+
+    fn record_status(&self, set: &PluginSet, failed: &BTreeMap<String, String>) {
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<String> = set.by_name.keys().cloned().collect();
+        names.extend(failed.keys().cloned());
+        names.sort();
+        names.dedup();
+        let mut next = BTreeMap::new();
+        for name in names {
+            let old = status.remove(&name);
+            let live = set.get(&name);
+            let error = failed.get(&name).cloned();
+            let load_errors =
+                old.as_ref().map_or(0, |o| o.load_errors) + u64::from(error.is_some());
+            let sources = set
+                .chains
+                .iter()
+                .filter(|(_, chain)| chain.contains(&name))
+                .map(|(s, _)| s.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            next.insert(
+                name.clone(),
+                PluginStatus {
+                    file: self.settings.dir.join(format!("{name}.wasm")),
+                    version: live.map(|p| p.version.clone()),
+                    loaded_at_ms: live.map(|p| {
+                        p.loaded_at
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64)
+                    }),
+                    instances: live.map(|p| p.mode),
+                    sources,
+                    // A later successful load of the same name clears the error.
+                    last_error: error.or_else(|| {
+                        old.filter(|o| live.is_some_and(|p| Some(&p.version) == o.version.as_ref()))
+                            .and_then(|o| o.last_error)
+                    }),
+                    load_errors,
+                    name,
+                },
+            );
+        }
+        *status = next;
+    }
+
+    /// What operators see about each plugin.
+    pub fn status(&self) -> Vec<PluginStatus> {
+        let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        status.values().cloned().collect()
+    }
+
+    /// The plugins directory being served.
+    pub fn dir(&self) -> &Path {
+        &self.settings.dir
+    }
+
+    /// Counters bumped by plugins.
+    pub fn counters(&self) -> Vec<((String, String), u64)> {
+        self.runtime.counters().snapshot()
+    }
+
+    /// A snapshot of the loaded plugins.
+    pub fn plugins(&self) -> Arc<PluginSet> {
+        self.current.load_full()
+    }
+
+    /// Runs one plugin once on `event`, converts its action and checks it against the output
+    /// limits.
+    pub fn call(&self, plugin: &LoadedPlugin, event: &Event) -> Result<Action, CallFailure> {
+        let wit_event = types::Event {
+            id: event.id.clone(),
+            source: event.source.clone(),
+            received_at_ms: event.received_at_ms,
+            method: event.method.clone(),
+            path: event.path.clone(),
+            query: event.query.clone(),
+            headers: event.headers.clone(),
+            body: event.body.clone(),
+        };
+        let action = self.runtime.call(
+            &plugin.pre,
+            &plugin.name,
+            &plugin.config,
+            plugin.limits,
+            plugin.pool.as_ref(),
+            &wit_event,
+        )?;
+        let action = Action::from(action);
+        self.settings.output.check(&action)?;
+        Ok(action)
+    }
+
+    /// Runs `source`'s chain on `event`. `default_sinks` receive unrouted output of the last
+    /// plugin; `sink_exists` checks routed sink names.
+    pub fn run_chain(
+        &self,
+        source: &str,
+        event: Event,
+        default_sinks: &[String],
+        sink_exists: impl Fn(&str) -> bool,
+    ) -> ChainOutcome {
+        let set = self.plugins();
+        let names = set.chain(source);
+        let mut inputs = vec![event];
+        let mut routed = Vec::new();
+        let mut last_drop = None;
+        for name in names {
+            let Some(plugin) = set.get(name) else {
+                return ChainOutcome::Failed {
+                    plugin: name.clone(),
+                    failure: CallFailure::InvalidOutput(format!("plugin `{name}` is not loaded")),
+                };
+            };
+            let mut next = Vec::new();
+            for input in inputs {
+                let fail = |failure| ChainOutcome::Failed {
+                    plugin: name.clone(),
+                    failure,
+                };
+                match self.call(plugin, &input) {
+                    Err(failure) => return fail(failure),
+                    Ok(Action::Reject(r)) => return ChainOutcome::Rejected(r),
+                    Ok(Action::Respond(r)) => return ChainOutcome::Responded(r),
+                    Ok(Action::Drop(reason)) => last_drop = Some(reason),
+                    Ok(Action::Forward(deliveries)) => {
+                        for d in deliveries {
+                            match d.sink {
+                                Some(sink) if !sink_exists(&sink) => {
+                                    return fail(CallFailure::InvalidOutput(format!(
+                                        "routed to unknown sink `{sink}`"
+                                    )));
+                                }
+                                Some(sink) => routed.push(Routed {
+                                    sink,
+                                    headers: d.headers,
+                                    body: d.body,
+                                    priority: d.priority,
+                                }),
+                                None => next.push(Event {
+                                    headers: d.headers,
+                                    body: d.body,
+                                    ..input.clone()
+                                }),
+                            }
+                        }
+                    }
+                }
+            }
+            inputs = next;
+        }
+        if !inputs.is_empty() && default_sinks.is_empty() {
+            return ChainOutcome::Failed {
+                plugin: names.last().cloned().unwrap_or_default(),
+                failure: CallFailure::InvalidOutput(
+                    "forwarded unrouted output but the source has no sinks".into(),
+                ),
+            };
+        }
+        for input in inputs {
+            for sink in default_sinks {
+                routed.push(Routed {
+                    sink: sink.clone(),
+                    headers: input.headers.clone(),
+                    body: input.body.clone(),
+                    priority: Priority::Normal,
+                });
+            }
+        }
+        match (routed.is_empty(), last_drop) {
+            (true, Some(reason)) => ChainOutcome::Dropped(reason),
+            _ => ChainOutcome::Forward(routed),
+        }
+    }
+}
+
+/// `(name, NAME.wasm, NAME.toml)` for every plugin file in `dir`, sorted by name.
+fn scan_dir(dir: &Path) -> Vec<(String, PathBuf, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wasm") && p.is_file())
+        .filter_map(|p| {
+            let name = p.file_stem()?.to_str()?.to_string();
+            let manifest = p.with_extension("toml");
+            Some((name, p, manifest))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Bounds on what one plugin call may return, enforced by the host after each call.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputLimits {
+    pub max_deliveries: usize,
+    pub max_bytes: usize,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+}
+
+impl OutputLimits {
+    /// Checks one call's action; the error names the bound that was crossed.
+    fn check(&self, action: &Action) -> Result<(), CallFailure> {
+        let over = |what: String| Err(CallFailure::InvalidOutput(what));
+        let headers_ok = |headers: &[(String, String)]| {
+            headers.len() <= self.max_headers
+                && headers
+                    .iter()
+                    .all(|(k, v)| k.len() + v.len() <= self.max_header_bytes)
+        };
+        match action {
+            Action::Forward(ds) => {
+                if ds.len() > self.max_deliveries {
+                    return over(format!(
+                        "{} deliveries (limit {})",
+                        ds.len(),
+                        self.max_deliveries
+                    ));
+                }
+                let bytes: usize = ds
+                    .iter()
+                    .map(|d| {
+                        d.body.len()
+                            + d.headers
+                                .iter()
+                                .map(|(k, v)| k.len() + v.len())
+                                .sum::<usize>()
+                    })
+                    .sum();
+                if bytes > self.max_bytes {
+                    return over(format!(
+                        "{bytes} bytes of output (limit {})",
+                        self.max_bytes
+                    ));
+                }
+                if !ds.iter().all(|d| headers_ok(&d.headers)) {
+                    return over(format!(
+                        "headers over the limits ({} per delivery, {} bytes each)",
+                        self.max_headers, self.max_header_bytes
+                    ));
+                }
+            }
+            Action::Respond(r) => {
+                if r.body.len() > self.max_bytes || !headers_ok(&r.headers) {
+                    return over("reply over the output limits".into());
+                }
+            }
+            Action::Drop(_) | Action::Reject(_) => {}
+        }
+        Ok(())
+    }
+}
+
+/// A plugin's decision, in host types.
+#[derive(Debug)]
+pub enum Action {
+    Forward(Vec<Delivery>),
+    Drop(String),
+    Reject(Rejection),
+    Respond(Reply),
+}
+
+/// An action as JSON, for `hookwall plugin test`. Bodies are embedded as JSON when they parse,
+/// else as base64.
+pub fn action_json(action: &Action) -> serde_json::Value {
+    use base64::Engine as _;
+    use serde_json::json;
+    let body = |b: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(b).unwrap_or_else(
+            |_| json!({ "base64": base64::engine::general_purpose::STANDARD.encode(b) }),
+        )
+    };
+    match action {
+        Action::Forward(ds) => json!({
+            "action": "forward",
+            "deliveries": ds.iter().map(|d| json!({
+                "sink": d.sink,
+                "headers": d.headers,
+                "body": body(&d.body),
+                "priority": if d.priority == Priority::High { "high" } else { "normal" },
+            })).collect::<Vec<_>>(),
+        }),
+        Action::Drop(reason) => json!({ "action": "drop", "reason": reason }),
+        Action::Reject(r) => json!({
+            "action": "reject", "status": r.status, "code": r.code,
+            "message": r.message, "field": r.field,
+        }),
+        Action::Respond(r) => json!({
+            "action": "respond", "status": r.status, "headers": r.headers, "body": body(&r.body),
+        }),
+    }
+}
+
+/// One delivery as a plugin emitted it.
+#[derive(Debug)]
+pub struct Delivery {
+    pub sink: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub priority: Priority,
+}
+
+impl From<types::Action> for Action {
+    fn from(action: types::Action) -> Action {
+        match action {
+            types::Action::Forward(ds) => Action::Forward(
+                ds.into_iter()
+                    .map(|d| Delivery {
+                        sink: d.sink,
+                        headers: d.headers,
+                        body: d.body,
+                        priority: match d.priority {
+                            types::Priority::High => Priority::High,
+                            types::Priority::Normal => Priority::Normal,
+                        },
+                    })
+                    .collect(),
+            ),
+            types::Action::Drop(reason) => Action::Drop(reason),
+            types::Action::Reject(r) => Action::Reject(Rejection {
+                // Only client errors make sense for a refusal; anything else would tell the
+                // provider to retry or that we are broken.
+                status: if (400..500).contains(&r.status) {
+                    r.status
+                } else {
+                    422
+                },
+                code: r.code,
+                message: r.message,
+                field: r.field,
+            }),
+            types::Action::Respond(r) => Action::Respond(Reply {
+                // A handshake answer that is not a success would read as a failed delivery.
+                status: if (200..300).contains(&r.status) {
+                    r.status
+                } else {
+                    200
+                },
+                headers: r.headers,
+                body: r.body,
+            }),
+        }
+    }
+}

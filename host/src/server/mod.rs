@@ -1,0 +1,213 @@
+//! Server: terminate HTTP, map the request path to a source, and enforce ingress limits.
+//!
+//! hyper 1.x on tokio, HTTP/1.1 and HTTP/2 on one port. Only `POST` to a configured source path
+//! is accepted; the body is read once, up to the source's limit (a larger `Content-Length` is
+//! refused before reading). The result is an [`InboundRequest`], handed to the
+//! [`Pipeline`](crate::pipeline::Pipeline). Every refusal is a JSON error made in [`respond`].
+//!
+//! [`serve`] is the accept loop shared with the admin listener: it stops accepting on shutdown
+//! and gives in-flight requests a grace period to finish.
+
+pub mod respond;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::pipeline::Pipeline;
+
+/// A request that reached a source, before verification.
+#[derive(Debug, Clone)]
+pub struct InboundRequest {
+    pub source: String,
+    pub method: String,
+    pub path: String,
+    /// Raw query string without `?`.
+    pub query: String,
+    /// Header names are lowercase; values are decoded lossily as UTF-8.
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    pub remote: SocketAddr,
+    pub received_at_ms: u64,
+}
+
+impl InboundRequest {
+    /// First value of header `name` (which must be lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Handles one webhook request end to end. Never fails: every outcome is a response.
+pub async fn handle_webhook<B>(
+    pipeline: Arc<Pipeline>,
+    remote: SocketAddr,
+    req: Request<B>,
+) -> Response<Full<Bytes>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let Some(source) = pipeline.source_for_path(req.uri().path()) else {
+        return respond::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no webhook source is configured at this path",
+        );
+    };
+    if req.method() != Method::POST {
+        let mut resp = respond::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "webhook sources accept POST only",
+        );
+        resp.headers_mut()
+            .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+        return resp;
+    }
+    // Before the body is read: shedding must not cost the memory it is meant to save.
+    if let Err(e) = pipeline.check_overload() {
+        return respond::ingest_error(&source.name, &e);
+    }
+    let limit = source.max_body_bytes;
+    let too_large = || {
+        respond::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            &format!("the body exceeds this source's limit of {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large();
+    }
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Err(_) => {
+            return respond::error(
+                StatusCode::BAD_REQUEST,
+                "body_unreadable",
+                "the request body could not be read",
+            );
+        }
+    };
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let request = InboundRequest {
+        source: source.name.clone(),
+        method: parts.method.as_str().to_string(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().unwrap_or_default().to_string(),
+        headers,
+        body,
+        remote,
+        received_at_ms: now_ms(),
+    };
+    // A bug in a stage must cost one request a 500, not the connection or the process.
+    match AssertUnwindSafe(pipeline.ingest(&source, request))
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(ingested)) => respond::ingested(&ingested, source.respond()),
+        Ok(Err(e)) => respond::ingest_error(&source.name, &e),
+        Err(_) => {
+            tracing::error!(source = %source.name, "pipeline panicked; answered 500");
+            respond::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the request could not be processed",
+            )
+        }
+    }
+}
+
+/// Accepts connections on `listener` and answers each request with `handler` until `shutdown`
+/// resolves; then waits up to `grace` for open connections to finish.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Usually EMFILE: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let service = service_fn(move |req| {
+            let response = handler(req, remote);
+            async move { Ok::<_, Infallible>(response.await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!(?grace, "connections still open after the shutdown grace period");
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! Store: the durable inbox and outbox. An event is acknowledged only after it is here.
+//!
+//! Backed by [redb] (an embedded, pure-Rust, ACID B-tree store; each commit is fsynced). All
+//! writes go through one writer thread that gathers whatever jobs are queued into a single
+//! transaction, so concurrent requests share one fsync ("group commit") instead of paying one
+//! each. Reads run concurrently from any thread on MVCC snapshots.
+//!
+//! Tables:
+//! - `events`: event id → [`EventRecord`] (the raw request, what the plugins decided);
+//! - `deliveries`: delivery seq → [`DeliveryRecord`] (one message for one sink, its attempts);
+//! - `pending`: (sink, priority rank, due ms, seq) → () — the delivery schedule. Retries are
+//!   rows here, not sleeping tasks, so a million pending retries cost disk, not timers;
+//! - `dead_letters`: seq → [`DeadLetter`] (plugin failures and deliveries that gave up);
+//! - `dedupe`, `dedupe_expiry`: dedupe marks with their expiry ([`marks`]);
+//! - `plugin_kv`: (plugin, key) → expiry + value, the plugins' key-value store.
+//!
+//! Invariant: an event, all of its deliveries and its dedupe mark are committed in one
+//! transaction.
+
+mod kv;
+mod load;
+pub mod marks;
+mod records;
+pub mod redis;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+pub use load::StoreLoad;
+pub use marks::DedupeMark;
+pub use records::{
+    Attempt, DeadLetter, DeliveryRecord, DeliveryState, EventRecord, EventStatus, NewDelivery,
+    NewEvent, Priority,
+};
+pub use writer::DeliveryUpdate;
+
+const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
+const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries");
+const PENDING: TableDefinition<(&str, u8, u64, u64), ()> = TableDefinition::new("pending");
+const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const PLUGIN_KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("plugin_kv");
+
+/// Jobs queued for the writer beyond this make callers wait: back-pressure instead of memory.
+const WRITE_QUEUE_DEPTH: usize = 4096;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened (missing permissions, locked by another process...).
+    #[error("cannot open store at {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    /// A read or write failed inside redb (disk full, I/O error).
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// A stored record could not be decoded (corruption or an incompatible version).
+    #[error("corrupt record {what}: {reason}")]
+    Corrupt { what: String, reason: String },
+    /// The store is shutting down and takes no more writes.
+    #[error("store is closed")]
+    Closed,
+}
+
+impl StoreError {
+    fn storage(e: impl std::fmt::Display) -> StoreError {
+        StoreError::Storage(e.to_string())
+    }
+}
+
+/// What committing a new event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcceptOutcome {
+    /// The event and its deliveries are durable.
+    Stored,
+    /// An event with this id, or holding this dedupe mark, is already stored; nothing was
+    /// written. `id` is the stored event's.
+    Duplicate { id: String },
+}
+
+/// A cheap, cloneable handle to the store.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    jobs: mpsc::Sender<writer::Job>,
+    wakers: Arc<Wakers>,
+    gauges: Arc<load::Gauges>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Per-sink wake-ups: the writer pokes a sink's delivery worker when it commits work for it.
+#[derive(Default)]
+pub(crate) struct Wakers(Mutex<HashMap<String, Arc<Notify>>>);
+
+impl Wakers {
+    fn get(&self, sink: &str) -> Arc<Notify> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(sink.to_string()).or_default().clone()
+    }
+
+    pub(crate) fn wake(&self, sink: &str) {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get(sink) {
+            n.notify_one();
+        }
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in directory `dir`, fsyncing every commit.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(dir, true)
+    }
+
+    /// Opens the store; with `fsync = false` commits skip the fsync (a crash can lose
+    /// acknowledged events), except the final one at [`Store::close`].
+    pub fn open_with(dir: &Path, fsync: bool) -> Result<Store, StoreError> {
+        let open_err = |reason: String| StoreError::Open {
+            path: dir.to_path_buf(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        let db =
+            Database::create(dir.join("hookwall.redb")).map_err(|e| open_err(e.to_string()))?;
+        let (next_seq, pending) = {
+            let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
+            let next = {
+                // Creating every table up front lets readers open them without a write.
+                txn.open_table(EVENTS).map_err(StoreError::storage)?;
+                txn.open_table(DELIVERIES).map_err(StoreError::storage)?;
+                txn.open_table(PENDING).map_err(StoreError::storage)?;
+                txn.open_table(DEAD_LETTERS).map_err(StoreError::storage)?;
+                txn.open_table(marks::DEDUPE).map_err(StoreError::storage)?;
+                txn.open_table(marks::DEDUPE_EXPIRY)
+                    .map_err(StoreError::storage)?;
+                txn.open_table(PLUGIN_KV).map_err(StoreError::storage)?;
+                let meta = txn.open_table(META).map_err(StoreError::storage)?;
+                meta.get("next_seq")
+                    .map_err(StoreError::storage)?
+                    .map(|v| v.value())
+                    .unwrap_or(1)
+            };
+            let pending = {
+                use redb::ReadableTableMetadata as _;
+                let table = txn.open_table(PENDING).map_err(StoreError::storage)?;
+                table.len().map_err(StoreError::storage)?
+            };
+            txn.commit().map_err(StoreError::storage)?;
+            (next, pending)
+        };
+        let db = Arc::new(db);
+        let wakers = Arc::new(Wakers::default());
+        let gauges = Arc::new(load::Gauges::new(pending));
+        let (jobs, rx) = mpsc::channel(WRITE_QUEUE_DEPTH);
+        let handle = writer::spawn(
+            db.clone(),
+            rx,
+            next_seq,
+            wakers.clone(),
+            gauges.clone(),
+            fsync,
+        )
+        .map_err(|e| open_err(e.to_string()))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                jobs,
+                wakers,
+                gauges,
+                writer: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    async fn submit(&self, op: writer::Op) -> Result<writer::Reply, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .jobs
+            .send(writer::Job { op, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Durably stores an event with its deliveries (and dead letter, if its plugins failed).
+    /// Returns once the commit is on disk.
+    pub async fn accept(&self, event: NewEvent) -> Result<AcceptOutcome, StoreError> {
+        self.accept_marked(event, None).await
+    }
+
+    /// Like [`Store::accept`], and also commits `mark` in the same transaction. If a live mark
+    /// for the same (source, key) exists (checked at the event's `received_at_ms`), nothing is
+    /// written and the answer is the marked event's id as a duplicate.
+    pub async fn accept_marked(
+        &self,
+        event: NewEvent,
+        mark: Option<DedupeMark>,
+    ) -> Result<AcceptOutcome, StoreError> {
+        match self
+            .submit(writer::Op::Accept(Box::new(event), mark))
+            .await?
+        {
+            writer::Reply::Accepted(outcome) => Ok(outcome),
+            _ => Err(StoreError::Storage(
+                "unexpected writer reply to an accept".into(),
+            )),
+        }
+    }
+
+    /// Records the results of delivery attempts in one commit.
+    pub async fn update_deliveries(&self, updates: Vec<DeliveryUpdate>) -> Result<(), StoreError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        self.submit(writer::Op::Update(updates)).await.map(|_| ())
+    }
+
+    /// A handle that is notified when new work for `sink` is committed.
+    pub fn waker(&self, sink: &str) -> Arc<Notify> {
+        self.inner.wakers.get(sink)
+    }
+
+    /// Up to `limit` deliveries for `sink` that are due at `now_ms`, high priority first.
+    pub fn due_deliveries(
+        &self,
+        sink: &str,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(StoreError::storage)?;
+        let pending = txn.open_table(PENDING).map_err(StoreError::storage)?;
+        let deliveries = txn.open_table(DELIVERIES).map_err(StoreError::storage)?;
+        let mut out = Vec::new();
+        for rank in [Priority::High.rank(), Priority::Normal.rank()] {
+            let range = pending
+                .range((sink, rank, 0u64, 0u64)..=(sink, rank, now_ms, u64::MAX))
+                .map_err(StoreError::storage)?;
+            for row in range {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                let (key, _) = row.map_err(StoreError::storage)?;
+                let seq = key.value().3;
+                if let Some(bytes) = deliveries.get(seq).map_err(StoreError::storage)? {
+                    out.push(records::decode(bytes.value(), || {
+                        format!("delivery {seq}")
+                    })?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// When the next delivery for `sink` falls due, if any is pending.
+    pub fn next_due_ms(&self, sink: &str) -> Result<Option<u64>, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(StoreError::storage)?;
+        let pending = txn.open_table(PENDING).map_err(StoreError::storage)?;
+        let mut next: Option<u64> = None;
+        for rank in [Priority::High.rank(), Priority::Normal.rank()] {
+            let mut range = pending
+                .range((sink, rank, 0u64, 0u64)..=(sink, rank, u64::MAX, u64::MAX))
+                .map_err(StoreError::storage)?;
+            if let Some(row) = range.next() {
+                let due = row.map_err(StoreError::storage)?.0.value().2;
+                next = Some(next.map_or(due, |n: u64| n.min(due)));
+            }
+        }
+        Ok(next)
+    }
+
+    /// Number of deliveries waiting for `sink` (due now or later).
+    pub fn pending_count(&self, sink: &str) -> Result<u64, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(StoreError::storage)?;
+        let pending = txn.open_table(PENDING).map_err(StoreError::storage)?;
+        let range = pending
+            .range((sink, 0u8, 0u64, 0u64)..=(sink, u8::MAX, u64::MAX, u64::MAX))
+            .map_err(StoreError::storage)?;
+        Ok(range.count() as u64)
+    }
+
+    /// One event and its deliveries.
+    pub fn event(
+        &self,
+        id: &str,
+    ) -> Result<Option<(EventRecord, Vec<DeliveryRecord>)>, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(StoreError::storage)?;
+        let events = txn.open_table(EVENTS).map_err(StoreError::storage)?;
+        let Some(bytes) = events.get(id).map_err(StoreError::storage)? else {
+            return Ok(None);
+        };
+        let event: EventRecord = records::decode(bytes.value(), || format!("event {id}"))?;
+        let deliveries_table = txn.open_table(DELIVERIES).map_err(StoreError::storage)?;
+        let mut deliveries = Vec::new();
+        for seq in &event.deliveries {
+            if let Some(bytes) = deliveries_table.get(*seq).map_err(StoreError::storage)? {
+                deliveries.push(records::decode(bytes.value(), || {
+                    format!("delivery {seq}")
+                })?);
+            }
+        }
+        Ok(Some((event, deliveries)))
+    }
+
+    /// The newest `limit` dead letters, newest first.
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(StoreError::storage)?;
+        let table = txn.open_table(DEAD_LETTERS).map_err(StoreError::storage)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(StoreError::storage)?.rev().take(limit) {
+            let (k, v) = row.map_err(StoreError::storage)?;
+            let seq = k.value();
+            out.push((
+                seq,
+                records::decode(v.value(), || format!("dead letter {seq}"))?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Stops taking writes, lets the writer finish what is queued, and waits for it.
+    pub async fn close(&self) {
+        let handle = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            let (reply, rx) = oneshot::channel();
+            if self
+                .inner
+                .jobs
+                .send(writer::Job {
+                    op: writer::Op::Stop,
+                    reply,
+                })
+                .await
+                .is_ok()
+            {
+                let _ = rx.await;
+            }
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

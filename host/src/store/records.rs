@@ -1,0 +1,124 @@
+//! What the store keeps, encoded with postcard (compact, serde-based, stable across versions
+//! as long as fields are only appended).
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use super::StoreError;
+
+/// Dispatch priority of a delivery within its sink.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Priority {
+    High,
+    #[default]
+    Normal,
+}
+
+impl Priority {
+    /// Sort rank in the pending index: lower is dispatched first.
+    pub fn rank(self) -> u8 {
+        match self {
+            Priority::High => 0,
+            Priority::Normal => 1,
+        }
+    }
+}
+
+/// What happened to an accepted event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventStatus {
+    /// The plugins produced deliveries (possibly none).
+    Forwarded,
+    /// A plugin dropped the event on purpose.
+    Dropped { reason: String },
+    /// A plugin failed; the event waits in the dead-letter queue.
+    DeadLettered { reason: String },
+}
+
+/// A received, verified event as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub id: String,
+    pub source: String,
+    pub received_at_ms: u64,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub status: EventStatus,
+    /// Sequence numbers of this event's deliveries, assigned at commit.
+    pub deliveries: Vec<u64>,
+}
+
+/// An event about to be committed, with the deliveries its plugins routed.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// `deliveries` is ignored here; the writer fills it.
+    pub record: EventRecord,
+    pub deliveries: Vec<NewDelivery>,
+}
+
+/// One routed message before it has a sequence number.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub sink: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub priority: Priority,
+}
+
+/// One try at handing a delivery to its sink.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Attempt {
+    pub at_ms: u64,
+    /// `None` when the sink confirmed.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeliveryState {
+    Pending { due_ms: u64 },
+    Delivered { at_ms: u64 },
+    Dead { reason: String },
+}
+
+/// One message for one sink, and its history.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    pub seq: u64,
+    pub event_id: String,
+    pub source: String,
+    pub received_at_ms: u64,
+    pub sink: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub priority: Priority,
+    pub attempts: Vec<Attempt>,
+    pub state: DeliveryState,
+}
+
+/// An entry of the dead-letter queue: a failed plugin run or a delivery that gave up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub event_id: String,
+    pub source: String,
+    /// The delivery that gave up; `None` when the plugins failed before routing.
+    pub delivery: Option<u64>,
+    pub sink: Option<String>,
+    pub reason: String,
+    pub at_ms: u64,
+}
+
+pub(super) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_stdvec(value).map_err(StoreError::storage)
+}
+
+pub(super) fn decode<T: DeserializeOwned>(
+    bytes: &[u8],
+    what: impl FnOnce() -> String,
+) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
+        what: what(),
+        reason: e.to_string(),
+    })
+}

@@ -1,0 +1,258 @@
+use super::*;
+
+fn event(id: &str, sinks: &[&str]) -> NewEvent {
+    NewEvent {
+        record: EventRecord {
+            id: id.into(),
+            source: "demo".into(),
+            received_at_ms: 1_000,
+            method: "POST".into(),
+            path: "/hooks/demo".into(),
+            query: String::new(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: br#"{"a":1}"#.to_vec(),
+            status: EventStatus::Forwarded,
+            deliveries: Vec::new(),
+        },
+        deliveries: sinks
+            .iter()
+            .map(|s| NewDelivery {
+                sink: s.to_string(),
+                headers: Vec::new(),
+                body: b"x".to_vec(),
+                priority: Priority::Normal,
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn event_and_deliveries_commit_together_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        store.accept(event("e1", &["a", "b"])).await.unwrap(),
+        AcceptOutcome::Stored
+    );
+    assert_eq!(
+        store.accept(event("e1", &["a"])).await.unwrap(),
+        AcceptOutcome::Duplicate { id: "e1".into() }
+    );
+    store.close().await;
+    drop(store);
+
+    let store = Store::open(dir.path()).unwrap();
+    let (record, deliveries) = store.event("e1").unwrap().unwrap();
+    assert_eq!(record.deliveries.len(), 2);
+    assert_eq!(deliveries.len(), 2);
+    assert_eq!(store.due_deliveries("a", 1_000, 10).unwrap().len(), 1);
+    assert_eq!(store.due_deliveries("a", 999, 10).unwrap().len(), 0);
+    // Sequence numbers keep growing after a reopen.
+    store.accept(event("e2", &["a"])).await.unwrap();
+    let (e2, _) = store.event("e2").unwrap().unwrap();
+    assert!(e2.deliveries[0] > deliveries[1].seq);
+}
+
+#[tokio::test]
+async fn concurrent_copies_of_one_event_store_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.accept(event("same", &["a"])).await.unwrap() })
+        })
+        .collect();
+    let mut stored = 0;
+    for t in tasks {
+        if t.await.unwrap() == AcceptOutcome::Stored {
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 1);
+    assert_eq!(store.pending_count("a").unwrap(), 1);
+}
+
+#[tokio::test]
+async fn retries_reschedule_and_dead_letters_are_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.accept(event("e1", &["a"])).await.unwrap();
+    let seq = store.due_deliveries("a", 1_000, 10).unwrap()[0].seq;
+
+    store
+        .update_deliveries(vec![DeliveryUpdate::Retry {
+            seq,
+            at_ms: 1_000,
+            error: "connection refused".into(),
+            due_ms: 5_000,
+        }])
+        .await
+        .unwrap();
+    assert!(store.due_deliveries("a", 4_999, 10).unwrap().is_empty());
+    assert_eq!(store.next_due_ms("a").unwrap(), Some(5_000));
+
+    store
+        .update_deliveries(vec![DeliveryUpdate::Dead {
+            seq,
+            at_ms: 5_000,
+            error: "gave up".into(),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(store.pending_count("a").unwrap(), 0);
+    let letters = store.dead_letters(10).unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].1.delivery, Some(seq));
+    let (_, deliveries) = store.event("e1").unwrap().unwrap();
+    assert_eq!(deliveries[0].attempts.len(), 2);
+    assert!(matches!(deliveries[0].state, DeliveryState::Dead { .. }));
+}
+
+#[tokio::test]
+async fn high_priority_is_due_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.accept(event("normal", &["a"])).await.unwrap();
+    let mut urgent = event("urgent", &["a"]);
+    urgent.deliveries[0].priority = Priority::High;
+    store.accept(urgent).await.unwrap();
+    let due = store.due_deliveries("a", 1_000, 10).unwrap();
+    assert_eq!(due[0].event_id, "urgent");
+    assert_eq!(due[1].event_id, "normal");
+}
+
+#[tokio::test]
+async fn writes_after_close_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.close().await;
+    assert!(matches!(
+        store.accept(event("late", &["a"])).await,
+        Err(StoreError::Closed)
+    ));
+}
+
+#[tokio::test]
+async fn without_fsync_a_clean_close_still_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), false).unwrap();
+    store.accept(event("e1", &["a"])).await.unwrap();
+    store.close().await;
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert!(store.event("e1").unwrap().is_some());
+}
+
+fn mark(key: &str, expires_ms: u64) -> DedupeMark {
+    DedupeMark {
+        source: "demo".into(),
+        key: key.into(),
+        expires_ms,
+    }
+}
+
+#[tokio::test]
+async fn concurrent_copies_under_one_mark_store_exactly_one_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // Different event ids (as with a body-hash key, where each copy gets a fresh id): only the
+    // mark makes them the same event.
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .accept_marked(event(&format!("copy-{i}"), &["a"]), Some(mark("k", 5_000)))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut stored = Vec::new();
+    let mut duplicate_of = std::collections::HashSet::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await.unwrap() {
+            AcceptOutcome::Stored => stored.push(format!("copy-{i}")),
+            AcceptOutcome::Duplicate { id } => {
+                duplicate_of.insert(id);
+            }
+        }
+    }
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(duplicate_of.into_iter().collect::<Vec<_>>(), stored);
+    assert_eq!(store.pending_count("a").unwrap(), 1);
+    assert_eq!(store.load().pending, 1);
+    assert_eq!(
+        store.marked("demo", "k", 1_000).unwrap(),
+        Some(stored[0].clone())
+    );
+}
+
+#[tokio::test]
+async fn marks_survive_reopen_expire_and_are_purged_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // received_at_ms is 1_000 for every test event.
+    for i in 0..5 {
+        let out = store
+            .accept_marked(
+                event(&format!("e{i}"), &[]),
+                Some(mark(&format!("k{i}"), 2_000 + i)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out, AcceptOutcome::Stored);
+    }
+    store.close().await;
+    drop(store);
+
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        store.marked("demo", "k0", 1_500).unwrap().as_deref(),
+        Some("e0")
+    );
+    assert_eq!(
+        store.marked("demo", "k0", 2_000).unwrap(),
+        None,
+        "expired at 2_000"
+    );
+    assert_eq!(store.mark_count().unwrap(), 5);
+    // Three marks expired before 2_003; the purge takes at most two per call.
+    assert_eq!(store.purge_expired_marks(2_003, 2).await.unwrap(), 2);
+    assert_eq!(store.purge_expired_marks(2_003, 2).await.unwrap(), 1);
+    assert_eq!(store.purge_expired_marks(2_003, 2).await.unwrap(), 0);
+    assert_eq!(store.mark_count().unwrap(), 2);
+    assert_eq!(
+        store.marked("demo", "k4", 1_500).unwrap().as_deref(),
+        Some("e4")
+    );
+}
+
+#[tokio::test]
+async fn an_expired_mark_no_longer_makes_a_duplicate_and_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // The event arrives at 1_000; a mark that expired at 900 is stale.
+    let stale = mark("k", 900);
+    let mut early = event("old", &[]);
+    early.record.received_at_ms = 100;
+    assert_eq!(
+        store.accept_marked(early, Some(stale)).await.unwrap(),
+        AcceptOutcome::Stored
+    );
+    assert_eq!(
+        store
+            .accept_marked(event("new", &[]), Some(mark("k", 9_000)))
+            .await
+            .unwrap(),
+        AcceptOutcome::Stored
+    );
+    assert_eq!(
+        store.marked("demo", "k", 1_000).unwrap().as_deref(),
+        Some("new")
+    );
+    // The replaced mark's old expiry entry is gone: nothing to purge at 5_000.
+    assert_eq!(store.purge_expired_marks(5_000, 10).await.unwrap(), 0);
+    assert_eq!(store.mark_count().unwrap(), 1);
+}

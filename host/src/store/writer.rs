@@ -1,0 +1,384 @@
+//! The single writer: turns queued jobs into one redb transaction per batch (group commit).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use redb::{Database, Durability, ReadableTable, WriteTransaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::load::Gauges;
+use super::marks::{self, DedupeMark};
+use super::records::{self, DeadLetter, DeliveryRecord, DeliveryState, EventStatus, NewEvent};
+use super::{
+    AcceptOutcome, DEAD_LETTERS, DELIVERIES, EVENTS, META, PENDING, PLUGIN_KV, StoreError, Wakers,
+};
+
+/// Jobs folded into one transaction at most; bounds the latency of the first job in a batch.
+const MAX_BATCH: usize = 512;
+
+pub(super) enum Op {
+    Accept(Box<NewEvent>, Option<DedupeMark>),
+    Update(Vec<DeliveryUpdate>),
+    PurgeMarks { now_ms: u64, limit: usize },
+    Kv(KvOp),
+    Stop,
+}
+
+pub(super) enum Reply {
+    Accepted(AcceptOutcome),
+    Updated,
+    Purged(usize),
+    /// Whether the key-value operation changed something (set: always true).
+    Kv(bool),
+}
+
+/// A write to the plugins' key-value store (`stored` is already encoded with its expiry).
+pub(super) enum KvOp {
+    Set {
+        plugin: String,
+        key: String,
+        stored: Vec<u8>,
+    },
+    Delete {
+        plugin: String,
+        key: String,
+    },
+    CompareAndSwap {
+        plugin: String,
+        key: String,
+        expected: Option<Vec<u8>>,
+        stored: Vec<u8>,
+        now_ms: u64,
+    },
+}
+
+pub(super) struct Job {
+    pub op: Op,
+    pub reply: oneshot::Sender<Result<Reply, StoreError>>,
+}
+
+/// The result of one delivery attempt, to be recorded.
+#[derive(Debug, Clone)]
+pub enum DeliveryUpdate {
+    /// The sink confirmed.
+    Delivered { seq: u64, at_ms: u64 },
+    /// The attempt failed; try again at `due_ms`.
+    Retry {
+        seq: u64,
+        at_ms: u64,
+        error: String,
+        due_ms: u64,
+    },
+    /// The attempt failed for good; move the delivery to the dead-letter queue.
+    Dead { seq: u64, at_ms: u64, error: String },
+}
+
+pub(super) fn spawn(
+    db: Arc<Database>,
+    rx: mpsc::Receiver<Job>,
+    next_seq: u64,
+    wakers: Arc<Wakers>,
+    gauges: Arc<Gauges>,
+    fsync: bool,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("hookwall-store-writer".into())
+        .spawn(move || run(&db, rx, next_seq, &wakers, &gauges, fsync))
+}
+
+fn run(
+    db: &Database,
+    mut rx: mpsc::Receiver<Job>,
+    mut next_seq: u64,
+    wakers: &Wakers,
+    gauges: &Gauges,
+    fsync: bool,
+) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let stop = batch.iter().any(|j| matches!(j.op, Op::Stop));
+        let mut touched = BTreeSet::new();
+        let seq_before = next_seq;
+        // The last commit before stopping is always durable, so `fsync = false` loses data
+        // only on a crash.
+        let durable = fsync || stop;
+        gauges.commit_started();
+        let committed = commit(db, &batch, &mut next_seq, &mut touched, durable);
+        gauges.commit_ended(committed.as_ref().ok().map(|(_, pending)| *pending));
+        match committed {
+            Ok((replies, _)) => {
+                for (job, reply) in batch.into_iter().zip(replies) {
+                    let _ = job.reply.send(Ok(reply));
+                }
+                for sink in &touched {
+                    wakers.wake(sink);
+                }
+            }
+            Err(e) => {
+                next_seq = seq_before;
+                tracing::error!(error = %e, jobs = batch.len(), "store commit failed");
+                for job in batch {
+                    let _ = job.reply.send(Err(StoreError::Storage(e.to_string())));
+                }
+            }
+        }
+        if stop {
+            rx.close();
+            // Anything still queued after Stop is refused rather than silently dropped.
+            while let Ok(job) = rx.try_recv() {
+                let _ = job.reply.send(Err(StoreError::Closed));
+            }
+            return;
+        }
+    }
+}
+
+fn commit(
+    db: &Database,
+    batch: &[Job],
+    next_seq: &mut u64,
+    touched: &mut BTreeSet<String>,
+    durable: bool,
+) -> Result<(Vec<Reply>, u64), StoreError> {
+    let mut txn = db.begin_write().map_err(StoreError::storage)?;
+    if !durable {
+        txn.set_durability(Durability::None)
+            .map_err(StoreError::storage)?;
+    }
+    let mut replies = Vec::with_capacity(batch.len());
+    for job in batch {
+        let reply = match &job.op {
+            Op::Accept(event, mark) => {
+                Reply::Accepted(accept(&txn, event, mark.as_ref(), next_seq, touched)?)
+            }
+            Op::PurgeMarks { now_ms, limit } => Reply::Purged(marks::purge(&txn, *now_ms, *limit)?),
+            Op::Update(updates) => {
+                for u in updates {
+                    update(&txn, u, next_seq, touched)?;
+                }
+                Reply::Updated
+            }
+            Op::Kv(op) => Reply::Kv(kv(&txn, op)?),
+            Op::Stop => Reply::Updated,
+        };
+        replies.push(reply);
+    }
+    txn.open_table(META)
+        .map_err(StoreError::storage)?
+        .insert("next_seq", *next_seq)
+        .map_err(StoreError::storage)?;
+    // O(1): redb keeps each table's length in its header.
+    let pending = {
+        use redb::ReadableTableMetadata as _;
+        let table = txn.open_table(PENDING).map_err(StoreError::storage)?;
+        table.len().map_err(StoreError::storage)?
+    };
+    txn.commit().map_err(StoreError::storage)?;
+    Ok((replies, pending))
+}
+
+fn take_seq(next_seq: &mut u64) -> u64 {
+    let seq = *next_seq;
+    *next_seq += 1;
+    seq
+}
+
+fn accept(
+    txn: &WriteTransaction,
+    event: &NewEvent,
+    mark: Option<&DedupeMark>,
+    next_seq: &mut u64,
+    touched: &mut BTreeSet<String>,
+) -> Result<AcceptOutcome, StoreError> {
+    if let Some(mark) = mark
+        && let Some(id) = marks::live_mark(txn, mark, event.record.received_at_ms)?
+    {
+        return Ok(AcceptOutcome::Duplicate { id });
+    }
+    let mut events = txn.open_table(EVENTS).map_err(StoreError::storage)?;
+    if events
+        .get(event.record.id.as_str())
+        .map_err(StoreError::storage)?
+        .is_some()
+    {
+        return Ok(AcceptOutcome::Duplicate {
+            id: event.record.id.clone(),
+        });
+    }
+    if let Some(mark) = mark {
+        marks::put_mark(txn, mark, &event.record.id)?;
+    }
+    let mut deliveries = txn.open_table(DELIVERIES).map_err(StoreError::storage)?;
+    let mut pending = txn.open_table(PENDING).map_err(StoreError::storage)?;
+    let mut record = event.record.clone();
+    record.deliveries.clear();
+    for d in &event.deliveries {
+        let seq = take_seq(next_seq);
+        let due_ms = record.received_at_ms;
+        let delivery = DeliveryRecord {
+            seq,
+            event_id: record.id.clone(),
+            source: record.source.clone(),
+            received_at_ms: record.received_at_ms,
+            sink: d.sink.clone(),
+            headers: d.headers.clone(),
+            body: d.body.clone(),
+            priority: d.priority,
+            attempts: Vec::new(),
+            state: DeliveryState::Pending { due_ms },
+        };
+        deliveries
+            .insert(seq, records::encode(&delivery)?.as_slice())
+            .map_err(StoreError::storage)?;
+        pending
+            .insert((d.sink.as_str(), d.priority.rank(), due_ms, seq), ())
+            .map_err(StoreError::storage)?;
+        touched.insert(d.sink.clone());
+        record.deliveries.push(seq);
+    }
+    if let EventStatus::DeadLettered { reason } = &record.status {
+        let letter = DeadLetter {
+            event_id: record.id.clone(),
+            source: record.source.clone(),
+            delivery: None,
+            sink: None,
+            reason: reason.clone(),
+            at_ms: record.received_at_ms,
+        };
+        txn.open_table(DEAD_LETTERS)
+            .map_err(StoreError::storage)?
+            .insert(take_seq(next_seq), records::encode(&letter)?.as_slice())
+            .map_err(StoreError::storage)?;
+    }
+    events
+        .insert(record.id.as_str(), records::encode(&record)?.as_slice())
+        .map_err(StoreError::storage)?;
+    Ok(AcceptOutcome::Stored)
+}
+
+fn kv(txn: &WriteTransaction, op: &KvOp) -> Result<bool, StoreError> {
+    let mut table = txn.open_table(PLUGIN_KV).map_err(StoreError::storage)?;
+    match op {
+        KvOp::Set {
+            plugin,
+            key,
+            stored,
+        } => {
+            table
+                .insert((plugin.as_str(), key.as_str()), stored.as_slice())
+                .map_err(StoreError::storage)?;
+            Ok(true)
+        }
+        KvOp::Delete { plugin, key } => Ok(table
+            .remove((plugin.as_str(), key.as_str()))
+            .map_err(StoreError::storage)?
+            .is_some()),
+        KvOp::CompareAndSwap {
+            plugin,
+            key,
+            expected,
+            stored,
+            now_ms,
+        } => {
+            let current = table
+                .get((plugin.as_str(), key.as_str()))
+                .map_err(StoreError::storage)?
+                .and_then(|v| super::kv::live(v.value(), *now_ms).map(<[u8]>::to_vec));
+            if current != *expected {
+                return Ok(false);
+            }
+            table
+                .insert((plugin.as_str(), key.as_str()), stored.as_slice())
+                .map_err(StoreError::storage)?;
+            Ok(true)
+        }
+    }
+}
+
+fn update(
+    txn: &WriteTransaction,
+    update: &DeliveryUpdate,
+    next_seq: &mut u64,
+    touched: &mut BTreeSet<String>,
+) -> Result<(), StoreError> {
+    let seq = match update {
+        DeliveryUpdate::Delivered { seq, .. }
+        | DeliveryUpdate::Retry { seq, .. }
+        | DeliveryUpdate::Dead { seq, .. } => *seq,
+    };
+    let mut deliveries = txn.open_table(DELIVERIES).map_err(StoreError::storage)?;
+    let mut record: DeliveryRecord = {
+        let Some(bytes) = deliveries.get(seq).map_err(StoreError::storage)? else {
+            // Updates for deliveries that no longer exist are harmless: nothing to record.
+            return Ok(());
+        };
+        records::decode(bytes.value(), || format!("delivery {seq}"))?
+    };
+    let DeliveryState::Pending { due_ms: old_due } = record.state else {
+        // Already settled by an earlier update: keep the first outcome.
+        return Ok(());
+    };
+    let mut pending = txn.open_table(PENDING).map_err(StoreError::storage)?;
+    pending
+        .remove((record.sink.as_str(), record.priority.rank(), old_due, seq))
+        .map_err(StoreError::storage)?;
+    match update {
+        DeliveryUpdate::Delivered { at_ms, .. } => {
+            record.attempts.push(records::Attempt {
+                at_ms: *at_ms,
+                error: None,
+            });
+            record.state = DeliveryState::Delivered { at_ms: *at_ms };
+        }
+        DeliveryUpdate::Retry {
+            at_ms,
+            error,
+            due_ms,
+            ..
+        } => {
+            record.attempts.push(records::Attempt {
+                at_ms: *at_ms,
+                error: Some(error.clone()),
+            });
+            record.state = DeliveryState::Pending { due_ms: *due_ms };
+            pending
+                .insert(
+                    (record.sink.as_str(), record.priority.rank(), *due_ms, seq),
+                    (),
+                )
+                .map_err(StoreError::storage)?;
+            touched.insert(record.sink.clone());
+        }
+        DeliveryUpdate::Dead { at_ms, error, .. } => {
+            record.attempts.push(records::Attempt {
+                at_ms: *at_ms,
+                error: Some(error.clone()),
+            });
+            record.state = DeliveryState::Dead {
+                reason: error.clone(),
+            };
+            let letter = DeadLetter {
+                event_id: record.event_id.clone(),
+                source: record.source.clone(),
+                delivery: Some(seq),
+                sink: Some(record.sink.clone()),
+                reason: error.clone(),
+                at_ms: *at_ms,
+            };
+            txn.open_table(DEAD_LETTERS)
+                .map_err(StoreError::storage)?
+                .insert(take_seq(next_seq), records::encode(&letter)?.as_slice())
+                .map_err(StoreError::storage)?;
+        }
+    }
+    deliveries
+        .insert(seq, records::encode(&record)?.as_slice())
+        .map_err(StoreError::storage)?;
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! Test kit for Hookwall's end-to-end tests (`tests/e2e`): the harness that runs the real
+//! binary, and the paths of the WebAssembly components that `build.rs` builds from source.
+
+pub mod wasm {
+    include!(concat!(env!("OUT_DIR"), "/wasm_paths.rs"));
+}
+
+mod harness;
+mod services;
+
+pub use harness::*;
+pub use services::{NatsServer, RedisServer};
