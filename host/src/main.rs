@@ -499,7 +499,11 @@ async fn send_https(
 ) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
     let identity = tls.client_cert.as_deref().zip(tls.client_key.as_deref());
     let config = server::tls::client_config(tls.ca_cert.as_deref(), identity)?;
-    let host = request.uri().host().context("the URL has no host")?.to_string();
+    let host = request
+        .uri()
+        .host()
+        .context("the URL has no host")?
+        .to_string();
     let port = request.uri().port_u16().unwrap_or(443);
     let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
         .with_context(|| format!("{host} is not a valid TLS server name"))?;

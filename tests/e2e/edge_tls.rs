@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use hookwall_testkit::{Hookwall, sign_sha256_hex, wait_for};
@@ -45,11 +46,10 @@ impl TestCa {
     /// A leaf for `localhost` and 127.0.0.1, with `cn` as its common name.
     pub fn leaf(&self, cn: &str) -> Leaf {
         let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                .unwrap();
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
         let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let cert = params.signed_by(&key, &*self.issuer).unwrap();
         Leaf {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
@@ -283,7 +283,11 @@ fn tls_certificate_rotates_without_restart_and_a_bad_pair_keeps_the_old_one() {
         n += 1;
         seen(&format!("rot-2-{n}")) == b.der
     });
-    assert!(rotated, "the new certificate was not picked up:\n{}", hw.log());
+    assert!(
+        rotated,
+        "the new certificate was not picked up:\n{}",
+        hw.log()
+    );
     assert!(hw.log().contains("TLS certificate reloaded"));
 
     // A pair that does not match (C's certificate, B's key) is refused; B keeps serving.
@@ -320,7 +324,11 @@ fn mutual_tls_refuses_clients_without_a_certificate_from_the_client_ca() {
     let other_ca = TestCa::new("someone else's CA");
     install(dir.path(), &server_ca.leaf("server"));
     std::fs::write(dir.path().join("clients.pem"), client_ca.pem()).unwrap();
-    let hw = Hookwall::start(BIN, dir.path(), &tls_config("client_ca = \"clients.pem\"\n"));
+    let hw = Hookwall::start(
+        BIN,
+        dir.path(),
+        &tls_config("client_ca = \"clients.pem\"\n"),
+    );
     let rt = runtime();
     let body = br#"{"n":1}"#;
     let post = |identity: Option<&Leaf>, id: &str| {
@@ -336,7 +344,10 @@ fn mutual_tls_refuses_clients_without_a_certificate_from_the_client_ca() {
     assert!(without.is_err(), "no client certificate: {without:?}");
     let wrong = other_ca.leaf("intruder");
     let stranger = post(Some(&wrong), "mtls-wrong");
-    assert!(stranger.is_err(), "a certificate from another CA: {stranger:?}");
+    assert!(
+        stranger.is_err(),
+        "a certificate from another CA: {stranger:?}"
+    );
     let good = client_ca.leaf("producer");
     let reply = post(Some(&good), "mtls-good").unwrap();
     assert_eq!(reply.status, 200);
@@ -374,7 +385,10 @@ fn serve_warns_when_a_public_listener_has_no_tls() {
     // 0.0.0.0 is reachable from other hosts; nothing here sends it anything.
     let text = config(&[("demo", "")], "")
         .replace("{listen}", &format!("0.0.0.0:{port}"))
-        .replace("{admin}", &format!("127.0.0.1:{}", hookwall_testkit::free_port()));
+        .replace(
+            "{admin}",
+            &format!("127.0.0.1:{}", hookwall_testkit::free_port()),
+        );
     let config_path = dir.path().join("hookwall.toml");
     std::fs::write(&config_path, text).unwrap();
     let log_path = dir.path().join("hookwall.log");

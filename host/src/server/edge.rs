@@ -345,8 +345,10 @@ pub async fn serve<H, F>(
                     let handshake = tls.acceptor().accept(stream);
                     match tokio::time::timeout(limits.header_read_timeout, handshake).await {
                         Ok(Ok(stream)) => {
-                            serve_connection(stream, remote, &builder, &limits, handler, stop, grace)
-                                .await
+                            serve_connection(
+                                stream, remote, &builder, &limits, handler, stop, grace,
+                            )
+                            .await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%remote, error = %e, "TLS handshake failed");
@@ -366,6 +368,9 @@ pub async fn serve<H, F>(
         .await
         .is_err()
     {
-        tracing::warn!(?grace, "connections still open after the shutdown grace period");
+        tracing::warn!(
+            ?grace,
+            "connections still open after the shutdown grace period"
+        );
     }
 }

@@ -96,15 +96,13 @@ impl Tls {
                         reason: e.to_string(),
                     })?;
                 }
-                let verifier = WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    provider.clone(),
-                )
-                .build()
-                .map_err(|e| TlsError::ClientCa {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                        .build()
+                        .map_err(|e| TlsError::ClientCa {
+                            path: path.clone(),
+                            reason: e.to_string(),
+                        })?;
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),

@@ -76,7 +76,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
     let key = KeyPair::generate()?;
-    let cert = CertificateParams::new(vec!["localhost".to_string()])?.signed_by(&key, &ca)?;
+    let cert = CertificateParams::new(vec!["localhost".to_string()])?.signed_by(&key, &*ca)?;
     std::fs::write(d.join("cert.pem"), cert.pem())?;
     std::fs::write(d.join("key.pem"), key.serialize_pem())?;
 
@@ -148,7 +148,13 @@ type = "stdout"
             Mode::TlsResumed => (tls_addr, Some(resumed.clone())),
         };
         // Warm up (and, for resumption, fill the session cache).
-        measure(addr, tls.clone(), args.connections, Duration::from_millis(500)).await?;
+        measure(
+            addr,
+            tls.clone(),
+            args.connections,
+            Duration::from_millis(500),
+        )
+        .await?;
         let rate = measure(addr, tls, args.connections, args.duration).await?;
         println!("{:<22} {:>9.0} req/s", mode.name(), rate);
         results.push((mode, rate));
@@ -205,7 +211,10 @@ async fn measure(
     Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn one_request(addr: SocketAddr, tls: Option<Arc<rustls::ClientConfig>>) -> anyhow::Result<()> {
+async fn one_request(
+    addr: SocketAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<()> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     match tls {
@@ -234,7 +243,11 @@ where
         .header("connection", "close")
         .body(Full::new(Bytes::from(body)))?;
     let response = sender.send_request(request).await?;
-    anyhow::ensure!(response.status().is_success(), "status {}", response.status());
+    anyhow::ensure!(
+        response.status().is_success(),
+        "status {}",
+        response.status()
+    );
     response.into_body().collect().await?;
     Ok(())
 }
