@@ -231,3 +231,104 @@ pub(super) fn resolve_paths(tls: &mut TlsConfig, base: &std::path::Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use crate::config::{Config, ConfigError};
+
+    const SOURCE: &str = r#"
+[sources.demo]
+path = "/hooks/demo"
+verify = { scheme = "none" }
+sinks = ["out"]
+[sinks.out]
+type = "stdout"
+"#;
+
+    fn parse(head: &str) -> Result<Config, ConfigError> {
+        Config::parse(&format!("{head}\n{SOURCE}"), Path::new("/etc/hookwall"))
+    }
+
+    fn bad_key(head: &str) -> String {
+        match parse(head) {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            Err(ConfigError::Parse { message, .. }) => message,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_key_parses_and_tls_paths_are_resolved() {
+        let config = parse(
+            r#"
+[server.tls]
+cert = "tls/cert.pem"
+key = "/abs/key.pem"
+client_ca = "tls/ca.pem"
+[server.limits]
+max_connections = 500
+header_read_timeout = "3s"
+body_read_timeout = "20s"
+body_min_rate = 0
+body_rate_grace = "2s"
+idle_timeout = "30s"
+max_headers = 50
+max_header_bytes = 8192
+h2_max_concurrent_streams = 10
+h2_max_pending_reset_streams = 5
+"#,
+        )
+        .unwrap();
+        let tls = config.server.tls.unwrap();
+        assert_eq!(tls.cert, Path::new("/etc/hookwall/tls/cert.pem"));
+        assert_eq!(tls.key, Path::new("/abs/key.pem"));
+        assert_eq!(
+            tls.client_ca.as_deref(),
+            Some(Path::new("/etc/hookwall/tls/ca.pem"))
+        );
+        let l = config.server.limits;
+        assert_eq!(l.max_connections, 500);
+        assert_eq!(l.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(l.body_min_rate, 0);
+        assert_eq!(l.h2_max_pending_reset_streams, 5);
+    }
+
+    #[test]
+    fn defaults_without_the_tables() {
+        let config = parse("").unwrap();
+        assert!(config.server.tls.is_none());
+        let l = config.server.limits;
+        assert_eq!(l.max_connections, super::DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(l.header_read_timeout, super::DEFAULT_HEADER_READ_TIMEOUT);
+        assert_eq!(l.max_header_bytes, super::DEFAULT_MAX_HEADER_BYTES);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        assert_eq!(
+            bad_key("[server.limits]\nmax_connections = 0"),
+            "server.limits.max_connections"
+        );
+        assert_eq!(
+            bad_key("[server.limits]\nidle_timeout = \"0s\""),
+            "server.limits.idle_timeout"
+        );
+        assert_eq!(
+            bad_key("[server.limits]\nmax_header_bytes = 1024"),
+            "server.limits.max_header_bytes"
+        );
+        assert!(bad_key("[server.limits]\nmax_conections = 5").contains("max_conections"));
+        assert!(bad_key("[server.tls]\ncert = \"c.pem\"").contains("key"));
+    }
+
+    #[test]
+    fn a_public_admin_listener_needs_a_token() {
+        assert_eq!(bad_key("[admin]\nlisten = \"0.0.0.0:9090\""), "admin.token");
+        assert!(parse("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"t\"").is_ok());
+        assert!(parse("[admin]\nlisten = \"127.0.0.1:9090\"").is_ok());
+        assert!(parse("[admin]\nlisten = \"[::1]:9090\"").is_ok());
+    }
+}
