@@ -74,7 +74,23 @@ enum Command {
         /// Event id for schemes that carry one [default: a new UUID].
         #[arg(long)]
         id: Option<String>,
+        #[command(flatten)]
+        tls: SendTls,
     },
+}
+
+/// `hookwall send` over https.
+#[derive(clap::Args)]
+struct SendTls {
+    /// Trust the CA certificates in this PEM file [default: the system's roots].
+    #[arg(long, value_name = "PEM")]
+    ca_cert: Option<PathBuf>,
+    /// Present this client certificate chain (PEM) when the receiver asks for one (mTLS).
+    #[arg(long, value_name = "PEM", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "client_cert")]
+    client_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -124,7 +140,8 @@ fn main() -> ExitCode {
                 file,
                 url,
                 id,
-            } => send(&config, &source, &file, url, id).await,
+                tls,
+            } => send(&config, &source, &file, url, id, &tls).await,
         }
     });
     match result {
@@ -192,6 +209,18 @@ async fn serve(path: &Path, log_format: LogFormat) -> anyhow::Result<()> {
     )?);
     let maintenance = tokio::spawn(pipeline.clone().maintain());
 
+    let edge = server::edge::Edge {
+        limits: config.server.limits.clone(),
+        tls: config
+            .server
+            .tls
+            .as_ref()
+            .map(server::tls::Tls::load)
+            .transpose()?,
+    };
+    if edge.tls.is_none() && !config.server.listen.ip().is_loopback() {
+        tracing::warn!(listen = %config.server.listen, "this listener is reachable from other hosts without TLS; set [server.tls] or put a TLS proxy in front");
+    }
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -236,7 +265,7 @@ async fn serve(path: &Path, log_format: LogFormat) -> anyhow::Result<()> {
         _ => None,
     };
 
-    tracing::info!(addr = %listener.local_addr()?, sources = config.sources.len(), "listening");
+    tracing::info!(addr = %listener.local_addr()?, sources = config.sources.len(), tls = edge.tls.is_some(), "listening");
     let handler = move |req, remote| server::handle_webhook(pipeline.clone(), remote, req);
     let signal = async move {
         shutdown_signal().await;
@@ -244,7 +273,13 @@ async fn serve(path: &Path, log_format: LogFormat) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     };
     tokio::join!(
-        server::serve(listener, handler, stopped(), config.server.shutdown_grace),
+        server::edge::serve(
+            listener,
+            edge,
+            handler,
+            stopped(),
+            config.server.shutdown_grace
+        ),
         signal
     );
     if let Some(task) = admin_task {
@@ -387,6 +422,7 @@ async fn send(
     file: &Path,
     url: Option<String>,
     id: Option<String>,
+    tls: &SendTls,
 ) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let Some(source_config) = config.sources.get(source) else {
@@ -404,7 +440,12 @@ async fn send(
         if addr.ip().is_unspecified() {
             addr.set_ip([127, 0, 0, 1].into());
         }
-        format!("http://{addr}{}", source_config.path)
+        let scheme = if config.server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{addr}{}", source_config.path)
     });
     let uri: http::Uri = url.parse().with_context(|| format!("bad --url {url}"))?;
     let content_type = if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok() {
@@ -435,11 +476,13 @@ async fn send(
         request = request.header(name, value);
     }
     let request = request.body(Full::new(bytes::Bytes::from(signed.body)))?;
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    let response = client
-        .request(request)
-        .await
-        .with_context(|| format!("cannot reach {url} (is `hookwall serve` running?)"))?;
+    let response = if scheme == "https" {
+        send_https(request, tls).await
+    } else {
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        client.request(request).await.map_err(anyhow::Error::from)
+    }
+    .with_context(|| format!("cannot reach {url} (is `hookwall serve` running?)"))?;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
     println!("{} {}", status.as_u16(), String::from_utf8_lossy(&body));
@@ -447,4 +490,43 @@ async fn send(
         bail!("the receiver answered {status}");
     }
     Ok(())
+}
+
+/// One request over a new TLS connection (HTTP/1.1), trusting `tls.ca_cert` or the system.
+async fn send_https(
+    request: http::Request<Full<bytes::Bytes>>,
+    tls: &SendTls,
+) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
+    let identity = tls.client_cert.as_deref().zip(tls.client_key.as_deref());
+    let config = server::tls::client_config(tls.ca_cert.as_deref(), identity)?;
+    let host = request
+        .uri()
+        .host()
+        .context("the URL has no host")?
+        .to_string();
+    let port = request.uri().port_u16().unwrap_or(443);
+    let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+        .with_context(|| format!("{host} is not a valid TLS server name"))?;
+    let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port)).await?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .context("TLS handshake failed")?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    // A connection of our own: send origin-form with a Host header, as a client pool would.
+    let (mut parts, body) = request.into_parts();
+    let authority = parts.uri.authority().map(|a| a.to_string());
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .parse()?;
+    if let Some(authority) = authority {
+        parts.headers.insert(http::header::HOST, authority.parse()?);
+    }
+    Ok(sender
+        .send_request(http::Request::from_parts(parts, body))
+        .await?)
 }

@@ -2,6 +2,9 @@
 //! ports, with plugins built from source by the test kit's build script.
 
 mod cli;
+mod edge_limits;
+mod edge_secrets;
+mod edge_tls;
 mod hostile;
 mod intake;
 mod reload;

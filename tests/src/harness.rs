@@ -161,12 +161,19 @@ pub struct Hookwall {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub log_path: PathBuf,
+    /// Extra environment for the process (after the default `RUST_LOG=info`).
+    env: Vec<(String, String)>,
 }
 
 impl Hookwall {
     /// Writes `config` to `dir/hookwall.toml` and starts the server. `{listen}` and
     /// `{admin}` in the text are replaced by free loopback addresses.
     pub fn start(bin: &str, dir: &Path, config: &str) -> Hookwall {
+        Hookwall::start_with_env(bin, dir, config, &[])
+    }
+
+    /// [`Hookwall::start`] with extra environment variables (e.g. `RUST_LOG=debug`).
+    pub fn start_with_env(bin: &str, dir: &Path, config: &str, env: &[(&str, &str)]) -> Hookwall {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let text = config
@@ -182,6 +189,10 @@ impl Hookwall {
             addr,
             admin,
             log_path: dir.join("hookwall.log"),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         hw.spawn();
         hw
@@ -197,6 +208,7 @@ impl Hookwall {
             .args(["serve", "--config"])
             .arg(&self.config_path)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)

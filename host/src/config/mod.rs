@@ -20,6 +20,7 @@
 //! path = "./data/events.jsonl"
 //! ```
 
+mod edge;
 mod intake;
 mod secret;
 
@@ -30,6 +31,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use edge::{LimitsConfig, TlsConfig};
 pub use intake::{
     DEFAULT_DEDUPE_TTL, DedupeConfig, DedupeKey, LimitBy, OnRedisError, OverloadConfig, Rate,
     RateLimitConfig,
@@ -120,6 +122,12 @@ pub struct ServerConfig {
     /// reading a body while the store is behind (off unless set).
     #[serde(default)]
     pub overload: OverloadConfig,
+    /// `[server.tls]`: terminate TLS on this listener (off unless set).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// `[server.limits]`: connection, header, body and HTTP/2 limits (safe defaults).
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -140,6 +148,8 @@ impl Default for ServerConfig {
             shutdown_grace: default_shutdown_grace(),
             trusted_proxies: Vec::new(),
             overload: OverloadConfig::default(),
+            tls: None,
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -472,6 +482,9 @@ impl Config {
         };
         abs(&mut self.storage.path);
         abs(&mut self.plugins.dir);
+        if let Some(tls) = &mut self.server.tls {
+            edge::resolve_paths(tls, &base);
+        }
         for sink in self.sinks.values_mut() {
             if let SinkConfig::File(f) = sink {
                 abs(&mut f.path);
@@ -499,6 +512,11 @@ impl Config {
             return Err(invalid("plugins.deadline", "must be greater than 0"));
         }
         intake::validate_overload(&self.server.overload)?;
+        edge::validate(
+            &self.server.limits,
+            self.server.tls.as_ref(),
+            self.admin.as_ref(),
+        )?;
         if !self
             .storage
             .redis_prefix

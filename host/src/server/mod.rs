@@ -8,9 +8,11 @@
 //! [`serve`] is the accept loop shared with the admin listener: it stops accepting on shutdown
 //! and gives in-flight requests a grace period to finish.
 
+pub mod edge;
+pub mod fuzzing;
 pub mod respond;
+pub mod tls;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -21,11 +23,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Body, Incoming};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper::body::Body;
 use tokio::net::TcpListener;
 
 use crate::pipeline::Pipeline;
@@ -114,6 +112,16 @@ where
     let body = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Err(e)
+            if e.downcast_ref::<edge::BodyError>()
+                .is_some_and(|e| matches!(e, edge::BodyError::TooSlow { .. })) =>
+        {
+            return respond::error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body did not arrive in time",
+            );
+        }
         Err(_) => {
             return respond::error(
                 StatusCode::BAD_REQUEST,
@@ -161,53 +169,16 @@ where
 }
 
 /// Accepts connections on `listener` and answers each request with `handler` until `shutdown`
-/// resolves; then waits up to `grace` for open connections to finish.
+/// resolves; then waits up to `grace` for open connections to finish. Default limits, no TLS
+/// (the admin listener); [`edge::serve`] takes both.
 pub async fn serve<H, F>(
     listener: TcpListener,
     handler: H,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<edge::GuardedBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Usually EMFILE: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let service = service_fn(move |req| {
-            let response = handler(req, remote);
-            async move { Ok::<_, Infallible>(response.await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%remote, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(grace) => {
-            tracing::warn!(?grace, "connections still open after the shutdown grace period");
-        }
-    }
+    edge::serve(listener, edge::Edge::default(), handler, shutdown, grace).await;
 }

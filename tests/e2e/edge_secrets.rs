@@ -1,0 +1,231 @@
+//! Secrets never reach the logs or the CLI's output, and the admin API cannot be opened to the
+//! network without a token. One full run at `RUST_LOG=debug`: every verify scheme family with
+//! its secret (literal, `env:` and `file:`), the admin token, a Redis URL with a password, and a
+//! TLS private key; good and bad requests, admin calls with good and bad tokens; then the logs
+//! are searched for every secret.
+
+use std::process::Command;
+
+use hookwall_testkit::{Hookwall, RedisServer, http};
+
+use super::edge_tls::{TestCa, tls_post};
+use super::{BIN, workdir};
+
+const HMAC: &str = "sec-hmac-7c1d9e3a4b5f";
+const GITHUB: &str = "sec-github-55aa21bb";
+const STRIPE: &str = "whsec_sec-stripe-9f0e1d2c";
+/// Standard Webhooks' key form: base64 of `sec-stdwh-deadbeef1234` after `whsec_`.
+const STDWH: &str = "whsec_c2VjLXN0ZHdoLWRlYWRiZWVmMTIzNA==";
+const STDWH_DECODED: &str = "sec-stdwh-deadbeef1234";
+const BEARER: &str = "sec-bearer-0a0b0c0d0e";
+const BASIC: &str = "sec-basic-pw-11223344";
+const API_KEY: &str = "sec-apikey-33445566";
+const ADMIN: &str = "sec-admin-token-88997766";
+const REDIS_PW: &str = "sec-redis-pw-77881122";
+
+#[test]
+fn no_configured_secret_appears_in_debug_logs_or_cli_output() {
+    let dir = workdir(&[]);
+    let d = dir.path();
+    let redis = RedisServer::start();
+    redis
+        .command(&["CONFIG", "SET", "requirepass", REDIS_PW])
+        .unwrap();
+    let ca = TestCa::new("secrets CA");
+    let leaf = ca.leaf("server");
+    std::fs::write(d.join("cert.pem"), &leaf.cert_pem).unwrap();
+    std::fs::write(d.join("key.pem"), &leaf.key_pem).unwrap();
+    std::fs::write(d.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(d.join("github.secret"), format!("{GITHUB}\n")).unwrap();
+    std::fs::write(d.join("admin.token"), ADMIN).unwrap();
+    let config = format!(
+        r#"
+[server]
+listen = "{{listen}}"
+shutdown_grace = "2s"
+[server.tls]
+cert = "cert.pem"
+key = "key.pem"
+
+[storage]
+path = "data"
+redis = "env:SECRETS_TEST_REDIS_URL"
+
+[admin]
+listen = "{{admin}}"
+token = "file:admin.token"
+
+[sinks.out]
+type = "file"
+path = "out.jsonl"
+
+[sources.hmac]
+path = "/hooks/hmac"
+verify = {{ scheme = "hmac", header = "X-Signature", prefix = "sha256=", secrets = ["{HMAC}"], id_header = "X-Event-Id", explain = true }}
+sinks = ["out"]
+
+[sources.github]
+path = "/hooks/github"
+verify = {{ scheme = "github", secrets = ["file:github.secret"], explain = true }}
+sinks = ["out"]
+
+[sources.stripe]
+path = "/hooks/stripe"
+verify = {{ scheme = "stripe", secrets = ["env:SECRETS_TEST_STRIPE"], explain = true }}
+sinks = ["out"]
+
+[sources.stdwh]
+path = "/hooks/stdwh"
+verify = {{ scheme = "standard-webhooks", secrets = ["{STDWH}"], explain = true }}
+sinks = ["out"]
+
+[sources.bearer]
+path = "/hooks/bearer"
+verify = {{ scheme = "bearer", secrets = ["{BEARER}"] }}
+sinks = ["out"]
+
+[sources.basic]
+path = "/hooks/basic"
+verify = {{ scheme = "basic", username = "hooks", secrets = ["{BASIC}"] }}
+sinks = ["out"]
+
+[sources.apikey]
+path = "/hooks/apikey"
+verify = {{ scheme = "api-key", header = "X-Api-Key", secrets = ["{API_KEY}"] }}
+sinks = ["out"]
+"#
+    );
+    let redis_url = format!("redis://:{REDIS_PW}@127.0.0.1:{}", redis.port);
+    let env = [
+        ("RUST_LOG", "debug"),
+        ("SECRETS_TEST_STRIPE", STRIPE),
+        ("SECRETS_TEST_REDIS_URL", redis_url.as_str()),
+    ];
+    let mut hw = Hookwall::start_with_env(BIN, d, &config, &env);
+    let body = br#"{"id":"evt_1","event_id":"e1","type":"order.created"}"#;
+    std::fs::write(d.join("event.json"), body).unwrap();
+
+    // Every source, signed properly by the CLI (which reads the same secrets).
+    let mut cli_output = String::new();
+    for source in [
+        "hmac", "github", "stripe", "stdwh", "bearer", "basic", "apikey",
+    ] {
+        let out = Command::new(BIN)
+            .args(["send", "--source", source, "--config"])
+            .arg(&hw.config_path)
+            .arg("--ca-cert")
+            .arg(d.join("ca.pem"))
+            .arg(d.join("event.json"))
+            .envs(env)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{source}: {text}");
+        cli_output.push_str(&text);
+    }
+    // Wrong signatures, with `explain` diagnostics (logged and returned).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for source in ["hmac", "github", "stripe", "stdwh", "bearer", "basic"] {
+        let reply = rt
+            .block_on(tls_post(
+                hw.addr,
+                ca.client(b"http/1.1", None),
+                &format!("/hooks/{source}"),
+                "forged",
+                body,
+            ))
+            .unwrap();
+        assert_eq!(reply.status, 401, "{source}");
+        cli_output.push_str(&String::from_utf8_lossy(&reply.body));
+    }
+    // Admin: a wrong token, then the right one.
+    let wrong = http(
+        hw.admin,
+        "GET",
+        "/api/v1/intake",
+        &[("Authorization", "Bearer nope")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(wrong.status, 401);
+    let auth = format!("Bearer {ADMIN}");
+    for path in ["/api/v1/intake", "/api/v1/plugins", "/api/v1/sinks"] {
+        let r = http(hw.admin, "GET", path, &[("Authorization", &auth)], b"").unwrap();
+        assert_eq!(r.status, 200, "{path}");
+        cli_output.push_str(&String::from_utf8_lossy(&r.body));
+    }
+    assert!(hw.stop().success());
+
+    let log = hw.log();
+    assert!(log.contains("DEBUG"), "the run logged at debug level");
+    assert!(log.contains("diagnostic"), "verify diagnostics were logged");
+    let key_line = leaf
+        .key_pem
+        .lines()
+        .find(|l| l.len() > 40)
+        .expect("a base64 line of the key");
+    for secret in [
+        HMAC,
+        GITHUB,
+        STRIPE,
+        "sec-stripe-9f0e1d2c",
+        STDWH,
+        STDWH_DECODED,
+        BEARER,
+        BASIC,
+        API_KEY,
+        ADMIN,
+        REDIS_PW,
+        key_line,
+    ] {
+        assert!(!log.contains(secret), "the log contains {secret}");
+        assert!(
+            !cli_output.contains(secret),
+            "CLI or API output contains {secret}"
+        );
+    }
+}
+
+fn check_exit(config: &str) -> (Option<i32>, String) {
+    let dir = workdir(&[]);
+    let path = dir.path().join("hookwall.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn admin_listener_refuses_a_public_address_without_a_token() {
+    let source = r#"
+[sources.demo]
+path = "/hooks/demo"
+verify = { scheme = "none" }
+sinks = ["out"]
+[sinks.out]
+type = "stdout"
+"#;
+    let port = hookwall_testkit::free_port();
+    let (code, stderr) = check_exit(&format!(
+        "[server]\nlisten = \"127.0.0.1:{}\"\n[admin]\nlisten = \"0.0.0.0:{port}\"\n{source}",
+        hookwall_testkit::free_port()
+    ));
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("admin.token"), "{stderr}");
+    assert!(stderr.contains("not a loopback address"), "{stderr}");
+    // Nothing was bound.
+    assert!(std::net::TcpListener::bind(("0.0.0.0", port)).is_ok());
+}
