@@ -61,11 +61,18 @@ fn a_delivery_is_signed_with_the_sinks_key_and_carries_a_stable_id() {
     let hw = Hookwall::start(
         BIN,
         dir.path(),
-        &http_config(&up.url(), "retry = { initial = \"50ms\", max_delay = \"100ms\" }", ""),
+        &http_config(
+            &up.url(),
+            "retry = { initial = \"50ms\", max_delay = \"100ms\" }",
+            "",
+        ),
     );
     // One failure first, so the id can be compared across attempts.
     up.script([Answer::Status(500, None)]);
-    assert_eq!(post_signed(&hw, "shop", "evt-1", &json!({"n": 1})).status, 200);
+    assert_eq!(
+        post_signed(&hw, "shop", "evt-1", &json!({"n": 1})).status,
+        200
+    );
     assert!(wait_for(Duration::from_secs(10), || up.accepted().len() == 1));
     let got = up.received();
     assert_eq!(got.len(), 2, "one failure, one success");
@@ -79,7 +86,10 @@ fn a_delivery_is_signed_with_the_sinks_key_and_carries_a_stable_id() {
     assert_eq!(ok.header("x-tenant"), Some("acme"));
     assert!(standard_webhooks_valid(SINK_SECRET, ok), "{:?}", ok.headers);
     // The check can fail: another key does not verify.
-    assert!(!standard_webhooks_valid("whsec_d3Jvbmcta2V5LXdyb25nLWtleQ==", ok));
+    assert!(!standard_webhooks_valid(
+        "whsec_d3Jvbmcta2V5LXdyb25nLWtleQ==",
+        ok
+    ));
     // The attempts are on record.
     let event = hw.admin_get("/api/v1/events/evt-1").json();
     let attempts = &event["deliveries"][0]["attempts"];
@@ -96,7 +106,10 @@ fn http2_prior_knowledge_is_spoken_when_configured() {
         dir.path(),
         &http_config(&up.url(), "http2 = \"prior-knowledge\"", ""),
     );
-    assert_eq!(post_signed(&hw, "shop", "h2-1", &json!({"n": 1})).status, 200);
+    assert_eq!(
+        post_signed(&hw, "shop", "h2-1", &json!({"n": 1})).status,
+        200
+    );
     assert!(wait_for(Duration::from_secs(10), || up.accepted().len() == 1));
     assert_eq!(up.received()[0].version, "HTTP/2.0");
 }
@@ -109,10 +122,19 @@ fn a_400_is_dead_lettered_at_once_with_its_attempt() {
     let hw = Hookwall::start(
         BIN,
         dir.path(),
-        &http_config(&up.url(), "retry = { initial = \"50ms\", max_delay = \"100ms\" }", ""),
+        &http_config(
+            &up.url(),
+            "retry = { initial = \"50ms\", max_delay = \"100ms\" }",
+            "",
+        ),
     );
-    assert_eq!(post_signed(&hw, "shop", "bad-1", &json!({"n": 1})).status, 200);
-    assert!(wait_for(Duration::from_secs(10), || dead_letters(&hw).len() == 1));
+    assert_eq!(
+        post_signed(&hw, "shop", "bad-1", &json!({"n": 1})).status,
+        200
+    );
+    assert!(wait_for(Duration::from_secs(10), || dead_letters(&hw)
+        .len()
+        == 1));
     // Long enough for several retries at 50 ms had it been retried.
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(up.count(), 1, "a 400 is not retried");
@@ -145,7 +167,9 @@ fn a_400_is_dead_lettered_at_once_with_its_attempt() {
     assert_eq!(up.accepted()[0].header("webhook-id"), Some("bad-1:app:0"));
     assert!(dead_letters(&hw).is_empty());
     // Nothing left to replay.
-    let again = hw.admin_post("/api/v1/replay", &json!({"all": true})).json();
+    let again = hw
+        .admin_post("/api/v1/replay", &json!({"all": true}))
+        .json();
     assert_eq!(again["replayed"], 0);
 }
 
@@ -157,9 +181,16 @@ fn retry_after_is_honoured() {
     let hw = Hookwall::start(
         BIN,
         dir.path(),
-        &http_config(&up.url(), "retry = { initial = \"50ms\", max_delay = \"100ms\" }", ""),
+        &http_config(
+            &up.url(),
+            "retry = { initial = \"50ms\", max_delay = \"100ms\" }",
+            "",
+        ),
     );
-    assert_eq!(post_signed(&hw, "shop", "ra-1", &json!({"n": 1})).status, 200);
+    assert_eq!(
+        post_signed(&hw, "shop", "ra-1", &json!({"n": 1})).status,
+        200
+    );
     assert!(wait_for(Duration::from_secs(15), || up.accepted().len() == 1));
     let got = up.received();
     assert_eq!(got.len(), 3);
@@ -185,7 +216,10 @@ fn a_stalled_upstream_times_out_and_is_retried() {
             "",
         ),
     );
-    assert_eq!(post_signed(&hw, "shop", "st-1", &json!({"n": 1})).status, 200);
+    assert_eq!(
+        post_signed(&hw, "shop", "st-1", &json!({"n": 1})).status,
+        200
+    );
     assert!(wait_for(Duration::from_secs(15), || {
         hw.admin_get("/api/v1/events/st-1").json()["deliveries"][0]["state"] == "delivered"
     }));
@@ -209,7 +243,9 @@ fn a_failing_plugin_fixed_then_replayed_is_delivered_once() {
     assert_eq!(dead_letters(&hw).len(), 3);
     assert_eq!(dead_letters(&hw)[0]["sink"], Value::Null);
     // Replaying with the plugin still broken makes new dead letters, delivers nothing.
-    let r = hw.admin_post("/api/v1/replay", &json!({"source": "shop"})).json();
+    let r = hw
+        .admin_post("/api/v1/replay", &json!({"source": "shop"}))
+        .json();
     assert_eq!(r["replayed"], 3);
     assert_eq!(dead_letters(&hw).len(), 3);
     assert_eq!(up.count(), 0);
@@ -250,13 +286,19 @@ fn a_failing_plugin_fixed_then_replayed_is_delivered_once() {
     assert_eq!(ids.len(), total, "each delivered once: {ids:?}");
     for i in 0..3 {
         assert_eq!(
-            ids.iter().filter(|id| **id == format!("pf-{i}:app:0")).count(),
+            ids.iter()
+                .filter(|id| **id == format!("pf-{i}:app:0"))
+                .count(),
             1,
             "{ids:?}"
         );
     }
     // The echo plugin's mark shows the current plugin ran.
-    assert!(up.accepted().iter().all(|r| r.header("x-echo-config").is_some()));
+    assert!(
+        up.accepted()
+            .iter()
+            .all(|r| r.header("x-echo-config").is_some())
+    );
     assert!(dead_letters(&hw).is_empty());
     assert_eq!(
         hw.admin_get("/api/v1/events/pf-0").json()["status"],
@@ -271,8 +313,13 @@ fn purge_pause_and_resume() {
     let dir = workdir(&[]);
     let hw = Hookwall::start(BIN, dir.path(), &http_config(&up.url(), "", ""));
     assert_eq!(post_signed(&hw, "shop", "pg-1", &json!({})).status, 200);
-    assert!(wait_for(Duration::from_secs(10), || dead_letters(&hw).len() == 1));
-    let bad = hw.admin_post("/api/v1/dead-letters/purge", &json!({"seq": 1, "all": true}));
+    assert!(wait_for(Duration::from_secs(10), || dead_letters(&hw)
+        .len()
+        == 1));
+    let bad = hw.admin_post(
+        "/api/v1/dead-letters/purge",
+        &json!({"seq": 1, "all": true}),
+    );
     assert_eq!(bad.status, 400);
     assert_eq!(bad.json()["error"], "bad_request");
     let (ok, out, _) = hw.cli(&["dlq", "purge", "--all"]);
@@ -302,13 +349,13 @@ fn retention_prunes_delivered_events_and_keeps_dead_letters() {
     let up = Upstream::start();
     up.script([Answer::Status(422, None)]);
     let dir = workdir(&[]);
-    let text = http_config(&up.url(), "", "").replace(
-        "path = \"data\"",
-        "path = \"data\"\nretention = \"1s\"",
-    );
+    let text = http_config(&up.url(), "", "")
+        .replace("path = \"data\"", "path = \"data\"\nretention = \"1s\"");
     let hw = Hookwall::start(BIN, dir.path(), &text);
     assert_eq!(post_signed(&hw, "shop", "kept", &json!({})).status, 200);
-    assert!(wait_for(Duration::from_secs(10), || dead_letters(&hw).len() == 1));
+    assert!(wait_for(Duration::from_secs(10), || dead_letters(&hw)
+        .len()
+        == 1));
     assert_eq!(post_signed(&hw, "shop", "pruned", &json!({})).status, 200);
     assert!(wait_for(Duration::from_secs(10), || up.accepted().len() == 1));
     assert!(

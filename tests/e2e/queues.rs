@@ -56,7 +56,10 @@ fn redis_stream_entries_carry_the_stable_id_and_survive_an_outage() {
         let r = post_signed(&hw, "shop", &format!("r-{i}"), &json!({"n": i}));
         assert_eq!(r.status, 200);
     }
-    assert!(wait_for(Duration::from_secs(10), || xlen(&redis, "hw:events") == Some(5)));
+    assert!(wait_for(Duration::from_secs(10), || xlen(
+        &redis,
+        "hw:events"
+    ) == Some(5)));
     let range = redis.command(&["XRANGE", "hw:events", "-", "+"]).unwrap();
     for i in 0..5 {
         assert!(range.contains(&format!("r-{i}:q:0")), "{range}");
@@ -71,7 +74,10 @@ fn redis_stream_entries_carry_the_stable_id_and_survive_an_outage() {
     }
     std::thread::sleep(Duration::from_millis(500));
     redis.restart();
-    assert!(wait_for(Duration::from_secs(15), || xlen(&redis, "hw:events") == Some(3)));
+    assert!(wait_for(Duration::from_secs(15), || xlen(
+        &redis,
+        "hw:events"
+    ) == Some(3)));
     let event = hw.admin_get("/api/v1/events/r-6").json();
     let attempts = event["deliveries"][0]["attempts"].as_array().unwrap();
     assert!(attempts.len() >= 2, "retried while Redis was down: {event}");

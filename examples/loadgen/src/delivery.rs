@@ -92,24 +92,26 @@ async fn receiver() -> anyhow::Result<(SocketAddr, Arc<Mutex<Received>>)> {
         while let Ok((stream, _)) = listener.accept().await {
             let state = shared.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
-                    let state = state.clone();
-                    async move {
-                        let id = req
-                            .headers()
-                            .get("webhook-id")
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_string);
-                        let _ = req.into_body().collect().await;
-                        let mut s = state.lock().unwrap();
-                        s.requests += 1;
-                        s.last = Some(Instant::now());
-                        if let Some(id) = id {
-                            s.ids.insert(id);
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let state = state.clone();
+                        async move {
+                            let id = req
+                                .headers()
+                                .get("webhook-id")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_string);
+                            let _ = req.into_body().collect().await;
+                            let mut s = state.lock().unwrap();
+                            s.requests += 1;
+                            s.last = Some(Instant::now());
+                            if let Some(id) = id {
+                                s.ids.insert(id);
+                            }
+                            Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::new())))
                         }
-                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::new())))
-                    }
-                });
+                    },
+                );
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -124,7 +126,8 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
 }
 
 async fn admin_get(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
     let resp = client
         .get(format!("http://{addr}{path}").parse()?)
         .await

@@ -36,7 +36,10 @@ fn store_error(e: impl std::fmt::Display) -> Response<Full<Bytes>> {
 }
 
 /// Answers the request if its path is one of this module's; `Err(req)` hands it back.
-pub(super) async fn handle<B>(admin: &Admin, req: Request<B>) -> Result<Response<Full<Bytes>>, Request<B>>
+pub(super) async fn handle<B>(
+    admin: &Admin,
+    req: Request<B>,
+) -> Result<Response<Full<Bytes>>, Request<B>>
 where
     B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -210,11 +213,12 @@ fn show(admin: &Admin, seq: u64) -> Response<Full<Bytes>> {
     match found {
         Ok(Some((letter, delivery, event))) => {
             let mut out = letter_json(seq, &letter);
-            out["attempts"] = json!(delivery.as_ref().map(|d| d
-                .attempts
-                .iter()
-                .map(|a| json!({"at_ms": a.at_ms, "status": a.status, "error": a.error}))
-                .collect::<Vec<_>>()));
+            out["attempts"] = json!(delivery.as_ref().map(|d| {
+                d.attempts
+                    .iter()
+                    .map(|a| json!({"at_ms": a.at_ms, "status": a.status, "error": a.error}))
+                    .collect::<Vec<_>>()
+            }));
             out["delivery_id"] = json!(delivery.as_ref().map(|d| d.id.clone()));
             out["state"] = json!(delivery.as_ref().map(|d| match &d.state {
                 DeliveryState::Pending { .. } => "pending",

@@ -78,7 +78,10 @@ pub async fn run(client: &AdminClient, command: DlqCommand) -> anyhow::Result<()
                 println!("{}", serde_json::to_string_pretty(&answer)?);
                 return Ok(());
             }
-            let letters = answer["dead_letters"].as_array().cloned().unwrap_or_default();
+            let letters = answer["dead_letters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             println!(
                 "{:<8} {:<38} {:<14} {:<14} REASON",
                 "SEQ", "EVENT", "SOURCE", "SINK"
@@ -100,7 +103,11 @@ pub async fn run(client: &AdminClient, command: DlqCommand) -> anyhow::Result<()
         }
         DlqCommand::Show { seq } => {
             let answer = client
-                .request(http::Method::GET, &format!("/api/v1/dead-letters/{seq}"), None)
+                .request(
+                    http::Method::GET,
+                    &format!("/api/v1/dead-letters/{seq}"),
+                    None,
+                )
                 .await?;
             println!("{}", serde_json::to_string_pretty(&answer)?);
         }

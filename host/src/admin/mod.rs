@@ -151,6 +151,7 @@ impl Admin {
                 "name": name,
                 "pending": self.store.pending_count(name)?,
                 "paused": self.delivery.is_paused(name),
+                "circuit_open": self.delivery.is_circuit_open(name),
             }));
         }
         Ok(Some(json!({ "sinks": out })))

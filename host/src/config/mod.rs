@@ -37,9 +37,8 @@ pub use intake::{
 };
 pub use secret::{Secret, SecretRef};
 pub use sink::{
-    BatchConfig, FileSinkConfig, Http2Mode, HttpSinkConfig, RedisSinkConfig, RetryConfig,
-    SinkConfig, SinkKind,
-    StatusMatch, StdoutSinkConfig, signing_scheme,
+    BatchConfig, CircuitConfig, FileSinkConfig, Http2Mode, HttpSinkConfig, RedisSinkConfig,
+    RetryConfig, SinkConfig, SinkKind, StatusMatch, StdoutSinkConfig, signing_scheme,
 };
 // The `verify` table belongs to the verify stage; it is part of the file format all the same.
 pub use crate::verify::config::{

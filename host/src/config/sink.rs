@@ -30,10 +30,18 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, de::Error as _};
 
-use super::{ConfigError, SecretRef, invalid};
+use super::{ConfigError, Rate, SecretRef, invalid};
 
 /// Keys of a sink table that belong to the shared delivery policy, not to the kind.
-const COMMON_KEYS: &[&str] = &["retry", "paused", "concurrency", "batch"];
+const COMMON_KEYS: &[&str] = &[
+    "retry",
+    "paused",
+    "concurrency",
+    "batch",
+    "rate",
+    "order_key",
+    "circuit",
+];
 
 /// `[sinks.NAME]`: the shared delivery policy and the kind.
 #[derive(Debug)]
@@ -49,6 +57,14 @@ pub struct SinkConfig {
     pub concurrency: usize,
     /// `batch = { max_events = 100, max_bytes = 1048576 }`: group deliveries into one unit.
     pub batch: Option<BatchConfig>,
+    /// `rate = "50/s"`: at most this many units per second (respect the app's capacity).
+    pub rate: Option<Rate>,
+    /// `order_key = "json:/order_id"`: deliveries with the same key go one at a time, in
+    /// arrival order; different keys in parallel.
+    pub order_key: Option<String>,
+    /// `circuit = { failures = 5, cooldown = "5s", max_cooldown = "1m" }` (the defaults):
+    /// the circuit breaker; `failures = 0` turns it off.
+    pub circuit: CircuitConfig,
     /// `type = "…"` and its keys.
     pub kind: SinkKind,
 }
@@ -65,6 +81,12 @@ struct Common {
     concurrency: Option<usize>,
     #[serde(default)]
     batch: Option<BatchConfig>,
+    #[serde(default)]
+    rate: Option<Rate>,
+    #[serde(default)]
+    order_key: Option<String>,
+    #[serde(default)]
+    circuit: CircuitConfig,
 }
 
 impl<'de> Deserialize<'de> for SinkConfig {
@@ -76,12 +98,12 @@ impl<'de> Deserialize<'de> for SinkConfig {
                 common.insert((*key).to_string(), value);
             }
         }
-        let common: Common = toml::Value::Table(common).try_into().map_err(|e: toml::de::Error| {
-            D::Error::custom(e.message().trim().to_string())
-        })?;
-        let kind: SinkKind = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-            D::Error::custom(e.message().trim().to_string())
-        })?;
+        let common: Common = toml::Value::Table(common)
+            .try_into()
+            .map_err(|e: toml::de::Error| D::Error::custom(e.message().trim().to_string()))?;
+        let kind: SinkKind = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| D::Error::custom(e.message().trim().to_string()))?;
         let concurrency = common.concurrency.unwrap_or(match &kind {
             SinkKind::Http(_) => DEFAULT_HTTP_CONCURRENCY,
             _ => 1,
@@ -91,6 +113,9 @@ impl<'de> Deserialize<'de> for SinkConfig {
             paused: common.paused,
             concurrency,
             batch: common.batch,
+            rate: common.rate,
+            order_key: common.order_key,
+            circuit: common.circuit,
             kind,
         })
     }
@@ -298,6 +323,40 @@ fn default_batch_bytes() -> usize {
     1024 * 1024
 }
 
+/// `circuit = { failures = 5, cooldown = "5s", max_cooldown = "1m" }`: after `failures`
+/// consecutive failed units the sink pauses for `cooldown` (doubling per failed probe, up to
+/// `max_cooldown`), then one probe decides whether it resumes.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitConfig {
+    #[serde(default = "default_circuit_failures")]
+    pub failures: u32,
+    #[serde(default = "default_circuit_cooldown", with = "humantime_serde")]
+    pub cooldown: Duration,
+    #[serde(default = "default_circuit_max_cooldown", with = "humantime_serde")]
+    pub max_cooldown: Duration,
+}
+
+fn default_circuit_failures() -> u32 {
+    5
+}
+fn default_circuit_cooldown() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_circuit_max_cooldown() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl Default for CircuitConfig {
+    fn default() -> Self {
+        CircuitConfig {
+            failures: default_circuit_failures(),
+            cooldown: default_circuit_cooldown(),
+            max_cooldown: default_circuit_max_cooldown(),
+        }
+    }
+}
+
 /// Checks one `[sinks.NAME]` table; errors name the key.
 pub(super) fn validate(name: &str, sink: &SinkConfig) -> Result<(), ConfigError> {
     let key = |field: &str| format!("sinks.{name}.{field}");
@@ -313,6 +372,18 @@ pub(super) fn validate(name: &str, sink: &SinkConfig) -> Result<(), ConfigError>
     }
     if sink.concurrency == 0 || sink.concurrency > 1024 {
         return Err(invalid(key("concurrency"), "must be between 1 and 1024"));
+    }
+    if let Some(k) = &sink.order_key
+        && !k.starts_with("json:/")
+    {
+        return Err(invalid(
+            key("order_key"),
+            "must be a JSON pointer into the body: \"json:/field\"",
+        ));
+    }
+    let c = &sink.circuit;
+    if c.failures > 0 && (c.cooldown.is_zero() || c.max_cooldown < c.cooldown) {
+        return Err(invalid(key("circuit"), "need 0 < cooldown <= max_cooldown"));
     }
     if let Some(batch) = &sink.batch {
         if batch.max_events == 0 {
@@ -345,10 +416,7 @@ pub(super) fn validate(name: &str, sink: &SinkConfig) -> Result<(), ConfigError>
             if http::HeaderName::from_bytes(h.as_bytes()).is_err()
                 || http::HeaderValue::from_str(v).is_err()
             {
-                return Err(invalid(
-                    key(&format!("headers.{h}")),
-                    "not a valid header",
-                ));
+                return Err(invalid(key(&format!("headers.{h}")), "not a valid header"));
             }
         }
         if http.timeout.is_zero() {
@@ -433,8 +501,16 @@ mod tests {
         assert_eq!(http.http2, Http2Mode::PriorKnowledge);
         assert!(http.retry_on[1].matches(404) && !http.retry_on[1].matches(503));
         let defaults = default_retry_on();
-        assert!([408, 425, 429, 500, 599].iter().all(|s| defaults.iter().any(|m| m.matches(*s))));
-        assert!(![400, 404, 422].iter().any(|s| defaults.iter().any(|m| m.matches(*s))));
+        assert!(
+            [408, 425, 429, 500, 599]
+                .iter()
+                .all(|s| defaults.iter().any(|m| m.matches(*s)))
+        );
+        assert!(
+            ![400, 404, 422]
+                .iter()
+                .any(|s| defaults.iter().any(|m| m.matches(*s)))
+        );
     }
 
     #[test]

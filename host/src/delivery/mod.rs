@@ -11,22 +11,27 @@
 //! store does not also have, so a crash at any point loses nothing: undelivered rows are
 //! still pending and go out again (at least once; every delivery carries its stable id).
 //!
+//! [`flow`] keeps per-key order, the circuit breaker and the rate limit.
 //! [`replay`] re-runs the current plugins on dead-lettered events; [`retention`] prunes
 //! settled events.
 
+mod flow;
 pub mod replay;
 pub mod retention;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use flow::Admission;
 
 use rand::Rng;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::config::{ConfigError, RetryConfig, SinkConfig, SinkKind};
+use crate::config::{CircuitConfig, ConfigError, Rate, RetryConfig, SinkConfig, SinkKind};
 use crate::server::now_ms;
 use crate::sink::{self, Sink, SinkError};
 use crate::store::{DeliveryRecord, DeliveryUpdate, Priority, Store};
@@ -36,6 +41,11 @@ use crate::store::{DeliveryRecord, DeliveryUpdate, Priority, Store};
 const IMPLICIT_BATCH: usize = 64;
 /// An idle worker still looks at the store this often, in case a wake-up was missed.
 const IDLE_POLL: Duration = Duration::from_secs(30);
+/// Pending deliveries read at start to restore per-key order (beyond this, keys whose head is
+/// further back start unheld).
+const MAX_ORDER_RESTORE: usize = 100_000;
+/// Due deliveries passed over in one dispatch round (their keys busy) before the worker waits.
+const MAX_SKIPPED: usize = 10_000;
 /// After a store error, wait this long before trying again.
 const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
@@ -51,6 +61,7 @@ pub struct Delivery {
 #[derive(Clone, Default)]
 pub struct DeliveryControl {
     paused: Arc<BTreeMap<String, watch::Sender<bool>>>,
+    circuits: Arc<BTreeMap<String, Arc<AtomicBool>>>,
 }
 
 impl DeliveryControl {
@@ -60,6 +71,11 @@ impl DeliveryControl {
         tx.send_replace(paused);
         tracing::info!(sink = %name, paused, "sink pause state changed");
         Some(())
+    }
+
+    /// Whether sink `name`'s circuit breaker is open; `None` if there is no such sink.
+    pub fn is_circuit_open(&self, name: &str) -> Option<bool> {
+        self.circuits.get(name).map(|o| o.load(Ordering::Relaxed))
     }
 
     /// Whether sink `name` is paused; `None` if there is no such sink.
@@ -87,6 +103,7 @@ impl Delivery {
     ) -> Result<Delivery, DeliveryError> {
         let (stop, stopped) = watch::channel(false);
         let mut paused = BTreeMap::new();
+        let mut circuits = BTreeMap::new();
         let mut workers = Vec::new();
         for (name, config) in sinks {
             if config.paused {
@@ -94,6 +111,8 @@ impl Delivery {
             }
             let (tx, rx) = watch::channel(config.paused);
             paused.insert(name.clone(), tx);
+            let open = Arc::new(AtomicBool::new(false));
+            circuits.insert(name.clone(), open.clone());
             let worker = Worker {
                 name: name.clone(),
                 sink: sink::build(name, config, base_dir)?,
@@ -113,18 +132,22 @@ impl Delivery {
                         max_bytes: usize::MAX,
                     },
                 },
+                order_key: config.order_key.clone(),
+                circuit: config.circuit,
+                circuit_open: open.clone(),
+                rate: config.rate,
                 store: store.clone(),
             };
             workers.push(tokio::spawn(Arc::new(worker).run(stopped.clone(), rx)));
         }
-        let retention = retention.map(|keep| {
-            tokio::spawn(retention::run(store.clone(), keep, stopped.clone()))
-        });
+        let retention = retention
+            .map(|keep| tokio::spawn(retention::run(store.clone(), keep, stopped.clone())));
         Ok(Delivery {
             stop,
             workers,
             control: DeliveryControl {
                 paused: Arc::new(paused),
+                circuits: Arc::new(circuits),
             },
             retention,
         })
@@ -159,7 +182,17 @@ struct Worker {
     retry: RetryConfig,
     concurrency: usize,
     unit: Unit,
+    order_key: Option<String>,
+    circuit: CircuitConfig,
+    circuit_open: Arc<AtomicBool>,
+    rate: Option<Rate>,
     store: Store,
+}
+
+/// What one attempt did: each delivery's seq and whether it is still pending (a retry).
+struct Attempted {
+    results: Vec<(u64, bool)>,
+    success: bool,
 }
 
 impl Worker {
@@ -170,46 +203,108 @@ impl Worker {
     ) {
         let wake = self.store.waker(&self.name);
         let mut in_flight: HashSet<u64> = HashSet::new();
-        let mut running: JoinSet<Vec<u64>> = JoinSet::new();
+        // In-flight seq → its order key; task → its seqs (to clean up after a panic).
+        let mut keys: HashMap<u64, String> = HashMap::new();
+        let mut tasks: HashMap<tokio::task::Id, Vec<u64>> = HashMap::new();
+        let mut running: JoinSet<Attempted> = JoinSet::new();
+        let mut order = flow::Order::new(self.order_key.as_deref());
+        if self.order_key.is_some() {
+            match self
+                .store
+                .due_deliveries(&self.name, u64::MAX, MAX_ORDER_RESTORE)
+            {
+                Ok(pending) => order.restore(&pending),
+                Err(e) => tracing::error!(sink = %self.name, error = %e,
+                    "cannot read pending deliveries to restore key order"),
+            }
+        }
+        let mut breaker = flow::Breaker::new(&self.name, self.circuit, self.circuit_open.clone());
+        let pace = self.rate.map(flow::Pace::new);
         loop {
             if *stopped.borrow() {
                 break;
             }
             let is_paused = *paused.borrow();
             let mut store_error = false;
-            if !is_paused {
-                while running.len() < self.concurrency {
-                    let room = self.concurrency - running.len();
-                    let limit = room.saturating_mul(self.unit.max_events).min(10_000);
-                    let due = match self.store.due_deliveries_except(
-                        &self.name,
-                        now_ms(),
-                        limit,
-                        &in_flight,
-                    ) {
+            let mut hold_until: Option<Instant> = None;
+            let mut skipped: HashSet<u64> = HashSet::new();
+            let mut cap = self.concurrency;
+            while !is_paused && skipped.len() < MAX_SKIPPED {
+                let now = Instant::now();
+                cap = match breaker.admission(now) {
+                    Admission::Open => self.concurrency,
+                    Admission::Probe => 1,
+                    Admission::WaitUntil(t) => {
+                        hold_until = Some(t);
+                        break;
+                    }
+                };
+                if running.len() >= cap {
+                    break;
+                }
+                let room = cap - running.len();
+                let limit = room.saturating_mul(self.unit.max_events).min(10_000);
+                let except: HashSet<u64> = in_flight.union(&skipped).copied().collect();
+                let due =
+                    match self
+                        .store
+                        .due_deliveries_except(&self.name, now_ms(), limit, &except)
+                    {
                         Ok(due) => due,
                         Err(e) => {
                             tracing::error!(sink = %self.name, error = %e,
-                                "cannot read pending deliveries");
+                            "cannot read pending deliveries");
                             store_error = true;
                             break;
                         }
                     };
-                    if due.is_empty() {
-                        break;
+                if due.is_empty() {
+                    break;
+                }
+                let mut admitted = Vec::new();
+                for d in due {
+                    let key = order.key(&d);
+                    if order.admit(&d, key.as_ref()) {
+                        if let Some(k) = key {
+                            keys.insert(d.seq, k);
+                        }
+                        admitted.push(d);
+                    } else {
+                        skipped.insert(d.seq);
                     }
-                    for unit in self.units(due).into_iter().take(room) {
-                        in_flight.extend(unit.iter().map(|d| d.seq));
-                        running.spawn(self.clone().attempt(unit));
+                }
+                for unit in self.units(admitted) {
+                    let wait = pace.as_ref().and_then(flow::Pace::check);
+                    if running.len() >= cap || hold_until.is_some() || wait.is_some() {
+                        // Not sent this round: its keys are free again, it stays pending.
+                        for d in &unit {
+                            if let Some(k) = keys.remove(&d.seq) {
+                                order.release(&k);
+                            }
+                        }
+                        if let Some(w) = wait {
+                            hold_until = Some(now + w);
+                        }
+                        continue;
                     }
+                    let seqs: Vec<u64> = unit.iter().map(|d| d.seq).collect();
+                    in_flight.extend(&seqs);
+                    let handle = running.spawn(self.clone().attempt(unit));
+                    tasks.insert(handle.id(), seqs);
+                }
+                if hold_until.is_some() {
+                    break;
                 }
             }
             let wait = if store_error {
                 STORE_ERROR_PAUSE
-            } else if is_paused || running.len() >= self.concurrency {
+            } else if let Some(t) = hold_until {
+                t.saturating_duration_since(Instant::now())
+            } else if is_paused || running.len() >= cap {
                 IDLE_POLL
             } else {
-                match self.store.next_due_ms_except(&self.name, &in_flight) {
+                let except: HashSet<u64> = in_flight.union(&skipped).copied().collect();
+                match self.store.next_due_ms_except(&self.name, &except) {
                     Ok(Some(at)) => {
                         Duration::from_millis(at.saturating_sub(now_ms())).min(IDLE_POLL)
                     }
@@ -218,15 +313,28 @@ impl Worker {
                 }
             };
             tokio::select! {
-                Some(done) = running.join_next(), if !running.is_empty() => {
-                    if let Ok(seqs) = done {
-                        for seq in seqs {
-                            in_flight.remove(&seq);
+                Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                    match done {
+                        Ok((id, attempted)) => {
+                            tasks.remove(&id);
+                            breaker.record(attempted.success, Instant::now());
+                            for (seq, retrying) in attempted.results {
+                                in_flight.remove(&seq);
+                                if let Some(k) = keys.remove(&seq) {
+                                    order.settle(seq, &k, retrying);
+                                }
+                            }
                         }
-                    } else {
-                        // A panicked attempt: its deliveries are still pending in the store.
-                        in_flight.clear();
-                        tracing::error!(sink = %self.name, "a delivery attempt panicked");
+                        Err(e) => {
+                            // A panicked attempt: its deliveries are still pending in the store.
+                            tracing::error!(sink = %self.name, "a delivery attempt panicked");
+                            for seq in tasks.remove(&e.id()).unwrap_or_default() {
+                                in_flight.remove(&seq);
+                                if let Some(k) = keys.remove(&seq) {
+                                    order.release(&k);
+                                }
+                            }
+                        }
                     }
                 }
                 () = wake.notified() => {}
@@ -250,7 +358,8 @@ impl Worker {
                 continue;
             }
             let full = current.len() >= self.unit.max_events
-                || (!current.is_empty() && bytes.saturating_add(d.body.len()) > self.unit.max_bytes);
+                || (!current.is_empty()
+                    && bytes.saturating_add(d.body.len()) > self.unit.max_bytes);
             if full {
                 units.push(std::mem::take(&mut current));
                 bytes = 0;
@@ -264,8 +373,8 @@ impl Worker {
         units
     }
 
-    /// Sends one unit and records the outcome; returns its seqs (no longer in flight).
-    async fn attempt(self: Arc<Self>, unit: Vec<DeliveryRecord>) -> Vec<u64> {
+    /// Sends one unit and records the outcome.
+    async fn attempt(self: Arc<Self>, unit: Vec<DeliveryRecord>) -> Attempted {
         let result = self.sink.deliver(&unit).await;
         let sink = self.name.clone();
         let result_label = if result.is_ok() { "success" } else { "failure" };
@@ -282,13 +391,25 @@ impl Worker {
                 first_id = %unit[0].id, status = ?e.status, error = %e, "delivery attempt failed"),
         }
         let updates = self.outcomes(&unit, &result, now_ms(), &mut rand::rng());
+        let results = updates
+            .iter()
+            .map(|u| match u {
+                DeliveryUpdate::Retry { seq, .. } => (*seq, true),
+                DeliveryUpdate::Delivered { seq, .. } | DeliveryUpdate::Dead { seq, .. } => {
+                    (*seq, false)
+                }
+            })
+            .collect();
         if let Err(e) = self.store.update_deliveries(updates).await {
             // The sink may have the unit already; it stays pending and is sent again
             // (at-least-once), which is safe because every delivery carries its stable id.
             tracing::error!(sink = %self.name, error = %e, "cannot record delivery results");
             tokio::time::sleep(STORE_ERROR_PAUSE).await;
         }
-        unit.iter().map(|d| d.seq).collect()
+        Attempted {
+            results,
+            success: result.is_ok(),
+        }
     }
 
     fn outcomes(

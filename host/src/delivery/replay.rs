@@ -104,7 +104,11 @@ pub async fn replay(
         });
     }
     report.replayed = store.replay(replays).await?;
-    tracing::info!(replayed = report.replayed, skipped = report.skipped, ?filter,
-        "dead letters replayed");
+    tracing::info!(
+        replayed = report.replayed,
+        skipped = report.skipped,
+        ?filter,
+        "dead letters replayed"
+    );
     Ok(report)
 }

@@ -16,9 +16,12 @@ fn backoff_grows_and_is_capped() {
     let mut rng = rand::rng();
     for attempt in 1..=20 {
         let d = backoff(&retry, attempt, &mut rng);
-        let ceiling =
-            (Duration::from_millis(100) * 2u32.pow(attempt.min(16) - 1)).min(Duration::from_secs(2));
-        assert!(d >= retry.initial && d <= ceiling, "attempt {attempt}: {d:?}");
+        let ceiling = (Duration::from_millis(100) * 2u32.pow(attempt.min(16) - 1))
+            .min(Duration::from_secs(2));
+        assert!(
+            d >= retry.initial && d <= ceiling,
+            "attempt {attempt}: {d:?}"
+        );
     }
     // The mean of many draws grows with the attempt number until the cap.
     let mut mean = |attempt| {
@@ -50,6 +53,10 @@ fn worker(unit: usize) -> Worker {
             max_events: unit,
             max_bytes: 10,
         },
+        order_key: None,
+        circuit: CircuitConfig::default(),
+        circuit_open: Arc::default(),
+        rate: None,
         // The store is only needed by `attempt`; these tests call `outcomes` and `units`.
         store: Store::open(dir.path()).unwrap(),
     }
@@ -109,7 +116,10 @@ async fn failures_are_classified() {
     bad.status = Some(400);
     assert!(matches!(
         w.outcomes(&fresh, &Err(bad), 2_000, &mut rng)[..],
-        [DeliveryUpdate::Dead { status: Some(400), .. }]
+        [DeliveryUpdate::Dead {
+            status: Some(400),
+            ..
+        }]
     ));
     // Past max_age: no further retry.
     let late = 1_000 + 3_600_000;

@@ -224,7 +224,10 @@ impl Sink for HttpSink {
         let (status, retry_after, body) = tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| {
-                SinkError::transient(format!("{} did not answer within {:?}", self.uri, self.timeout))
+                SinkError::transient(format!(
+                    "{} did not answer within {:?}",
+                    self.uri, self.timeout
+                ))
             })??;
         if status.is_success() {
             return Ok(());

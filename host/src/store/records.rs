@@ -79,11 +79,19 @@ pub struct Attempt {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeliveryState {
-    Pending { due_ms: u64 },
-    Delivered { at_ms: u64 },
-    Dead { reason: String },
+    Pending {
+        due_ms: u64,
+    },
+    Delivered {
+        at_ms: u64,
+    },
+    Dead {
+        reason: String,
+    },
     /// Its dead letter was replayed (into new deliveries) or purged; nothing more happens.
-    Resolved { note: String },
+    Resolved {
+        note: String,
+    },
 }
 
 /// One message for one sink, and its history.

@@ -23,7 +23,10 @@ const MAX_BATCH: usize = 512;
 pub(super) enum Op {
     Accept(Box<NewEvent>, Option<DedupeMark>),
     Update(Vec<DeliveryUpdate>),
-    PurgeMarks { now_ms: u64, limit: usize },
+    PurgeMarks {
+        now_ms: u64,
+        limit: usize,
+    },
     /// Dead-letter queue work ([`super::dlq`]).
     Dlq(super::dlq::DlqOp),
     Kv(KvOp),
