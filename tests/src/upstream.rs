@@ -59,6 +59,10 @@ struct State {
     default: Option<Answer>,
     received: Vec<Received>,
     requests: u64,
+    /// Added before every answer (a slow app).
+    delay: Duration,
+    in_flight: usize,
+    max_in_flight: usize,
 }
 
 /// The running upstream; stops when dropped.
@@ -162,6 +166,16 @@ impl Upstream {
         self.state.lock().unwrap().script.extend(answers);
     }
 
+    /// Every answer is delayed this long from now on (a slow app).
+    pub fn delay(&self, delay: Duration) {
+        self.state.lock().unwrap().delay = delay;
+    }
+
+    /// The most requests that were being answered at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.lock().unwrap().max_in_flight
+    }
+
     /// Everything received so far.
     pub fn received(&self) -> Vec<Received> {
         self.state.lock().unwrap().received.clone()
@@ -202,17 +216,19 @@ async fn answer(
         .await
         .map(|b| b.to_bytes().to_vec())
         .unwrap_or_default();
-    let next = {
+    let (next, n, delay) = {
         let mut s = state.lock().unwrap();
+        s.in_flight += 1;
+        s.max_in_flight = s.max_in_flight.max(s.in_flight);
         s.requests += 1;
-        let n = s.requests;
-        s.script
+        let next = s
+            .script
             .pop_front()
-            .map(|a| (a, n))
-            .or_else(|| s.default.clone().map(|a| (a, n)))
-            .unwrap_or((Answer::Status(200, None), n))
+            .or_else(|| s.default.clone())
+            .unwrap_or(Answer::Status(200, None));
+        (next, s.requests, s.delay)
     };
-    let (next, n) = next;
+    tokio::time::sleep(delay).await;
     let (status, retry_after) = match next {
         Answer::Status(status, retry_after) => (status, retry_after),
         Answer::Stall(d) => {
@@ -222,7 +238,9 @@ async fn answer(
         Answer::FailEvery(every) if n % every.max(1) == 0 => (503, None),
         Answer::FailEvery(_) => (200, None),
     };
-    state.lock().unwrap().received.push(Received {
+    let mut s = state.lock().unwrap();
+    s.in_flight -= 1;
+    s.received.push(Received {
         at,
         method: parts.method.to_string(),
         path: parts.uri.path().to_string(),
@@ -235,6 +253,7 @@ async fn answer(
         body,
         status,
     });
+    drop(s);
     let mut resp = Response::builder().status(status);
     if let Some(secs) = retry_after {
         resp = resp.header("retry-after", secs.to_string());
