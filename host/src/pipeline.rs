@@ -342,6 +342,7 @@ impl Pipeline {
                 let reason = format!("plugin `{plugin}` {failure}");
                 tracing::warn!(source = %source.name, event = %id, %reason,
                     "plugin failed; event dead-lettered");
+                crate::delivery::count_plugin_dead_letter();
                 (
                     EventStatus::DeadLettered { reason },
                     Vec::new(),

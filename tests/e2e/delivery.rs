@@ -14,7 +14,7 @@ use crate::{BIN, SECRET, post_signed, workdir};
 const SINK_SECRET: &str = "whsec_aG9va3dhbGwtc2luay10ZXN0LWtleS0zMi1ieXRlcyE=";
 
 /// One HMAC source `shop` (plugins `plugins`) routing to the http sink `app` at `url`.
-fn http_config(url: &str, sink_extra: &str, plugins: &str) -> String {
+pub fn http_config(url: &str, sink_extra: &str, plugins: &str) -> String {
     format!(
         r#"
 [server]

@@ -1,6 +1,7 @@
 //! End-to-end tests: each starts the real `hookwall` binary in a temp dir on free loopback
 //! ports, with plugins built from source by the test kit's build script.
 
+mod bench_delivery;
 mod cli;
 mod delivery;
 mod hostile;

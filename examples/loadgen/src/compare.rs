@@ -30,10 +30,10 @@ pub struct Options {
     pub pool: usize,
 }
 
-pub(crate) struct Scenario {
-    pub name: &'static str,
+struct Scenario {
+    name: &'static str,
     /// `None`: the bare hyper baseline.
-    pub config: Option<String>,
+    config: Option<String>,
 }
 
 /// The Hookwall config of a scenario: `plugin` adds the bundled router, `fsync` the durable
@@ -97,9 +97,9 @@ fn scenarios(repo: &Path) -> Vec<Scenario> {
 }
 
 /// A server process of one run; killed on drop.
-pub(crate) struct Server {
+struct Server {
     child: Child,
-    pub addr: SocketAddr,
+    addr: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -111,7 +111,7 @@ impl Drop for Server {
 }
 
 impl Server {
-    pub(crate) fn start(scenario: &Scenario, hookwall: &Path) -> anyhow::Result<Server> {
+    fn start(scenario: &Scenario, hookwall: &Path) -> anyhow::Result<Server> {
         let dir = tempfile::tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?

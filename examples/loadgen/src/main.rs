@@ -7,7 +7,6 @@
 mod baseline;
 mod client;
 mod compare;
-mod delivery;
 mod pool;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -66,18 +65,6 @@ enum Cmd {
     Baseline {
         #[arg(long, default_value = "127.0.0.1:9999")]
         listen: SocketAddr,
-    },
-    /// Ingest → http sink on loopback: end-to-end throughput as a ratio to ingest alone, and
-    /// event-to-delivery latency (p50/p99), in one run.
-    Delivery {
-        #[arg(short, long, value_parser = humantime::parse_duration, default_value = "10s")]
-        duration: Duration,
-        #[arg(short, long, default_value_t = 32)]
-        connections: usize,
-        #[arg(long, default_value_t = 1024)]
-        body_bytes: usize,
-        #[arg(long, default_value_t = 200_000)]
-        pool: usize,
     },
     /// Start the baseline and each Hookwall scenario, measure them alternately, print a table.
     Compare {
@@ -157,24 +144,6 @@ fn main() -> anyhow::Result<()> {
                     report.latency_us.max as f64 / 1000.0,
                 );
             }
-            Ok(())
-        }
-        Cmd::Delivery {
-            duration,
-            connections,
-            body_bytes,
-            pool,
-        } => {
-            let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-            let hookwall = compare::hookwall_binary(&repo)?;
-            let options = delivery::Options {
-                duration,
-                connections,
-                body_bytes,
-                pool,
-            };
-            let report = client_runtime()?.block_on(delivery::run(options, &hookwall))?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         Cmd::Compare {

@@ -471,6 +471,12 @@ impl Worker {
     }
 }
 
+/// Counts a dead letter made by a failed plugin (`sink="none"`, `reason="plugin"`).
+pub fn count_plugin_dead_letter() {
+    metrics::counter!("hookwall_dead_letters_total", "sink" => "none", "reason" => "plugin")
+        .increment(1);
+}
+
 /// Delay before retry number `attempt` (1-based): exponential growth from `initial`, capped at
 /// `max_delay`, with full jitter above a floor of `initial` so that many deliveries failing
 /// together do not retry together.

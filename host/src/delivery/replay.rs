@@ -67,12 +67,15 @@ pub async fn replay(
         let (status, routed) = match pipeline.route(&source, &input).await? {
             ChainOutcome::Forward(routed) => (EventStatus::Forwarded, routed),
             ChainOutcome::Dropped(reason) => (EventStatus::Dropped { reason }, Vec::new()),
-            ChainOutcome::Failed { plugin, failure } => (
-                EventStatus::DeadLettered {
-                    reason: format!("plugin `{plugin}` {failure} (on replay)"),
-                },
-                Vec::new(),
-            ),
+            ChainOutcome::Failed { plugin, failure } => {
+                super::count_plugin_dead_letter();
+                (
+                    EventStatus::DeadLettered {
+                        reason: format!("plugin `{plugin}` {failure} (on replay)"),
+                    },
+                    Vec::new(),
+                )
+            }
             // There is no sender to answer on a replay: the plugin declined the event.
             ChainOutcome::Rejected(r) => (
                 EventStatus::Dropped {
