@@ -56,6 +56,13 @@ enum Command {
         #[arg(short, long, default_value = "hookwall.toml")]
         config: PathBuf,
     },
+    /// The dead-letter queue of a running instance: list, show, replay, purge.
+    Dlq {
+        #[arg(short, long, default_value = "hookwall.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: hookwall::admin::dlq_cli::DlqCommand,
+    },
     /// Work with a plugin file outside the server.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -128,6 +135,11 @@ fn main() -> ExitCode {
             Command::Serve { config, log_format } => serve(&config, log_format).await,
             Command::Check { config } => check(&config),
             Command::Plugins { config } => list_plugins(&config).await,
+            Command::Dlq { config, command } => {
+                let config = Config::load(&config)?;
+                let client = hookwall::admin::client::AdminClient::from_config(&config)?;
+                hookwall::admin::dlq_cli::run(&client, command).await
+            }
             Command::Plugin(PluginCommand::Test {
                 file,
                 event,
@@ -233,7 +245,8 @@ async fn serve(path: &Path, log_format: LogFormat) -> anyhow::Result<()> {
         None => None,
     };
 
-    let delivery = Delivery::start(&store, &config.sinks);
+    let retention = Some(config.storage.retention).filter(|r| !r.is_zero());
+    let delivery = Delivery::start(&store, &config.sinks, &config.base_dir, retention)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -251,7 +264,8 @@ async fn serve(path: &Path, log_format: LogFormat) -> anyhow::Result<()> {
                 .transpose()?;
             let admin = Arc::new(
                 Admin::new(store.clone(), plugins.clone(), token, &config.sinks)
-                    .with_pipeline(pipeline.clone()),
+                    .with_pipeline(pipeline.clone())
+                    .with_delivery(delivery.control()),
             );
             tracing::info!(addr = %listener.local_addr()?, "admin listening");
             let handler = move |req, _remote: SocketAddr| admin.clone().handle(req);

@@ -229,6 +229,50 @@ impl Pipeline {
         &self.store
     }
 
+    /// The source with config name `name`.
+    pub fn source_named(&self, name: &str) -> Option<Arc<Source>> {
+        self.sources_by_path
+            .values()
+            .find(|s| s.name == name)
+            .cloned()
+    }
+
+    /// Runs `source`'s current plugin chain on `event` (or, without plugins, routes it to the
+    /// source's sinks). Used by ingest and by replay, which re-runs the current plugins.
+    pub async fn route(&self, source: &Source, event: &Event) -> Result<ChainOutcome, IngestError> {
+        // The chain can change at any time (hot reload, manifests): ask the current set.
+        Ok(if self.plugins.plugins().chain(&source.name).is_empty() {
+            ChainOutcome::Forward(
+                source
+                    .sinks
+                    .iter()
+                    .map(|sink| Routed {
+                        sink: sink.clone(),
+                        headers: event.headers.clone(),
+                        body: event.body.clone(),
+                        priority: Priority::Normal,
+                    })
+                    .collect(),
+            )
+        } else {
+            // Plugin calls are synchronous (bounded by their deadline) and WASI's blocking calls
+            // need a thread outside the async workers: run the chain on the blocking pool, so a
+            // slow plugin never stalls other requests' I/O.
+            let (plugins, name, sinks, known) = (
+                self.plugins.clone(),
+                source.name.clone(),
+                source.sinks.clone(),
+                self.sinks.clone(),
+            );
+            let input = event.clone();
+            tokio::task::spawn_blocking(move || {
+                plugins.run_chain(&name, input, &sinks, |s| known.contains(s))
+            })
+            .await
+            .map_err(|e| IngestError::Internal(format!("plugin chain task failed: {e}")))?
+        })
+    }
+
     /// Runs one request through verify, plugins and store.
     pub async fn ingest(
         &self,
@@ -280,37 +324,7 @@ impl Pipeline {
             headers: request.headers,
             body: request.body.to_vec(),
         };
-        // The chain can change at any time (hot reload, manifests): ask the current set.
-        let outcome = if self.plugins.plugins().chain(&source.name).is_empty() {
-            ChainOutcome::Forward(
-                source
-                    .sinks
-                    .iter()
-                    .map(|sink| Routed {
-                        sink: sink.clone(),
-                        headers: event.headers.clone(),
-                        body: event.body.clone(),
-                        priority: Priority::Normal,
-                    })
-                    .collect(),
-            )
-        } else {
-            // Plugin calls are synchronous (bounded by their deadline) and WASI's blocking calls
-            // need a thread outside the async workers: run the chain on the blocking pool, so a
-            // slow plugin never stalls other requests' I/O.
-            let (plugins, name, sinks, known) = (
-                self.plugins.clone(),
-                source.name.clone(),
-                source.sinks.clone(),
-                self.sinks.clone(),
-            );
-            let input = event.clone();
-            tokio::task::spawn_blocking(move || {
-                plugins.run_chain(&name, input, &sinks, |s| known.contains(s))
-            })
-            .await
-            .map_err(|e| IngestError::Internal(format!("plugin chain task failed: {e}")))?
-        };
+        let outcome = self.route(source, &event).await?;
         let (status, routed, answer) = match outcome {
             ChainOutcome::Rejected(r) => {
                 tracing::info!(source = %source.name, event = %id, status = r.status, code = %r.code,
@@ -328,6 +342,7 @@ impl Pipeline {
                 let reason = format!("plugin `{plugin}` {failure}");
                 tracing::warn!(source = %source.name, event = %id, %reason,
                     "plugin failed; event dead-lettered");
+                crate::delivery::count_plugin_dead_letter();
                 (
                     EventStatus::DeadLettered { reason },
                     Vec::new(),

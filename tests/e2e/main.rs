@@ -1,12 +1,15 @@
 //! End-to-end tests: each starts the real `hookwall` binary in a temp dir on free loopback
 //! ports, with plugins built from source by the test kit's build script.
 
+mod bench_delivery;
 mod cli;
+mod delivery;
 mod edge_limits;
 mod edge_secrets;
 mod edge_tls;
 mod hostile;
 mod intake;
+mod queues;
 mod reload;
 mod spine;
 mod verify;

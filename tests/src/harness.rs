@@ -276,6 +276,46 @@ impl Hookwall {
     pub fn admin_get(&self, path: &str) -> Reply {
         http(self.admin, "GET", path, &[], b"").expect("request to hookwall admin")
     }
+
+    /// POSTs JSON to an admin API path (no token).
+    pub fn admin_post(&self, path: &str, body: &Value) -> Reply {
+        let body = serde_json::to_vec(body).unwrap();
+        http(
+            self.admin,
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            &body,
+        )
+        .expect("request to hookwall admin")
+    }
+
+    /// The child's resident set size in KiB (Linux `/proc/PID/status`), if it is running.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// Runs `hookwall COMMAND --config <this config> REST…` to completion: (exit ok, stdout,
+    /// stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(&self.bin)
+            .args(&args[..1])
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(&args[1..])
+            .output()
+            .expect("run hookwall");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
 }
 
 impl Drop for Hookwall {

@@ -7,6 +7,7 @@ pub mod wasm {
 
 mod harness;
 mod services;
+pub mod upstream;
 
 pub use harness::*;
 pub use services::{NatsServer, RedisServer};

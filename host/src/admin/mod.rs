@@ -2,7 +2,8 @@
 //!
 //! - `GET /healthz`: the process is up (never needs a token).
 //! - `GET /api/v1/events/{id}`: one event, its status and every delivery attempt.
-//! - `GET /api/v1/dead-letters?limit=N`: the newest dead letters.
+//! - `/api/v1/dead-letters…`, `/api/v1/replay`, `/api/v1/sinks/{name}/pause|resume`: the
+//!   dead-letter queue and sink control ([`dlq`]).
 //! - `GET /api/v1/sinks`: each sink with its pending backlog.
 //! - `GET /api/v1/intake`: rate-limit, dedupe, overload and Redis counters.
 //! - `GET /api/v1/plugins`: each plugin's version, sources, load time and last load error.
@@ -20,8 +21,11 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 pub mod client;
+mod dlq;
+pub mod dlq_cli;
 
 use crate::config::Secret;
+use crate::delivery::DeliveryControl;
 use crate::pipeline::Pipeline;
 use crate::plugin::PluginHost;
 use crate::server::respond;
@@ -33,6 +37,7 @@ pub struct Admin {
     token: Option<Secret>,
     sinks: Vec<String>,
     pipeline: Option<Arc<Pipeline>>,
+    delivery: DeliveryControl,
 }
 
 impl Admin {
@@ -48,7 +53,14 @@ impl Admin {
             token,
             sinks: sinks.keys().cloned().collect(),
             pipeline: None,
+            delivery: DeliveryControl::default(),
         }
+    }
+
+    /// Serves sink pause/resume through `control`.
+    pub fn with_delivery(mut self, control: DeliveryControl) -> Admin {
+        self.delivery = control;
+        self
     }
 
     /// Serves `/api/v1/intake` from `pipeline`'s counters.
@@ -57,7 +69,11 @@ impl Admin {
         self
     }
 
-    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Response<Full<Bytes>> {
+    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
         let path = req.uri().path().to_string();
         if path == "/healthz" {
             return respond::json(StatusCode::OK, &json!({"status": "ok"}));
@@ -72,6 +88,10 @@ impl Admin {
                 "a valid bearer token is required",
             );
         }
+        let req = match dlq::handle(&self, req).await {
+            Ok(response) => return response,
+            Err(req) => req,
+        };
         if req.method() != Method::GET {
             return respond::error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -81,12 +101,6 @@ impl Admin {
         }
         let result = if let Some(id) = path.strip_prefix("/api/v1/events/") {
             self.event(id)
-        } else if path == "/api/v1/dead-letters" {
-            let limit = query_param(req.uri().query(), "limit")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(100usize)
-                .min(1000);
-            self.dead_letters(limit)
         } else if path == "/api/v1/sinks" {
             self.sinks()
         } else if path == "/api/v1/plugins" {
@@ -130,25 +144,15 @@ impl Admin {
             .map(|(event, deliveries)| event_json(&event, &deliveries)))
     }
 
-    fn dead_letters(&self, limit: usize) -> Result<Option<Value>, crate::store::StoreError> {
-        let letters: Vec<Value> = self
-            .store
-            .dead_letters(limit)?
-            .into_iter()
-            .map(|(seq, l)| {
-                json!({
-                    "seq": seq, "event_id": l.event_id, "source": l.source,
-                    "delivery": l.delivery, "sink": l.sink, "reason": l.reason, "at_ms": l.at_ms,
-                })
-            })
-            .collect();
-        Ok(Some(json!({ "dead_letters": letters })))
-    }
-
     fn sinks(&self) -> Result<Option<Value>, crate::store::StoreError> {
         let mut out = Vec::new();
         for name in &self.sinks {
-            out.push(json!({"name": name, "pending": self.store.pending_count(name)?}));
+            out.push(json!({
+                "name": name,
+                "pending": self.store.pending_count(name)?,
+                "paused": self.delivery.is_paused(name),
+                "circuit_open": self.delivery.is_circuit_open(name),
+            }));
         }
         Ok(Some(json!({ "sinks": out })))
     }
@@ -189,12 +193,13 @@ fn event_json(event: &EventRecord, deliveries: &[DeliveryRecord]) -> Value {
                 DeliveryState::Pending { due_ms } => ("pending", json!({"due_ms": due_ms})),
                 DeliveryState::Delivered { at_ms } => ("delivered", json!({"at_ms": at_ms})),
                 DeliveryState::Dead { reason } => ("dead", json!({"reason": reason})),
+                DeliveryState::Resolved { note } => ("resolved", json!({"note": note})),
             };
             json!({
-                "seq": d.seq, "sink": d.sink, "state": state, "detail": detail,
+                "seq": d.seq, "id": d.id, "sink": d.sink, "state": state, "detail": detail,
                 "headers": d.headers, "body": body_json(&d.body),
                 "attempts": d.attempts.iter()
-                    .map(|a| json!({"at_ms": a.at_ms, "error": a.error}))
+                    .map(|a| json!({"at_ms": a.at_ms, "status": a.status, "error": a.error}))
                     .collect::<Vec<_>>(),
             })
         }).collect::<Vec<_>>(),

@@ -23,6 +23,7 @@
 mod edge;
 mod intake;
 mod secret;
+mod sink;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -37,6 +38,10 @@ pub use intake::{
     RateLimitConfig,
 };
 pub use secret::{Secret, SecretRef};
+pub use sink::{
+    BatchConfig, CircuitConfig, FileSinkConfig, Http2Mode, HttpSinkConfig, RedisSinkConfig,
+    RetryConfig, SinkConfig, SinkKind, StatusMatch, StdoutSinkConfig, signing_scheme,
+};
 // The `verify` table belongs to the verify stage; it is part of the file format all the same.
 pub use crate::verify::config::{
     Delimiter, Handshake, HmacAlgorithm, SchemeName, SecretEncoding, SignatureEncoding,
@@ -174,6 +179,15 @@ pub struct StorageConfig {
     /// `redis_prefix = "hookwall"`: prefix of every key Hookwall writes to Redis.
     #[serde(default = "default_redis_prefix")]
     pub redis_prefix: String,
+    /// `retention = "7d"`: delivered events (and their deliveries) are pruned this long after
+    /// they were received; dead letters and pending deliveries are kept until replayed or
+    /// purged. `"0s"` keeps everything.
+    #[serde(default = "default_retention", with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+fn default_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
 }
 
 fn default_redis_prefix() -> String {
@@ -195,6 +209,7 @@ impl Default for StorageConfig {
             fsync: true,
             redis: None,
             redis_prefix: default_redis_prefix(),
+            retention: default_retention(),
         }
     }
 }
@@ -352,92 +367,6 @@ pub enum OnPluginError {
     Reject,
 }
 
-/// `[sinks.NAME]`, tagged by `type`.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum SinkConfig {
-    /// Appends one JSON line per delivery, fsynced before the delivery counts as done.
-    File(FileSinkConfig),
-    /// Prints one JSON line per delivery to standard output.
-    Stdout(StdoutSinkConfig),
-}
-
-impl SinkConfig {
-    pub fn retry(&self) -> &RetryConfig {
-        match self {
-            SinkConfig::File(c) => &c.retry,
-            SinkConfig::Stdout(c) => &c.retry,
-        }
-    }
-
-    /// Whether the sink starts paused: deliveries are stored and wait.
-    pub fn paused(&self) -> bool {
-        match self {
-            SinkConfig::File(c) => c.paused,
-            SinkConfig::Stdout(c) => c.paused,
-        }
-    }
-}
-
-/// `type = "file"`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileSinkConfig {
-    /// `path = "./data/events.jsonl"`. The parent directory must exist: it is not created, so a
-    /// missing mount shows up as failed deliveries (retried) rather than a file in the wrong place.
-    pub path: PathBuf,
-    #[serde(default)]
-    pub retry: RetryConfig,
-    /// `paused = true`: deliveries to this sink are stored but not sent (e.g. during an app's
-    /// maintenance window); they go out once the sink is started without the flag.
-    #[serde(default)]
-    pub paused: bool,
-}
-
-/// `type = "stdout"`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StdoutSinkConfig {
-    #[serde(default)]
-    pub retry: RetryConfig,
-    /// See [`FileSinkConfig::paused`].
-    #[serde(default)]
-    pub paused: bool,
-}
-
-/// `retry = { max_attempts = 12, initial = "500ms", max_delay = "5m" }`: exponential backoff with
-/// full jitter; after `max_attempts` the delivery is dead-lettered.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetryConfig {
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
-    #[serde(default = "default_retry_initial", with = "humantime_serde")]
-    pub initial: Duration,
-    #[serde(default = "default_retry_max_delay", with = "humantime_serde")]
-    pub max_delay: Duration,
-}
-
-fn default_max_attempts() -> u32 {
-    12
-}
-fn default_retry_initial() -> Duration {
-    Duration::from_millis(500)
-}
-fn default_retry_max_delay() -> Duration {
-    Duration::from_secs(300)
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        RetryConfig {
-            max_attempts: default_max_attempts(),
-            initial: default_retry_initial(),
-            max_delay: default_retry_max_delay(),
-        }
-    }
-}
-
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -486,7 +415,7 @@ impl Config {
             edge::resolve_paths(tls, &base);
         }
         for sink in self.sinks.values_mut() {
-            if let SinkConfig::File(f) = sink {
+            if let SinkKind::File(f) = &mut sink.kind {
                 abs(&mut f.path);
             }
         }
@@ -582,19 +511,7 @@ impl Config {
         }
         for (name, sink) in &self.sinks {
             check_name(name, &format!("sinks.{name}"))?;
-            let retry = sink.retry();
-            if retry.max_attempts == 0 {
-                return Err(invalid(
-                    format!("sinks.{name}.retry.max_attempts"),
-                    "must be at least 1",
-                ));
-            }
-            if retry.initial.is_zero() || retry.max_delay < retry.initial {
-                return Err(invalid(
-                    format!("sinks.{name}.retry"),
-                    "need 0 < initial <= max_delay",
-                ));
-            }
+            sink::validate(name, sink)?;
         }
         Ok(())
     }
@@ -613,6 +530,9 @@ impl Config {
         }
         if let Some(url) = &self.storage.redis {
             url.resolve(&self.base_dir, "storage.redis")?;
+        }
+        for (name, sink) in &self.sinks {
+            sink::check_secrets(name, sink, &self.base_dir)?;
         }
         Ok(())
     }

@@ -69,11 +69,11 @@ fn omnibus_parses_and_resolves_paths() {
     assert_eq!(c.storage.path, Path::new("/etc/hookwall/state"));
     assert_eq!(c.plugins.dir, Path::new("/etc/hookwall/wasm"));
     assert_eq!(c.plugins.deadline, Duration::from_millis(20));
-    let SinkConfig::File(f) = &c.sinks["archive"] else {
+    let SinkKind::File(f) = &c.sinks["archive"].kind else {
         panic!("archive is a file sink")
     };
     assert_eq!(f.path, Path::new("/etc/hookwall/out/events.jsonl"));
-    assert_eq!(f.retry.max_attempts, 3);
+    assert_eq!(c.sinks["archive"].retry.max_attempts, 3);
     let v = &c.sources["demo"].verify;
     assert_eq!(v.scheme, SchemeName::Hmac);
     assert_eq!(v.algorithm, Some(HmacAlgorithm::Sha512));

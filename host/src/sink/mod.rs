@@ -1,25 +1,32 @@
-//! Sinks: where deliveries go. One trait, one folder per kind.
+//! Sinks: where deliveries go. One trait, one file per kind; adding a kind touches this
+//! folder and its config in `config/sink.rs`.
 //!
-//! A sink confirms a batch only when the receiving side has it (for `file`: written and
-//! fsynced). Until it confirms, the delivery stays pending in the store and is retried, so a
-//! sink outage never loses an acknowledged event; the price is at-least-once delivery.
+//! A sink confirms a unit (one delivery, or a batch) only when the receiving side has it (for
+//! `file`: written and fsynced; for `http`: a 2xx answer). Until it confirms, the deliveries
+//! stay pending in the store and are retried, so a sink outage never loses an acknowledged
+//! event; the price is at-least-once delivery, which every delivery's stable id makes safe.
 
 mod file;
+mod http;
+mod redis;
 mod stdout;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
-use crate::config::SinkConfig;
+use crate::config::{ConfigError, SinkConfig, SinkKind};
 use crate::store::DeliveryRecord;
 
 pub use file::FileSink;
+pub use http::HttpSink;
+pub use redis::RedisSink;
 pub use stdout::StdoutSink;
 
-/// Why a sink did not confirm a batch.
+/// Why a sink did not confirm a unit.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct SinkError {
@@ -28,6 +35,8 @@ pub struct SinkError {
     pub permanent: bool,
     /// The receiver asked us to wait this long before trying again.
     pub retry_after: Option<Duration>,
+    /// The receiver's answer, for sinks that have one (an HTTP status).
+    pub status: Option<u16>,
 }
 
 impl SinkError {
@@ -37,6 +46,15 @@ impl SinkError {
             message: message.into(),
             permanent: false,
             retry_after: None,
+            status: None,
+        }
+    }
+
+    /// A failure retrying cannot fix.
+    pub fn permanent(message: impl Into<String>) -> SinkError {
+        SinkError {
+            permanent: true,
+            ..SinkError::transient(message)
         }
     }
 }
@@ -44,22 +62,44 @@ impl SinkError {
 /// A destination for deliveries.
 #[async_trait::async_trait]
 pub trait Sink: Send + Sync {
-    /// Hands over `batch` (all for this sink); `Ok` means every one is confirmed.
+    /// Hands over one unit: a single delivery, or several as one batch; `Ok` means every
+    /// one is confirmed, an error that none is (the unit is retried as a whole).
     async fn deliver(&self, batch: &[DeliveryRecord]) -> Result<(), SinkError>;
 }
 
-/// Builds the sink described by `config`.
-pub fn build(config: &SinkConfig) -> Arc<dyn Sink> {
-    match config {
-        SinkConfig::File(c) => Arc::new(FileSink::new(c.path.clone())),
-        SinkConfig::Stdout(_) => Arc::new(StdoutSink),
-    }
+/// Builds the sink `name` described by `config` (secrets are resolved against `base_dir`).
+pub fn build(
+    name: &str,
+    config: &SinkConfig,
+    base_dir: &Path,
+) -> Result<Arc<dyn Sink>, ConfigError> {
+    Ok(match &config.kind {
+        SinkKind::File(c) => Arc::new(FileSink::new(c.path.clone())),
+        SinkKind::Stdout(_) => Arc::new(StdoutSink),
+        SinkKind::Http(c) => Arc::new(HttpSink::new(name, c, base_dir)?),
+        SinkKind::Redis(c) => {
+            let key = format!("sinks.{name}.url");
+            let url = c.url.resolve(base_dir, &key)?;
+            Arc::new(
+                RedisSink::new(&url, c.stream.clone(), c.maxlen)
+                    .map_err(|reason| ConfigError::Invalid { key, reason })?,
+            )
+        }
+    })
 }
 
-/// The JSON line written by the `file` and `stdout` sinks:
-/// `{"id","delivery","source","sink","received_at","headers":{…},"body":…}`. The body is
-/// embedded as JSON when it parses as JSON, else given as `body_base64`.
+/// The JSON line written by the `file` and `stdout` sinks, and the element of an `http`
+/// batch: `{"id","delivery","delivery_id","source","sink","received_at","headers":{…},"body":…}`.
+/// `id` is the event's id, `delivery_id` the delivery's stable id. The body is embedded as JSON when it parses as JSON,
+/// else given as `body_base64`.
 pub fn json_line(d: &DeliveryRecord) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec(&envelope(d)).unwrap_or_default();
+    bytes.push(b'\n');
+    bytes
+}
+
+/// One delivery as a JSON object (see [`json_line`]).
+pub fn envelope(d: &DeliveryRecord) -> Value {
     let mut headers = Map::new();
     for (name, value) in &d.headers {
         match headers.get_mut(name) {
@@ -77,6 +117,7 @@ pub fn json_line(d: &DeliveryRecord) -> Vec<u8> {
     let mut line = json!({
         "id": d.event_id,
         "delivery": d.seq,
+        "delivery_id": d.id,
         "source": d.source,
         "sink": d.sink,
         "received_at": humantime::format_rfc3339_millis(received_at).to_string(),
@@ -89,7 +130,5 @@ pub fn json_line(d: &DeliveryRecord) -> Vec<u8> {
                 Value::String(base64::engine::general_purpose::STANDARD.encode(&d.body))
         }
     }
-    let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
-    bytes.push(b'\n');
-    bytes
+    line
 }

@@ -11,12 +11,14 @@
 //! - `pending`: (sink, priority rank, due ms, seq) → () — the delivery schedule. Retries are
 //!   rows here, not sleeping tasks, so a million pending retries cost disk, not timers;
 //! - `dead_letters`: seq → [`DeadLetter`] (plugin failures and deliveries that gave up);
+//! - `event_times`: (received ms, event id) → () — the retention order ([`dlq`]);
 //! - `dedupe`, `dedupe_expiry`: dedupe marks with their expiry ([`marks`]);
 //! - `plugin_kv`: (plugin, key) → expiry + value, the plugins' key-value store.
 //!
 //! Invariant: an event, all of its deliveries and its dedupe mark are committed in one
 //! transaction.
 
+pub mod dlq;
 mod kv;
 mod load;
 pub mod marks;
@@ -24,13 +26,14 @@ mod records;
 pub mod redis;
 mod writer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+pub use dlq::{LetterFilter, Replay};
 pub use load::StoreLoad;
 pub use marks::DedupeMark;
 pub use records::{
@@ -43,6 +46,7 @@ const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
 const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries");
 const PENDING: TableDefinition<(&str, u8, u64, u64), ()> = TableDefinition::new("pending");
 const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+const EVENT_TIMES: TableDefinition<(u64, &str), ()> = TableDefinition::new("event_times");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const PLUGIN_KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("plugin_kv");
 
@@ -138,6 +142,7 @@ impl Store {
                 txn.open_table(DELIVERIES).map_err(StoreError::storage)?;
                 txn.open_table(PENDING).map_err(StoreError::storage)?;
                 txn.open_table(DEAD_LETTERS).map_err(StoreError::storage)?;
+                txn.open_table(EVENT_TIMES).map_err(StoreError::storage)?;
                 txn.open_table(marks::DEDUPE).map_err(StoreError::storage)?;
                 txn.open_table(marks::DEDUPE_EXPIRY)
                     .map_err(StoreError::storage)?;
@@ -235,6 +240,17 @@ impl Store {
         now_ms: u64,
         limit: usize,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.due_deliveries_except(sink, now_ms, limit, &HashSet::new())
+    }
+
+    /// Like [`Store::due_deliveries`], skipping the seqs in `except` (those in flight).
+    pub fn due_deliveries_except(
+        &self,
+        sink: &str,
+        now_ms: u64,
+        limit: usize,
+        except: &HashSet<u64>,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
         let txn = self.inner.db.begin_read().map_err(StoreError::storage)?;
         let pending = txn.open_table(PENDING).map_err(StoreError::storage)?;
         let deliveries = txn.open_table(DELIVERIES).map_err(StoreError::storage)?;
@@ -249,6 +265,9 @@ impl Store {
                 }
                 let (key, _) = row.map_err(StoreError::storage)?;
                 let seq = key.value().3;
+                if except.contains(&seq) {
+                    continue;
+                }
                 if let Some(bytes) = deliveries.get(seq).map_err(StoreError::storage)? {
                     out.push(records::decode(bytes.value(), || {
                         format!("delivery {seq}")
@@ -261,16 +280,28 @@ impl Store {
 
     /// When the next delivery for `sink` falls due, if any is pending.
     pub fn next_due_ms(&self, sink: &str) -> Result<Option<u64>, StoreError> {
+        self.next_due_ms_except(sink, &HashSet::new())
+    }
+
+    /// Like [`Store::next_due_ms`], ignoring the seqs in `except` (those in flight).
+    pub fn next_due_ms_except(
+        &self,
+        sink: &str,
+        except: &HashSet<u64>,
+    ) -> Result<Option<u64>, StoreError> {
         let txn = self.inner.db.begin_read().map_err(StoreError::storage)?;
         let pending = txn.open_table(PENDING).map_err(StoreError::storage)?;
         let mut next: Option<u64> = None;
         for rank in [Priority::High.rank(), Priority::Normal.rank()] {
-            let mut range = pending
+            let range = pending
                 .range((sink, rank, 0u64, 0u64)..=(sink, rank, u64::MAX, u64::MAX))
                 .map_err(StoreError::storage)?;
-            if let Some(row) = range.next() {
-                let due = row.map_err(StoreError::storage)?.0.value().2;
-                next = Some(next.map_or(due, |n: u64| n.min(due)));
+            for row in range {
+                let (_, _, due, seq) = row.map_err(StoreError::storage)?.0.value();
+                if !except.contains(&seq) {
+                    next = Some(next.map_or(due, |n: u64| n.min(due)));
+                    break;
+                }
             }
         }
         Ok(next)

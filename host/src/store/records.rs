@@ -73,19 +73,34 @@ pub struct Attempt {
     pub at_ms: u64,
     /// `None` when the sink confirmed.
     pub error: Option<String>,
+    /// The receiver's answer, for sinks that have one (an HTTP status).
+    pub status: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeliveryState {
-    Pending { due_ms: u64 },
-    Delivered { at_ms: u64 },
-    Dead { reason: String },
+    Pending {
+        due_ms: u64,
+    },
+    Delivered {
+        at_ms: u64,
+    },
+    Dead {
+        reason: String,
+    },
+    /// Its dead letter was replayed (into new deliveries) or purged; nothing more happens.
+    Resolved {
+        note: String,
+    },
 }
 
 /// One message for one sink, and its history.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeliveryRecord {
     pub seq: u64,
+    /// Stable across retries, restarts and replays (`EVENT:SINK:N`, N counting the event's
+    /// deliveries to that sink): the `webhook-id` / `Idempotency-Key` a receiver dedupes on.
+    pub id: String,
     pub event_id: String,
     pub source: String,
     pub received_at_ms: u64,

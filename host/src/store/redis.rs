@@ -49,6 +49,16 @@ pub enum RedisError {
     Timeout(Duration),
 }
 
+/// Timeouts and reconnect policy for a Redis connection that must fail fast (shared state,
+/// and the `redis` sink).
+pub(crate) fn connection_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(RECONNECT_RETRIES)
+        .set_max_delay(Duration::from_millis(200))
+}
+
 /// A cheap, cloneable handle to the shared Redis.
 #[derive(Clone)]
 pub struct SharedRedis {
@@ -84,11 +94,7 @@ impl SharedRedis {
             ConnectionAddr::Unix(path) => path.display().to_string(),
             _ => "the configured address".to_string(),
         };
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(RECONNECT_RETRIES)
-            .set_max_delay(Duration::from_millis(200));
+        let config = connection_config();
         let unreachable = |reason: String| RedisError::Unreachable {
             addr: addr.clone(),
             reason,

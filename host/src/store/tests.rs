@@ -85,6 +85,7 @@ async fn retries_reschedule_and_dead_letters_are_listed() {
             seq,
             at_ms: 1_000,
             error: "connection refused".into(),
+            status: None,
             due_ms: 5_000,
         }])
         .await
@@ -97,6 +98,7 @@ async fn retries_reschedule_and_dead_letters_are_listed() {
             seq,
             at_ms: 5_000,
             error: "gave up".into(),
+            status: Some(503),
         }])
         .await
         .unwrap();

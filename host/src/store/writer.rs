@@ -1,6 +1,6 @@
 //! The single writer: turns queued jobs into one redb transaction per batch (group commit).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
@@ -8,9 +8,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::load::Gauges;
 use super::marks::{self, DedupeMark};
-use super::records::{self, DeadLetter, DeliveryRecord, DeliveryState, EventStatus, NewEvent};
+use super::records::{
+    self, DeadLetter, DeliveryRecord, DeliveryState, EventRecord, EventStatus, NewDelivery,
+    NewEvent,
+};
 use super::{
-    AcceptOutcome, DEAD_LETTERS, DELIVERIES, EVENTS, META, PENDING, PLUGIN_KV, StoreError, Wakers,
+    AcceptOutcome, DEAD_LETTERS, DELIVERIES, EVENT_TIMES, EVENTS, META, PENDING, PLUGIN_KV,
+    StoreError, Wakers,
 };
 
 /// Jobs folded into one transaction at most; bounds the latency of the first job in a batch.
@@ -19,7 +23,12 @@ const MAX_BATCH: usize = 512;
 pub(super) enum Op {
     Accept(Box<NewEvent>, Option<DedupeMark>),
     Update(Vec<DeliveryUpdate>),
-    PurgeMarks { now_ms: u64, limit: usize },
+    PurgeMarks {
+        now_ms: u64,
+        limit: usize,
+    },
+    /// Dead-letter queue work ([`super::dlq`]).
+    Dlq(super::dlq::DlqOp),
     Kv(KvOp),
     Stop,
 }
@@ -28,6 +37,8 @@ pub(super) enum Reply {
     Accepted(AcceptOutcome),
     Updated,
     Purged(usize),
+    /// Dead letters resolved, or events pruned.
+    Count(usize),
     /// Whether the key-value operation changed something (set: always true).
     Kv(bool),
 }
@@ -67,10 +78,16 @@ pub enum DeliveryUpdate {
         seq: u64,
         at_ms: u64,
         error: String,
+        status: Option<u16>,
         due_ms: u64,
     },
     /// The attempt failed for good; move the delivery to the dead-letter queue.
-    Dead { seq: u64, at_ms: u64, error: String },
+    Dead {
+        seq: u64,
+        at_ms: u64,
+        error: String,
+        status: Option<u16>,
+    },
 }
 
 pub(super) fn spawn(
@@ -165,6 +182,7 @@ fn commit(
                 Reply::Updated
             }
             Op::Kv(op) => Reply::Kv(kv(&txn, op)?),
+            Op::Dlq(op) => Reply::Count(super::dlq::apply(&txn, op, next_seq, touched)?),
             Op::Stop => Reply::Updated,
         };
         replies.push(reply);
@@ -183,7 +201,7 @@ fn commit(
     Ok((replies, pending))
 }
 
-fn take_seq(next_seq: &mut u64) -> u64 {
+pub(super) fn take_seq(next_seq: &mut u64) -> u64 {
     let seq = *next_seq;
     *next_seq += 1;
     seq
@@ -214,15 +232,42 @@ fn accept(
     if let Some(mark) = mark {
         marks::put_mark(txn, mark, &event.record.id)?;
     }
-    let mut deliveries = txn.open_table(DELIVERIES).map_err(StoreError::storage)?;
-    let mut pending = txn.open_table(PENDING).map_err(StoreError::storage)?;
     let mut record = event.record.clone();
     record.deliveries.clear();
-    for d in &event.deliveries {
+    insert_deliveries(txn, &mut record, &event.deliveries, next_seq, touched)?;
+    plugin_letter(txn, &record, record.received_at_ms, next_seq)?;
+    events
+        .insert(record.id.as_str(), records::encode(&record)?.as_slice())
+        .map_err(StoreError::storage)?;
+    txn.open_table(EVENT_TIMES)
+        .map_err(StoreError::storage)?
+        .insert((record.received_at_ms, record.id.as_str()), ())
+        .map_err(StoreError::storage)?;
+    Ok(AcceptOutcome::Stored)
+}
+
+/// Adds `new` as pending deliveries of `record` (appending their seqs to it). Each gets the
+/// stable id `EVENT:SINK:N`, N counting `new`'s deliveries to that sink, so routing the same
+/// event the same way again (a replay) yields the same ids.
+pub(super) fn insert_deliveries(
+    txn: &WriteTransaction,
+    record: &mut EventRecord,
+    new: &[NewDelivery],
+    next_seq: &mut u64,
+    touched: &mut BTreeSet<String>,
+) -> Result<(), StoreError> {
+    let mut deliveries = txn.open_table(DELIVERIES).map_err(StoreError::storage)?;
+    let mut pending = txn.open_table(PENDING).map_err(StoreError::storage)?;
+    let mut per_sink: HashMap<&str, usize> = HashMap::new();
+    // Due at receipt: a new event's place in its sink's order; a replayed one is due at once
+    // and keeps its place among the events of its time.
+    let due_ms = record.received_at_ms;
+    for d in new {
         let seq = take_seq(next_seq);
-        let due_ms = record.received_at_ms;
+        let n = per_sink.entry(d.sink.as_str()).or_default();
         let delivery = DeliveryRecord {
             seq,
+            id: format!("{}:{}:{n}", record.id, d.sink),
             event_id: record.id.clone(),
             source: record.source.clone(),
             received_at_ms: record.received_at_ms,
@@ -233,6 +278,7 @@ fn accept(
             attempts: Vec::new(),
             state: DeliveryState::Pending { due_ms },
         };
+        *n += 1;
         deliveries
             .insert(seq, records::encode(&delivery)?.as_slice())
             .map_err(StoreError::storage)?;
@@ -242,6 +288,16 @@ fn accept(
         touched.insert(d.sink.clone());
         record.deliveries.push(seq);
     }
+    Ok(())
+}
+
+/// Queues a dead letter for `record` if its plugins failed.
+pub(super) fn plugin_letter(
+    txn: &WriteTransaction,
+    record: &EventRecord,
+    at_ms: u64,
+    next_seq: &mut u64,
+) -> Result<(), StoreError> {
     if let EventStatus::DeadLettered { reason } = &record.status {
         let letter = DeadLetter {
             event_id: record.id.clone(),
@@ -249,17 +305,14 @@ fn accept(
             delivery: None,
             sink: None,
             reason: reason.clone(),
-            at_ms: record.received_at_ms,
+            at_ms,
         };
         txn.open_table(DEAD_LETTERS)
             .map_err(StoreError::storage)?
             .insert(take_seq(next_seq), records::encode(&letter)?.as_slice())
             .map_err(StoreError::storage)?;
     }
-    events
-        .insert(record.id.as_str(), records::encode(&record)?.as_slice())
-        .map_err(StoreError::storage)?;
-    Ok(AcceptOutcome::Stored)
+    Ok(())
 }
 
 fn kv(txn: &WriteTransaction, op: &KvOp) -> Result<bool, StoreError> {
@@ -333,18 +386,21 @@ fn update(
             record.attempts.push(records::Attempt {
                 at_ms: *at_ms,
                 error: None,
+                status: None,
             });
             record.state = DeliveryState::Delivered { at_ms: *at_ms };
         }
         DeliveryUpdate::Retry {
             at_ms,
             error,
+            status,
             due_ms,
             ..
         } => {
             record.attempts.push(records::Attempt {
                 at_ms: *at_ms,
                 error: Some(error.clone()),
+                status: *status,
             });
             record.state = DeliveryState::Pending { due_ms: *due_ms };
             pending
@@ -355,10 +411,16 @@ fn update(
                 .map_err(StoreError::storage)?;
             touched.insert(record.sink.clone());
         }
-        DeliveryUpdate::Dead { at_ms, error, .. } => {
+        DeliveryUpdate::Dead {
+            at_ms,
+            error,
+            status,
+            ..
+        } => {
             record.attempts.push(records::Attempt {
                 at_ms: *at_ms,
                 error: Some(error.clone()),
+                status: *status,
             });
             record.state = DeliveryState::Dead {
                 reason: error.clone(),

@@ -1,0 +1,117 @@
+//! Replay: give dead letters another chance with the *current* plugins.
+//!
+//! For each selected dead letter the stored raw request is run through its source's plugin
+//! chain as it is now (so fixing a plugin and replaying recovers its events), and the result
+//! replaces the letter in one commit: new pending deliveries under the same event id, whose
+//! stable delivery ids come out the same when the routing does (a receiver that dedupes is
+//! safe). A delivery's dead letter replays only the deliveries routed to that sink, so other
+//! sinks that already have the event do not get it twice. A plugin that fails again makes a
+//! new dead letter.
+
+use crate::pipeline::{IngestError, Pipeline};
+use crate::plugin::{ChainOutcome, Event};
+use crate::store::{EventStatus, LetterFilter, NewDelivery, Replay, StoreError};
+
+/// Dead letters replayed by one request at most; replay again for more.
+pub const MAX_REPLAY: usize = 10_000;
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Letters replaced by new deliveries (or a new status).
+    pub replayed: usize,
+    /// Letters left in the queue: their source or event is gone.
+    pub skipped: usize,
+}
+
+/// Why a replay failed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The store could not be read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Running the plugins failed inside the host (not a plugin failure, which is recorded).
+    #[error("cannot run plugins: {0}")]
+    Pipeline(#[from] IngestError),
+}
+
+/// Replays the dead letters matching `filter`.
+pub async fn replay(
+    pipeline: &Pipeline,
+    filter: &LetterFilter,
+) -> Result<ReplayReport, ReplayError> {
+    let store = pipeline.store();
+    let letters = store.dead_letters_matching(filter, MAX_REPLAY)?;
+    let mut report = ReplayReport::default();
+    let mut replays = Vec::new();
+    for (seq, letter) in letters {
+        let (Some(source), Some((event, _))) = (
+            pipeline.source_named(&letter.source),
+            store.event(&letter.event_id)?,
+        ) else {
+            tracing::warn!(letter = seq, source = %letter.source, event = %letter.event_id,
+                "cannot replay: the source or the event is gone");
+            report.skipped += 1;
+            continue;
+        };
+        let input = Event {
+            id: event.id.clone(),
+            source: event.source.clone(),
+            received_at_ms: event.received_at_ms,
+            method: event.method.clone(),
+            path: event.path.clone(),
+            query: event.query.clone(),
+            headers: event.headers.clone(),
+            body: event.body.clone(),
+        };
+        let (status, routed) = match pipeline.route(&source, &input).await? {
+            ChainOutcome::Forward(routed) => (EventStatus::Forwarded, routed),
+            ChainOutcome::Dropped(reason) => (EventStatus::Dropped { reason }, Vec::new()),
+            ChainOutcome::Failed { plugin, failure } => {
+                super::count_plugin_dead_letter();
+                (
+                    EventStatus::DeadLettered {
+                        reason: format!("plugin `{plugin}` {failure} (on replay)"),
+                    },
+                    Vec::new(),
+                )
+            }
+            // There is no sender to answer on a replay: the plugin declined the event.
+            ChainOutcome::Rejected(r) => (
+                EventStatus::Dropped {
+                    reason: format!("rejected on replay: {} {}", r.status, r.code),
+                },
+                Vec::new(),
+            ),
+            ChainOutcome::Responded(reply) => (
+                EventStatus::Dropped {
+                    reason: format!("answered {} on replay", reply.status),
+                },
+                Vec::new(),
+            ),
+        };
+        let deliveries = routed
+            .into_iter()
+            .filter(|r| letter.sink.as_ref().is_none_or(|s| *s == r.sink))
+            .map(|r| NewDelivery {
+                sink: r.sink,
+                headers: r.headers,
+                body: r.body,
+                priority: r.priority,
+            })
+            .collect();
+        replays.push(Replay {
+            letter: seq,
+            status,
+            deliveries,
+        });
+    }
+    report.replayed = store.replay(replays).await?;
+    tracing::info!(
+        replayed = report.replayed,
+        skipped = report.skipped,
+        ?filter,
+        "dead letters replayed"
+    );
+    Ok(report)
+}

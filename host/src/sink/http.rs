@@ -1,0 +1,317 @@
+//! `type = "http"`: send each delivery (or batch) to the app over HTTP, re-signed.
+//!
+//! One pooled client per sink (hyper-util, HTTP/1.1 and HTTP/2: negotiated by ALPN over
+//! TLS, or h2c with `http2 = "prior-knowledge"`). Every request carries the delivery's stable
+//! id as `webhook-id` and `Idempotency-Key`, and, with `secret`, Standard Webhooks signature
+//! headers computed by the verify stage's signer with the sink's own key, so the app can trust
+//! Hookwall without re-verifying the provider.
+//!
+//! Classification: a 2xx confirms; a status in `retry_on` (default 408, 425, 429, 5xx),
+//! a connection error or a timeout is retried (429 and 503 with `Retry-After` wait as asked);
+//! any other answer is permanent and dead-letters the unit at once.
+//!
+//! A batch is one `application/json` request whose body is
+//! `{"batch": [ENVELOPE, …]}`, each element as [`super::envelope`] describes; its
+//! `webhook-id` is `batch:FIRST_ID+N`.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::{Sink, SinkError, envelope};
+use crate::config::{ConfigError, Http2Mode, HttpSinkConfig, StatusMatch, signing_scheme};
+use crate::store::DeliveryRecord;
+use crate::verify::{Signed, Verifier};
+
+/// A `Retry-After` longer than this is treated as this: a receiver cannot park a delivery
+/// for days.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// Idle pooled connections are closed after this.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bytes of an error answer's body kept for the attempt's record.
+const ERROR_BODY_BYTES: usize = 256;
+
+/// Headers that describe one hop or one body, never forwarded from the routed delivery.
+const HOP_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+    "proxy-authorization",
+    "expect",
+    // Set by this sink; the provider's own must not leak through.
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "idempotency-key",
+];
+
+pub struct HttpSink {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    uri: Uri,
+    method: Method,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    timeout: Duration,
+    signer: Option<Verifier>,
+    retry_on: Vec<StatusMatch>,
+}
+
+impl HttpSink {
+    pub fn new(name: &str, c: &HttpSinkConfig, base_dir: &Path) -> Result<HttpSink, ConfigError> {
+        let key = |field: &str| format!("sinks.{name}.{field}");
+        let invalid = |field: &str, reason: String| ConfigError::Invalid {
+            key: key(field),
+            reason,
+        };
+        let signer = match &c.secret {
+            Some(secret) => {
+                let secret = secret.resolve(base_dir, &key("secret"))?;
+                Some(
+                    Verifier::new(&signing_scheme(), vec![secret], &[])
+                        .map_err(|e| invalid("secret", e))?,
+                )
+            }
+            None => None,
+        };
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1();
+        let connector = builder.enable_http2().wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .http2_only(c.http2 == Http2Mode::PriorKnowledge)
+            .build(connector);
+        let headers = c
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                Ok((
+                    HeaderName::from_bytes(k.as_bytes())
+                        .map_err(|e| invalid(&format!("headers.{k}"), e.to_string()))?,
+                    HeaderValue::from_str(v)
+                        .map_err(|e| invalid(&format!("headers.{k}"), e.to_string()))?,
+                ))
+            })
+            .collect::<Result<_, ConfigError>>()?;
+        Ok(HttpSink {
+            client,
+            uri: c
+                .url
+                .parse()
+                .map_err(|e: http::uri::InvalidUri| invalid("url", e.to_string()))?,
+            method: Method::from_bytes(c.method.as_bytes())
+                .map_err(|e| invalid("method", e.to_string()))?,
+            headers,
+            timeout: c.timeout,
+            signer,
+            retry_on: c.retry_on.clone(),
+        })
+    }
+
+    /// The request for one unit.
+    fn request(&self, batch: &[DeliveryRecord]) -> Result<Request<Full<Bytes>>, SinkError> {
+        let mut headers = HeaderMap::new();
+        let (id, body) = match batch {
+            [one] => {
+                for (k, v) in &one.headers {
+                    if HOP_HEADERS.iter().any(|h| k.eq_ignore_ascii_case(h)) {
+                        continue;
+                    }
+                    if let (Ok(k), Ok(v)) = (
+                        HeaderName::from_bytes(k.as_bytes()),
+                        HeaderValue::from_str(v),
+                    ) {
+                        headers.append(k, v);
+                    }
+                }
+                (one.id.clone(), one.body.clone())
+            }
+            _ => {
+                let items: Vec<_> = batch.iter().map(envelope).collect();
+                let body = serde_json::to_vec(&serde_json::json!({ "batch": items }))
+                    .map_err(|e| SinkError::transient(format!("cannot encode batch: {e}")))?;
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                let first = batch.first().map(|d| d.id.as_str()).unwrap_or_default();
+                (format!("batch:{first}+{}", batch.len()), body)
+            }
+        };
+        for (k, v) in &self.headers {
+            headers.insert(k.clone(), v.clone());
+        }
+        if let Some(signer) = &self.signer {
+            let unsigned = Signed {
+                path: self.uri.path().to_string(),
+                query: self.uri.query().unwrap_or_default().to_string(),
+                body,
+                ..Signed::default()
+            };
+            let signed = signer.sign(unsigned, &id, crate::server::now_ms());
+            for (k, v) in &signed.headers {
+                if let (Ok(k), Ok(v)) = (
+                    HeaderName::from_bytes(k.as_bytes()),
+                    HeaderValue::from_str(v),
+                ) {
+                    headers.insert(k, v);
+                }
+            }
+            return self.finish(headers, &id, signed.body);
+        }
+        self.finish(headers, &id, body)
+    }
+
+    fn finish(
+        &self,
+        mut headers: HeaderMap,
+        id: &str,
+        body: Vec<u8>,
+    ) -> Result<Request<Full<Bytes>>, SinkError> {
+        let id = HeaderValue::from_str(id)
+            .map_err(|_| SinkError::permanent(format!("delivery id {id:?} is not a header")))?;
+        headers.insert("webhook-id", id.clone());
+        headers.insert("idempotency-key", id);
+        let mut req = Request::builder()
+            .method(self.method.clone())
+            .uri(self.uri.clone())
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| SinkError::permanent(format!("cannot build request: {e}")))?;
+        *req.headers_mut() = headers;
+        Ok(req)
+    }
+
+    fn retryable(&self, status: u16) -> bool {
+        self.retry_on.iter().any(|m| m.matches(status))
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for HttpSink {
+    async fn deliver(&self, batch: &[DeliveryRecord]) -> Result<(), SinkError> {
+        let req = self.request(batch)?;
+        let exchange = async {
+            let resp = self.client.request(req).await.map_err(|e| {
+                SinkError::transient(format!("cannot reach {}: {}", self.uri, error_chain(&e)))
+            })?;
+            let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            // Read the body so the connection can be reused, keeping a little for the record.
+            let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+            Ok::<_, SinkError>((status, retry_after, body.unwrap_or_default()))
+        };
+        let (status, retry_after, body) = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| {
+                SinkError::transient(format!(
+                    "{} did not answer within {:?}",
+                    self.uri, self.timeout
+                ))
+            })??;
+        if status.is_success() {
+            return Ok(());
+        }
+        let code = status.as_u16();
+        let excerpt = String::from_utf8_lossy(&body[..body.len().min(ERROR_BODY_BYTES)])
+            .trim()
+            .to_string();
+        let message = if excerpt.is_empty() {
+            format!("{} answered {status}", self.uri)
+        } else {
+            format!("{} answered {status}: {excerpt}", self.uri)
+        };
+        Err(SinkError {
+            message,
+            permanent: !self.retryable(code),
+            retry_after: retry_after
+                .filter(|_| code == 429 || code == 503)
+                .map(|d| d.min(MAX_RETRY_AFTER)),
+            status: Some(code),
+        })
+    }
+}
+
+/// `Retry-After: 120` or `Retry-After: Wed, 21 Oct 2015 07:28:00 GMT`.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate_parse(value)?;
+    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
+}
+
+fn httpdate_parse(value: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(value).ok().or_else(|| {
+        // IMF-fixdate (RFC 9110 §5.6.7): "Sun, 06 Nov 1994 08:49:37 GMT".
+        let rest = value.split_once(", ")?.1.strip_suffix(" GMT")?;
+        let mut parts = rest.split(' ');
+        let (day, month, year, time) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let month = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ]
+        .iter()
+        .position(|m| *m == month)?
+            + 1;
+        humantime::parse_rfc3339(&format!("{year}-{month:02}-{day:0>2}T{time}Z")).ok()
+    })
+}
+
+/// An error with its causes, for the attempt's record ("connection refused" is a cause).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_and_http_dates() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
+        // A date in the past means "now".
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
+        let later = parse_retry_after("Fri, 01 Jan 2100 00:00:00 GMT").unwrap();
+        assert!(later > Duration::from_secs(3600 * 24 * 365));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn status_classes_match() {
+        let class = StatusMatch::Class("5xx".into());
+        assert!(class.matches(503) && class.matches(500) && !class.matches(404));
+        assert!(StatusMatch::Code(429).matches(429));
+    }
+}
