@@ -2,8 +2,10 @@
 //! ports, with plugins built from source by the test kit's build script.
 
 mod cli;
+mod dashboard;
 mod hostile;
 mod intake;
+mod operate;
 mod reload;
 mod spine;
 mod verify;

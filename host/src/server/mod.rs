@@ -29,6 +29,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::pipeline::Pipeline;
+use crate::telemetry::metrics;
 
 /// A request that reached a source, before verification.
 #[derive(Debug, Clone)]
@@ -81,6 +82,7 @@ where
         );
     };
     if req.method() != Method::POST {
+        metrics::request_rejected(&source.name, "method_not_allowed");
         let mut resp = respond::error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -92,10 +94,12 @@ where
     }
     // Before the body is read: shedding must not cost the memory it is meant to save.
     if let Err(e) = pipeline.check_overload() {
+        metrics::request_failed(&source.name, &e);
         return respond::ingest_error(&source.name, &e);
     }
     let limit = source.max_body_bytes;
     let too_large = || {
+        metrics::request_rejected(&source.name, "body_too_large");
         respond::error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
@@ -115,6 +119,7 @@ where
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
         Err(_) => {
+            metrics::request_rejected(&source.name, "body_unreadable");
             return respond::error(
                 StatusCode::BAD_REQUEST,
                 "body_unreadable",
@@ -147,9 +152,16 @@ where
         .catch_unwind()
         .await
     {
-        Ok(Ok(ingested)) => respond::ingested(&ingested, source.respond()),
-        Ok(Err(e)) => respond::ingest_error(&source.name, &e),
+        Ok(Ok(ingested)) => {
+            metrics::request_ingested(&source.name, &ingested);
+            respond::ingested(&ingested, source.respond())
+        }
+        Ok(Err(e)) => {
+            metrics::request_failed(&source.name, &e);
+            respond::ingest_error(&source.name, &e)
+        }
         Err(_) => {
+            metrics::request(&source.name, "error");
             tracing::error!(source = %source.name, "pipeline panicked; answered 500");
             respond::error(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -18,6 +18,7 @@
 //! transaction.
 
 mod kv;
+mod listing;
 mod load;
 pub mod marks;
 mod records;
@@ -31,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+pub use listing::{EventFilter, EventPage, Outcome};
 pub use load::StoreLoad;
 pub use marks::DedupeMark;
 pub use records::{
@@ -142,6 +144,7 @@ impl Store {
                 txn.open_table(marks::DEDUPE_EXPIRY)
                     .map_err(StoreError::storage)?;
                 txn.open_table(PLUGIN_KV).map_err(StoreError::storage)?;
+                listing::rebuild_index(&txn)?;
                 let meta = txn.open_table(META).map_err(StoreError::storage)?;
                 meta.get("next_seq")
                     .map_err(StoreError::storage)?

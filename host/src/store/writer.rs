@@ -259,6 +259,7 @@ fn accept(
     events
         .insert(record.id.as_str(), records::encode(&record)?.as_slice())
         .map_err(StoreError::storage)?;
+    super::listing::index_event(txn, record.received_at_ms, &record.id)?;
     Ok(AcceptOutcome::Stored)
 }
 
