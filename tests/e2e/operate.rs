@@ -511,3 +511,28 @@ fn example_alerts_parse_and_use_only_documented_metrics() {
         assert!(alerts.contains(&wanted), "{wanted} missing: {alerts:?}");
     }
 }
+
+#[test]
+fn a_dead_lettered_delivery_is_logged_in_its_event_span() {
+    let dir = operate_dir();
+    // The sink's directory is a file: every attempt fails.
+    std::fs::write(dir.path().join("out"), b"not a directory").unwrap();
+    let config = operate_config("", "").replace(
+        "path = \"orders.jsonl\"",
+        "path = \"out/orders.jsonl\"\nretry = { max_attempts = 2, initial = \"50ms\", max_delay = \"50ms\" }",
+    );
+    let hw = Hookwall::start(BIN, dir.path(), &config);
+    assert_eq!(post_signed(&hw, "demo", "d-1", &json!({})).status, 200);
+    let in_span = |log: &str| {
+        log.lines().any(|l| {
+            l.contains("event{id=d-1 source=demo}")
+                && l.contains("delivery dead-lettered")
+                && l.contains("attempt=2")
+        })
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || in_span(&hw.log())),
+        "{}",
+        hw.log()
+    );
+}
