@@ -63,6 +63,13 @@ enum Command {
         #[command(subcommand)]
         command: hookwall::admin::dlq_cli::DlqCommand,
     },
+    /// List a running instance's events, newest first (through its admin API).
+    Events {
+        #[arg(short, long, default_value = "hookwall.toml")]
+        config: PathBuf,
+        #[command(flatten)]
+        args: hookwall::admin::events_cli::EventsArgs,
+    },
     /// Work with a plugin file outside the server.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -140,6 +147,11 @@ fn main() -> ExitCode {
                 let client = hookwall::admin::client::AdminClient::from_config(&config)?;
                 hookwall::admin::dlq_cli::run(&client, command).await
             }
+            Command::Events { config, args } => {
+                let config = Config::load(&config)?;
+                let client = hookwall::admin::client::AdminClient::from_config(&config)?;
+                hookwall::admin::events_cli::run(&client, &args).await
+            }
             Command::Plugin(PluginCommand::Test {
                 file,
                 event,
@@ -196,6 +208,14 @@ async fn serve(path: &Path, log_format: LogFormat) -> anyhow::Result<()> {
     // Config first: a bad config must fail before anything is opened or bound.
     let config = load_config(path)?;
     telemetry::init(log_format);
+    // Installed before any stage runs, so no early sample is lost. Without an admin listener
+    // nobody could scrape it, so it is not installed then either.
+    let metrics = match (&config.admin, config.telemetry.metrics) {
+        (Some(_), true) => {
+            Some(telemetry::metrics::install().context("cannot install the metrics recorder")?)
+        }
+        _ => None,
+    };
 
     let store = Store::open_with(&config.storage.path, config.storage.fsync)?;
     if !config.storage.fsync {
@@ -262,11 +282,14 @@ async fn serve(path: &Path, log_format: LogFormat) -> anyhow::Result<()> {
                 .as_ref()
                 .map(|t| t.resolve(&config.base_dir, "admin.token"))
                 .transpose()?;
-            let admin = Arc::new(
-                Admin::new(store.clone(), plugins.clone(), token, &config.sinks)
-                    .with_pipeline(pipeline.clone())
-                    .with_delivery(delivery.control()),
-            );
+            let mut admin = Admin::new(store.clone(), plugins.clone(), token, &config.sinks)
+                .with_pipeline(pipeline.clone())
+                .with_delivery(delivery.control())
+                .with_public(admin_config.public.clone());
+            if let Some(handle) = metrics {
+                admin = admin.with_metrics(handle);
+            }
+            let admin = Arc::new(admin);
             tracing::info!(addr = %listener.local_addr()?, "admin listening");
             let handler = move |req, _remote: SocketAddr| admin.clone().handle(req);
             Some(tokio::spawn(server::serve(

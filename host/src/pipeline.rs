@@ -20,7 +20,9 @@ use crate::store::redis::SharedRedis;
 use crate::store::{
     AcceptOutcome, EventRecord, EventStatus, NewDelivery, NewEvent, Priority, Store, StoreError,
 };
-use crate::verify::{Verified, Verifier, VerifyFailure};
+use crate::telemetry;
+use crate::verify::{Verified, VerifiedRequest, Verifier, VerifyFailure};
+use tracing::Instrument as _;
 
 /// A configured source, ready to serve.
 #[derive(Debug)]
@@ -107,6 +109,8 @@ pub struct Pipeline {
     redis: Option<SharedRedis>,
     dedupe_stats: Arc<dedupe::Stats>,
     rate_stats: Arc<ratelimit::Stats>,
+    /// `[telemetry] log_bodies`: request bodies at `trace` level.
+    log_bodies: bool,
 }
 
 /// Builds a source's verifier from config, resolving its secrets.
@@ -175,6 +179,7 @@ impl Pipeline {
             redis,
             dedupe_stats,
             rate_stats,
+            log_bodies: config.telemetry.log_bodies,
         })
     }
 
@@ -265,12 +270,18 @@ impl Pipeline {
                 self.sinks.clone(),
             );
             let input = event.clone();
+            let span = tracing::Span::current();
             tokio::task::spawn_blocking(move || {
-                plugins.run_chain(&name, input, &sinks, |s| known.contains(s))
+                span.in_scope(|| plugins.run_chain(&name, input, &sinks, |s| known.contains(s)))
             })
             .await
             .map_err(|e| IngestError::Internal(format!("plugin chain task failed: {e}")))?
         })
+    }
+
+    /// The shared Redis connection, when `storage.redis` is configured.
+    pub fn redis(&self) -> Option<&SharedRedis> {
+        self.redis.as_ref()
     }
 
     /// Runs one request through verify, plugins and store.
@@ -301,6 +312,24 @@ impl Pipeline {
             .event_id()
             .map(str::to_string)
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        // From here on every log line (and the plugin chain's) carries the event's id.
+        let span = telemetry::event_span(&id, &source.name);
+        self.ingest_event(source, verified, id)
+            .instrument(span)
+            .await
+    }
+
+    /// The rest of [`Pipeline::ingest`] once the event has its id: dedupe, plugins, commit.
+    async fn ingest_event(
+        &self,
+        source: &Source,
+        verified: VerifiedRequest,
+        id: String,
+    ) -> Result<Ingested, IngestError> {
+        if self.log_bodies {
+            tracing::trace!(body = %String::from_utf8_lossy(verified.request().body.as_ref()),
+                "request body");
+        }
         // Dropping `claim` on any early return below releases a shared claim.
         let claim: Option<Claim> = match &source.dedupe {
             None => None,

@@ -3,12 +3,14 @@
 
 mod bench_delivery;
 mod cli;
+mod dashboard;
 mod delivery;
 mod edge_limits;
 mod edge_secrets;
 mod edge_tls;
 mod hostile;
 mod intake;
+mod operate;
 mod queues;
 mod reload;
 mod spine;

@@ -8,7 +8,10 @@
 //! - `GET /api/v1/intake`: rate-limit, dedupe, overload and Redis counters.
 //! - `GET /api/v1/plugins`: each plugin's version, sources, load time and last load error.
 //!
-//! With `[admin] token` set, `/api/*` requires `Authorization: Bearer <token>`.
+//! - `/metrics`, `/readyz`, `GET /api/v1/events` and the dashboard: see [`ops`].
+//!
+//! With `[admin] token` set, `/api/*`, `/metrics` and `/readyz` require
+//! `Authorization: Bearer <token>`; `[admin] public = ["/metrics"]` opens `/metrics`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,6 +26,8 @@ use subtle::ConstantTimeEq;
 pub mod client;
 mod dlq;
 pub mod dlq_cli;
+pub mod events_cli;
+mod ops;
 
 use crate::config::Secret;
 use crate::delivery::DeliveryControl;
@@ -38,6 +43,10 @@ pub struct Admin {
     sinks: Vec<String>,
     pipeline: Option<Arc<Pipeline>>,
     delivery: DeliveryControl,
+    /// Renders `/metrics`; `None` when metrics are disabled.
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Paths served without the token (`[admin] public`).
+    public: Vec<String>,
 }
 
 impl Admin {
@@ -54,12 +63,26 @@ impl Admin {
             sinks: sinks.keys().cloned().collect(),
             pipeline: None,
             delivery: DeliveryControl::default(),
+            metrics: None,
+            public: Vec::new(),
         }
     }
 
     /// Serves sink pause/resume through `control`.
     pub fn with_delivery(mut self, control: DeliveryControl) -> Admin {
         self.delivery = control;
+        self
+    }
+
+    /// Serves `/metrics` from `handle`.
+    pub fn with_metrics(mut self, handle: metrics_exporter_prometheus::PrometheusHandle) -> Admin {
+        self.metrics = Some(handle);
+        self
+    }
+
+    /// Serves `paths` (validated by the config) without a token.
+    pub fn with_public(mut self, paths: Vec<String>) -> Admin {
+        self.public = paths;
         self
     }
 
@@ -78,10 +101,13 @@ impl Admin {
         if path == "/healthz" {
             return respond::json(StatusCode::OK, &json!({"status": "ok"}));
         }
-        if !path.starts_with("/api/") {
+        if let Some(page) = ops::dashboard::serve(&path) {
+            return page;
+        }
+        if !path.starts_with("/api/") && !ops::TOP_LEVEL.contains(&path.as_str()) {
             return respond::error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint");
         }
-        if !self.authorized(&req) {
+        if !self.public.contains(&path) && !self.authorized(&req) {
             return respond::error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -98,6 +124,9 @@ impl Admin {
                 "method_not_allowed",
                 "this endpoint accepts GET only",
             );
+        }
+        if let Some(resp) = self.ops(&path, req.uri().query()).await {
+            return resp;
         }
         let result = if let Some(id) = path.strip_prefix("/api/v1/events/") {
             self.event(id)
@@ -183,6 +212,7 @@ fn event_json(event: &EventRecord, deliveries: &[DeliveryRecord]) -> Value {
         "source": event.source,
         "received_at_ms": event.received_at_ms,
         "status": status,
+        "outcome": crate::store::Outcome::of(event, deliveries).as_str(),
         "reason": reason,
         "request": {
             "method": event.method, "path": event.path, "query": event.query,

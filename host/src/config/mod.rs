@@ -95,6 +95,9 @@ pub struct Config {
     /// `[admin]`: the optional operator API listener.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// `[telemetry]`: metrics on/off, body logging.
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
     /// `[sources.NAME]`: one per webhook endpoint.
     #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
@@ -302,7 +305,14 @@ pub struct AdminConfig {
     /// `token = "env:HOOKWALL_ADMIN_TOKEN"`: bearer token required on `/api/*`.
     #[serde(default)]
     pub token: Option<SecretRef>,
+    /// `public = ["/metrics"]`: paths served without the token. Only `/healthz` (always
+    /// public) and `/metrics` may be listed.
+    #[serde(default)]
+    pub public: Vec<String>,
 }
+
+/// Admin paths that `[admin] public` may open.
+pub const ADMIN_PUBLIC_ALLOWED: &[&str] = &["/healthz", "/metrics"];
 
 /// `[sources.NAME]`: one webhook endpoint.
 #[derive(Debug, Deserialize)]
@@ -446,6 +456,17 @@ impl Config {
             self.server.tls.as_ref(),
             self.admin.as_ref(),
         )?;
+        if let Some(admin) = &self.admin
+            && let Some(bad) = admin
+                .public
+                .iter()
+                .find(|p| !ADMIN_PUBLIC_ALLOWED.contains(&p.as_str()))
+        {
+            return Err(invalid(
+                "admin.public",
+                format!("{bad:?} cannot be public; only {ADMIN_PUBLIC_ALLOWED:?} may be"),
+            ));
+        }
         if !self
             .storage
             .redis_prefix

@@ -201,6 +201,22 @@ impl PluginSet {
     pub fn chain(&self, source: &str) -> &[String] {
         self.chains.get(source).map_or(&[], Vec::as_slice)
     }
+
+    /// `(source, plugin)` for every plugin a source's chain names that is not loaded.
+    pub fn unloaded(&self) -> Vec<(String, String)> {
+        let mut out: Vec<_> = self
+            .chains
+            .iter()
+            .flat_map(|(source, chain)| {
+                chain
+                    .iter()
+                    .filter(|n| !self.by_name.contains_key(*n))
+                    .map(move |n| (source.clone(), n.clone()))
+            })
+            .collect();
+        out.sort();
+        out
+    }
 }
 
 /// What operators see about a plugin (`hookwall plugins`, the admin API).
@@ -436,6 +452,9 @@ impl PluginHost {
             let old = status.remove(&name);
             let live = set.get(&name);
             let error = failed.get(&name).cloned();
+            if error.is_some() {
+                crate::telemetry::metrics::plugin_load_error(&name);
+            }
             let load_errors =
                 old.as_ref().map_or(0, |o| o.load_errors) + u64::from(error.is_some());
             let sources = set
@@ -505,17 +524,25 @@ impl PluginHost {
             headers: event.headers.clone(),
             body: event.body.clone(),
         };
-        let action = self.runtime.call(
-            &plugin.pre,
+        let started = std::time::Instant::now();
+        let result = self
+            .runtime
+            .call(
+                &plugin.pre,
+                &plugin.name,
+                &plugin.config,
+                plugin.limits,
+                plugin.pool.as_ref(),
+                &wit_event,
+            )
+            .map(Action::from)
+            .and_then(|action| self.settings.output.check(&action).map(|()| action));
+        crate::telemetry::metrics::plugin_call(
             &plugin.name,
-            &plugin.config,
-            plugin.limits,
-            plugin.pool.as_ref(),
-            &wit_event,
-        )?;
-        let action = Action::from(action);
-        self.settings.output.check(&action)?;
-        Ok(action)
+            started.elapsed(),
+            result.as_ref().err(),
+        );
+        result
     }
 
     /// Runs `source`'s chain on `event`. `default_sinks` receive unrouted output of the last

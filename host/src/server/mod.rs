@@ -27,6 +27,7 @@ use hyper::body::Body;
 use tokio::net::TcpListener;
 
 use crate::pipeline::Pipeline;
+use crate::telemetry::metrics;
 
 /// A request that reached a source, before verification.
 #[derive(Debug, Clone)]
@@ -79,6 +80,7 @@ where
         );
     };
     if req.method() != Method::POST {
+        metrics::request_rejected(&source.name, "method_not_allowed");
         let mut resp = respond::error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -90,10 +92,12 @@ where
     }
     // Before the body is read: shedding must not cost the memory it is meant to save.
     if let Err(e) = pipeline.check_overload() {
+        metrics::request_failed(&source.name, &e);
         return respond::ingest_error(&source.name, &e);
     }
     let limit = source.max_body_bytes;
     let too_large = || {
+        metrics::request_rejected(&source.name, "body_too_large");
         respond::error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
@@ -123,6 +127,7 @@ where
             );
         }
         Err(_) => {
+            metrics::request_rejected(&source.name, "body_unreadable");
             return respond::error(
                 StatusCode::BAD_REQUEST,
                 "body_unreadable",
@@ -155,9 +160,16 @@ where
         .catch_unwind()
         .await
     {
-        Ok(Ok(ingested)) => respond::ingested(&ingested, source.respond()),
-        Ok(Err(e)) => respond::ingest_error(&source.name, &e),
+        Ok(Ok(ingested)) => {
+            metrics::request_ingested(&source.name, &ingested);
+            respond::ingested(&ingested, source.respond())
+        }
+        Ok(Err(e)) => {
+            metrics::request_failed(&source.name, &e);
+            respond::ingest_error(&source.name, &e)
+        }
         Err(_) => {
+            metrics::request(&source.name, "error");
             tracing::error!(source = %source.name, "pipeline panicked; answered 500");
             respond::error(
                 StatusCode::INTERNAL_SERVER_ERROR,

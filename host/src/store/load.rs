@@ -59,6 +59,9 @@ impl Gauges {
         let now = self.now_us();
         let started = self.started_us.swap(0, Ordering::Relaxed);
         if started != 0 {
+            crate::telemetry::metrics::store_commit(Duration::from_micros(
+                now.saturating_sub(started),
+            ));
             self.last_latency_us
                 .store(now.saturating_sub(started), Ordering::Relaxed);
             self.last_end_us.store(now, Ordering::Relaxed);

@@ -20,6 +20,7 @@
 
 pub mod dlq;
 mod kv;
+mod listing;
 mod load;
 pub mod marks;
 mod records;
@@ -34,6 +35,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use dlq::{LetterFilter, Replay};
+pub use listing::{EventFilter, EventPage, Outcome};
 pub use load::StoreLoad;
 pub use marks::DedupeMark;
 pub use records::{
@@ -147,6 +149,7 @@ impl Store {
                 txn.open_table(marks::DEDUPE_EXPIRY)
                     .map_err(StoreError::storage)?;
                 txn.open_table(PLUGIN_KV).map_err(StoreError::storage)?;
+                listing::rebuild_index(&txn)?;
                 let meta = txn.open_table(META).map_err(StoreError::storage)?;
                 meta.get("next_seq")
                     .map_err(StoreError::storage)?

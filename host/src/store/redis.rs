@@ -145,6 +145,23 @@ impl SharedRedis {
         result
     }
 
+    /// Asks Redis to answer (`PING`), bounded by [`OPERATION_TIMEOUT`]; for readiness checks.
+    pub async fn ping(&self) -> Result<(), RedisError> {
+        let mut conn = self.conn.clone();
+        let result = tokio::time::timeout(
+            OPERATION_TIMEOUT,
+            ::redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await
+        .map_err(|_| RedisError::Timeout(OPERATION_TIMEOUT))
+        .and_then(|r| {
+            r.map(|_| ())
+                .map_err(|e| RedisError::Command(e.to_string()))
+        });
+        self.observe(&result);
+        result
+    }
+
     /// Redis calls that failed since start.
     pub fn errors(&self) -> u64 {
         self.health.errors.load(Ordering::Relaxed)

@@ -381,6 +381,7 @@ fn update(
     pending
         .remove((record.sink.as_str(), record.priority.rank(), old_due, seq))
         .map_err(StoreError::storage)?;
+    log_attempt(&record, update);
     match update {
         DeliveryUpdate::Delivered { at_ms, .. } => {
             record.attempts.push(records::Attempt {
@@ -443,4 +444,23 @@ fn update(
         .insert(seq, records::encode(&record)?.as_slice())
         .map_err(StoreError::storage)?;
     Ok(())
+}
+
+/// One line per delivery attempt, inside the event's span (so it carries the event id), as
+/// the attempt's outcome is recorded.
+fn log_attempt(record: &DeliveryRecord, update: &DeliveryUpdate) {
+    let _span = crate::telemetry::event_span(&record.event_id, &record.source).entered();
+    let attempt = record.attempts.len() + 1;
+    let (sink, delivery) = (record.sink.as_str(), record.seq);
+    match update {
+        DeliveryUpdate::Delivered { .. } => {
+            tracing::debug!(sink, delivery, attempt, "delivery confirmed");
+        }
+        DeliveryUpdate::Retry { error, due_ms, .. } => {
+            tracing::debug!(sink, delivery, attempt, %error, due_ms, "delivery attempt failed; retry scheduled");
+        }
+        DeliveryUpdate::Dead { error, .. } => {
+            tracing::warn!(sink, delivery, attempt, %error, "delivery dead-lettered");
+        }
+    }
 }

@@ -1,0 +1,162 @@
+//! Metrics: names, the Prometheus recorder, and the few helpers the stages call.
+//!
+//! Every stage emits through the [`metrics`] facade macros, so a stage never knows whether a
+//! recorder is installed: without one (metrics disabled, `hookwall check`, unit tests) the
+//! macros cost a branch. `serve` installs the Prometheus recorder ([`install`]) and the admin
+//! listener renders it at `/metrics`.
+//!
+//! Labels are low-cardinality by construction: source, sink and plugin names come from the
+//! config or the plugins directory, outcomes and reasons are fixed vocabularies. No event id,
+//! path or free-form text ever becomes a label. The README's metrics table lists every name.
+
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::dedupe::DedupeError;
+use crate::pipeline::{IngestError, Ingested};
+use crate::plugin::CallFailure;
+use crate::ratelimit::RateLimitError;
+use crate::verify::VerifyError;
+
+/// `hookwall_requests_total{source,outcome}`: every request that reached a source.
+pub const REQUESTS: &str = "hookwall_requests_total";
+/// `hookwall_requests_rejected_total{source,reason}`: the `rejected` outcome, by reason.
+pub const REJECTED: &str = "hookwall_requests_rejected_total";
+/// `hookwall_verify_failures_total{source,reason}`: verification failures by error code.
+pub const VERIFY_FAILURES: &str = "hookwall_verify_failures_total";
+/// `hookwall_plugin_call_seconds{plugin}`: one plugin call, including instantiation.
+pub const PLUGIN_CALL: &str = "hookwall_plugin_call_seconds";
+/// `hookwall_plugin_failures_total{plugin,kind}`: `trap`, `timeout`, `memory`, `error`,
+/// `invalid_output`.
+pub const PLUGIN_FAILURES: &str = "hookwall_plugin_failures_total";
+/// `hookwall_plugin_load_errors_total{plugin}`: a plugin file that failed to (re)load.
+pub const PLUGIN_LOAD_ERRORS: &str = "hookwall_plugin_load_errors_total";
+/// `hookwall_store_commit_seconds`: one group commit of the store's writer.
+pub const STORE_COMMIT: &str = "hookwall_store_commit_seconds";
+/// `hookwall_sink_backlog{sink}`: deliveries pending for a sink, sampled at scrape.
+pub const SINK_BACKLOG: &str = "hookwall_sink_backlog";
+/// `hookwall_dead_letters`: entries in the dead-letter queue, sampled at scrape.
+pub const DEAD_LETTERS_QUEUED: &str = "hookwall_dead_letters";
+
+/// Histogram buckets (seconds) for the fast in-process paths: plugin calls, commits.
+const FAST_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+/// Histogram buckets (seconds) for received → delivered, which includes retries.
+const DELIVERY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
+/// Installs the process-wide Prometheus recorder; the handle renders the text format.
+/// Histograms get real buckets (not summaries) so `histogram_quantile` works across replicas.
+pub fn install() -> Result<PrometheusHandle, BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(PLUGIN_CALL.into()), FAST_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(STORE_COMMIT.into()), FAST_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Suffix("_latency_seconds".into()), DELIVERY_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        REQUESTS,
+        "Webhook requests that reached a source, by outcome."
+    );
+    describe_counter!(REJECTED, "Requests answered with a 4xx refusal, by reason.");
+    describe_counter!(
+        VERIFY_FAILURES,
+        "Sender verification failures, by error code."
+    );
+    describe_histogram!(PLUGIN_CALL, Unit::Seconds, "Duration of one plugin call.");
+    describe_counter!(PLUGIN_FAILURES, "Plugin calls that failed, by kind.");
+    describe_counter!(PLUGIN_LOAD_ERRORS, "Plugin files that failed to load.");
+    describe_histogram!(STORE_COMMIT, Unit::Seconds, "Duration of one store commit.");
+    describe_gauge!(
+        SINK_BACKLOG,
+        "Deliveries pending for a sink (due now or later)."
+    );
+    describe_gauge!(DEAD_LETTERS_QUEUED, "Entries in the dead-letter queue.");
+}
+
+/// The `outcome` label of a request answered by the pipeline.
+pub fn ingested_outcome(outcome: &Ingested) -> &'static str {
+    match outcome {
+        Ingested::Accepted { .. } => "accepted",
+        Ingested::Duplicate { .. } => "duplicate",
+        Ingested::Dropped { .. } => "dropped",
+        Ingested::DeadLettered { .. } => "dead_lettered",
+        Ingested::Responded { .. } => "responded",
+    }
+}
+
+/// Counts one request of `source` that the pipeline finished.
+pub fn request_ingested(source: &str, outcome: &Ingested) {
+    request(source, ingested_outcome(outcome));
+}
+
+/// Counts one request of `source` that the pipeline refused, with its reasons.
+pub fn request_failed(source: &str, error: &IngestError) {
+    let outcome = match error {
+        IngestError::Verify(failure) => {
+            metrics::counter!(VERIFY_FAILURES, "source" => source.to_string(),
+                "reason" => failure.error.code())
+            .increment(1);
+            match failure.error {
+                VerifyError::IpNotAllowed { .. } => "forbidden",
+                _ => "unauthorized",
+            }
+        }
+        IngestError::Rejected(_) => return request_rejected(source, "plugin"),
+        IngestError::RateLimited(RateLimitError::Limited { .. }) => "rate_limited",
+        IngestError::Overloaded(_) => "overloaded",
+        IngestError::Dedupe(DedupeError::InFlight) => "duplicate_in_flight",
+        IngestError::RateLimited(RateLimitError::Unavailable(_))
+        | IngestError::Dedupe(DedupeError::Unavailable(_)) => "unavailable",
+        IngestError::Store(_) | IngestError::Dedupe(DedupeError::Store(_)) => "store_error",
+        IngestError::Internal(_) => "error",
+    };
+    request(source, outcome);
+}
+
+/// Counts a request of `source` refused before the pipeline (or by a plugin) with a 4xx.
+/// `reason` is one of a fixed set: `plugin`, `body_too_large`, `body_unreadable`,
+/// `method_not_allowed`.
+pub fn request_rejected(source: &str, reason: &'static str) {
+    request(source, "rejected");
+    metrics::counter!(REJECTED, "source" => source.to_string(), "reason" => reason).increment(1);
+}
+
+/// Counts one request of `source` with `outcome`.
+pub fn request(source: &str, outcome: &'static str) {
+    metrics::counter!(REQUESTS, "source" => source.to_string(), "outcome" => outcome).increment(1);
+}
+
+/// Records one plugin call: its duration and, if it failed, how.
+pub fn plugin_call(plugin: &str, elapsed: Duration, failure: Option<&CallFailure>) {
+    metrics::histogram!(PLUGIN_CALL, "plugin" => plugin.to_string()).record(elapsed);
+    if let Some(failure) = failure {
+        let kind = match failure {
+            CallFailure::Error(_) => "error",
+            CallFailure::Deadline { .. } => "timeout",
+            CallFailure::MemoryLimit { .. } => "memory",
+            CallFailure::Trap { .. } => "trap",
+            CallFailure::InvalidOutput(_) => "invalid_output",
+        };
+        metrics::counter!(PLUGIN_FAILURES, "plugin" => plugin.to_string(), "kind" => kind)
+            .increment(1);
+    }
+}
+
+/// Counts a plugin file that failed to load.
+pub fn plugin_load_error(plugin: &str) {
+    metrics::counter!(PLUGIN_LOAD_ERRORS, "plugin" => plugin.to_string()).increment(1);
+}
+
+/// Records one store commit's duration.
+pub fn store_commit(elapsed: Duration) {
+    metrics::histogram!(STORE_COMMIT).record(elapsed);
+}
