@@ -316,7 +316,13 @@ fn plugin_test(
         let (k, v) = kv
             .split_once('=')
             .with_context(|| format!("--config {kv:?}: expected KEY=VALUE"))?;
-        config_table.insert(k.to_string(), toml::Value::String(v.to_string()));
+        // `KEY_file` paths are the user's, relative to where they run the command.
+        let v = if k.ends_with(hookwall::plugin::manifest::FILE_SUFFIX) {
+            std::path::absolute(v)?.to_string_lossy().into_owned()
+        } else {
+            v.to_string()
+        };
+        config_table.insert(k.to_string(), toml::Value::String(v));
     }
     let text = format!(
         "[plugins.config.{name}]\n{}\n[sources.test]\npath = \"/test\"\nverify = {{ scheme = \"none\" }}\nplugins = [\"{name}\"]\nsinks = [\"out\"]\n[sinks.out]\ntype = \"stdout\"\n",

@@ -1,9 +1,12 @@
 //! End-to-end tests: each starts the real `hookwall` binary in a temp dir on free loopback
 //! ports, with plugins built from source by the test kit's build script.
 
+mod bundled;
 mod cli;
 mod hostile;
 mod intake;
+mod languages;
+mod orders;
 mod reload;
 mod spine;
 mod verify;
