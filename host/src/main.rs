@@ -93,6 +93,16 @@ enum PluginCommand {
         #[arg(long = "config", value_name = "KEY=VALUE")]
         values: Vec<String>,
     },
+    /// Create a plugin project to start from: source, build script, manifest, sample event.
+    New {
+        /// The plugin's name (it builds `NAME.wasm`).
+        name: String,
+        #[arg(long, value_enum)]
+        lang: hookwall::plugin::scaffold::Lang,
+        /// Where to write it (default: `./NAME`).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -118,6 +128,9 @@ fn main() -> ExitCode {
                 headers,
                 values,
             }) => plugin_test(&file, &event, &headers, &values),
+            Command::Plugin(PluginCommand::New { name, lang, dir }) => {
+                plugin_new(&name, lang, dir.unwrap_or_else(|| PathBuf::from(&name)))
+            }
             Command::Send {
                 config,
                 source,
@@ -287,6 +300,24 @@ async fn list_plugins(path: &Path) -> anyhow::Result<()> {
             text(&p["last_error"]),
         );
     }
+    Ok(())
+}
+
+/// Writes a new plugin project and says how to build and try it.
+fn plugin_new(
+    name: &str,
+    lang: hookwall::plugin::scaffold::Lang,
+    dir: PathBuf,
+) -> anyhow::Result<()> {
+    let files = hookwall::plugin::scaffold::scaffold(name, lang, &dir)?;
+    for f in &files {
+        println!("created {}", f.display());
+    }
+    let d = dir.display();
+    println!(
+        "\nNext: {d}/build.sh && hookwall plugin test {d}/{name}.wasm --event {d}/event.json\n\
+         Then copy {name}.wasm (and {name}.toml) into your plugins directory."
+    );
     Ok(())
 }
 

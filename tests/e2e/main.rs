@@ -8,6 +8,7 @@ mod intake;
 mod languages;
 mod orders;
 mod reload;
+mod scaffold;
 mod spine;
 mod verify;
 

@@ -22,6 +22,7 @@ mod capabilities;
 pub mod manifest;
 pub mod reload;
 mod runtime;
+pub mod scaffold;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
