@@ -128,9 +128,13 @@ fn reload_latency() {
     let config = setup(dir.path(), "p", wasm::ECHO, None);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let host = Arc::new(PluginHost::load(&config, None).unwrap());
-    let _watcher = runtime.block_on(async { hookwall::plugin::reload::watch(host.clone()).unwrap() });
+    let _watcher =
+        runtime.block_on(async { hookwall::plugin::reload::watch(host.clone()).unwrap() });
     let file = dir.path().join("plugins/p.wasm");
-    let versions = [std::fs::read(wasm::UPPER).unwrap(), std::fs::read(wasm::ECHO).unwrap()];
+    let versions = [
+        std::fs::read(wasm::UPPER).unwrap(),
+        std::fs::read(wasm::ECHO).unwrap(),
+    ];
     let mut samples = Vec::new();
     for i in 0..40 {
         let before = host.plugins().get("p").unwrap().version.clone();

@@ -93,7 +93,9 @@ fn json_schema_without_a_readable_schema_file_refuses_to_start() {
     let extra = "[plugins.config.json-schema]\nschema_file = \"schemas/missing.json\"\n";
     std::fs::write(
         dir.path().join("hookwall.toml"),
-        config(&[("demo", "\"json-schema\"")], extra),
+        config(&[("demo", "\"json-schema\"")], extra)
+            .replace("{listen}", "127.0.0.1:0")
+            .replace("{admin}", "127.0.0.1:0"),
     )
     .unwrap();
     let out = std::process::Command::new(BIN)
@@ -308,14 +310,22 @@ fn bundled_plugins_are_committed_up_to_date() {
         .arg("--sources-hash")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let recorded = std::fs::read_to_string(root.join("plugins/built-from.sha256")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recorded =
+        std::fs::read_to_string(root.join("plugins/built-from.sha256")).unwrap_or_default();
     assert_eq!(
         recorded.trim(),
         String::from_utf8_lossy(&out.stdout).trim(),
         "plugins/*.wasm were not rebuilt after their sources changed: run plugins/build.sh and commit"
     );
     for name in ["router", "filter", "redact", "cloudevents", "json-schema"] {
-        assert!(root.join(format!("plugins/{name}.wasm")).exists(), "plugins/{name}.wasm is missing");
+        assert!(
+            root.join(format!("plugins/{name}.wasm")).exists(),
+            "plugins/{name}.wasm is missing"
+        );
     }
 }

@@ -15,15 +15,25 @@ fn example_router_routes_and_rejects(name: &str, wasm: &std::path::Path, tag: &s
     let built = wasm.to_str().unwrap();
     let dir = workdir(&[(name, built)]);
     std::fs::copy(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/{name}/{name}.toml")),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../examples/{name}/{name}.toml")),
         dir.path().join(format!("plugins/{name}.toml")),
     )
     .unwrap();
     let extra = format!("[plugins.config.{name}]\nsink = \"other\"\n");
-    let hw = Hookwall::start(BIN, dir.path(), &config(&[("demo", &format!("\"{name}\""))], &extra));
+    let hw = Hookwall::start(
+        BIN,
+        dir.path(),
+        &config(&[("demo", &format!("\"{name}\""))], &extra),
+    );
 
     for i in 0..5 {
-        let r = post_signed(&hw, "demo", &format!("o-{i}"), &json!({"type": "order.created", "n": i}));
+        let r = post_signed(
+            &hw,
+            "demo",
+            &format!("o-{i}"),
+            &json!({"type": "order.created", "n": i}),
+        );
         assert_eq!(r.status, 200, "{r:?}\n{}", hw.log());
     }
     let r = post_signed(&hw, "demo", "u-1", &json!({"type": "user.created"}));
@@ -33,9 +43,13 @@ fn example_router_routes_and_rejects(name: &str, wasm: &std::path::Path, tag: &s
     assert_eq!(r.json()["error"], "missing_field");
     assert_eq!(r.json()["field"], "/type");
 
-    let (other, orders) = (dir.path().join("other.jsonl"), dir.path().join("orders.jsonl"));
+    let (other, orders) = (
+        dir.path().join("other.jsonl"),
+        dir.path().join("orders.jsonl"),
+    );
     assert!(
-        wait_for(Duration::from_secs(10), || read_jsonl(&other).len() == 5 && read_jsonl(&orders).len() == 1),
+        wait_for(Duration::from_secs(10), || read_jsonl(&other).len() == 5
+            && read_jsonl(&orders).len() == 1),
         "{:?} {:?}\n{}",
         read_jsonl(&other),
         read_jsonl(&orders),
@@ -43,15 +57,29 @@ fn example_router_routes_and_rejects(name: &str, wasm: &std::path::Path, tag: &s
     );
     let routed = &read_jsonl(&other)[0];
     assert_eq!(routed["body"]["tagged_by"], tag);
-    assert_eq!(routed["headers"]["x-hookwall-plugin"], format!("{tag}-example"));
+    assert_eq!(
+        routed["headers"]["x-hookwall-plugin"],
+        format!("{tag}-example")
+    );
     // Unrouted output went to the source's sink.
     assert_eq!(read_jsonl(&orders)[0]["body"]["type"], "user.created");
 
     let plugins = hw.admin_get("/api/v1/plugins").json();
-    let me = plugins["plugins"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap().clone();
+    let me = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap()
+        .clone();
     assert_eq!(me["instances"], "pooled", "{me}");
     // The plugin's log lines reach the host's log, tagged.
-    assert!(hw.log().contains(&format!("{tag}: o-0 (order.created) -> other")), "{}", hw.log());
+    assert!(
+        hw.log()
+            .contains(&format!("{tag}: o-0 (order.created) -> other")),
+        "{}",
+        hw.log()
+    );
 }
 
 #[test]

@@ -1,12 +1,12 @@
 //! `examples/order-lifecycle`: a stateful plugin replayed a shuffled, duplicated stream of
-//! trading-order webhooks, on one instance and on two replicas sharing Redis.
+//! trading-order webhooks.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use hookwall_testkit::{Hookwall, RedisServer, read_jsonl, wait_for, wasm};
+use hookwall_testkit::{Hookwall, read_jsonl, wait_for, wasm};
 use serde_json::{Value, json};
 
 use crate::{BIN, config, post_signed, workdir};
@@ -281,34 +281,6 @@ fn order_lifecycle_survives_a_shuffled_duplicated_stream() {
         dir.path()
     ])["o-3"]["status"]
         == "filled"));
-}
-
-#[test]
-fn order_lifecycle_state_is_shared_by_replicas_through_redis() {
-    let redis = RedisServer::start();
-    let (dir_a, dir_b) = (setup(), setup());
-    let text = config(&[("orders", "\"order-lifecycle\"")], PLUGIN_SETTINGS).replace(
-        "path = \"data\"",
-        &format!("path = \"data\"\nredis = \"{}\"", redis.url()),
-    );
-    let a = Hookwall::start(BIN, dir_a.path(), &text);
-    let b = Hookwall::start(BIN, dir_b.path(), &text);
-    let events = shuffled_with_duplicates();
-    let total = events.len();
-    let answers = replay(&[&a, &b], events);
-    answers_are_consistent(&answers, total);
-    let expected = stream().len() - 1;
-    assert!(
-        wait_for(Duration::from_secs(10), || {
-            read_jsonl(&dir_a.path().join("orders.jsonl")).len()
-                + read_jsonl(&dir_b.path().join("orders.jsonl")).len()
-                == expected
-        }),
-        "{}\n{}",
-        a.log(),
-        b.log()
-    );
-    check_final_states(&final_states(&[dir_a.path(), dir_b.path()]));
 }
 
 /// `margin.alert` leaves with high priority (shown by `hookwall plugin test`, which prints

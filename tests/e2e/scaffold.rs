@@ -17,7 +17,11 @@ fn a_scaffolded_rust_plugin_builds_and_runs() {
         .arg(&project)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("build.sh"));
 
     // Refuses to overwrite.
@@ -55,7 +59,11 @@ fn a_scaffolded_rust_plugin_builds_and_runs() {
             cmd.args(["--config", c]);
         }
         let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     };
     // The sample event it ships with.
@@ -65,7 +73,11 @@ fn a_scaffolded_rust_plugin_builds_and_runs() {
     let delivery = &action["deliveries"][0];
     assert_eq!(delivery["sink"], "out");
     assert!(
-        delivery["headers"].as_array().unwrap().iter().any(|h| h[0] == "x-plugin" && h[1] == "tagger"),
+        delivery["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h[0] == "x-plugin" && h[1] == "tagger"),
         "{delivery}"
     );
     let action = run(r#"{"no": "type"}"#, &[]);
@@ -83,12 +95,19 @@ fn js_and_python_scaffolds_are_complete() {
             .arg(&project)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let manifest = std::fs::read_to_string(project.join("p.toml")).unwrap();
         assert!(manifest.contains("instances = \"pooled\""), "{manifest}");
         assert!(project.join("wit/plugin.wit").exists());
         let build = std::fs::read_to_string(project.join("build.sh")).unwrap();
-        assert!(build.contains("p.wasm") && build.contains("--wit"), "{build}");
+        assert!(
+            build.contains("p.wasm") && build.contains("--wit"),
+            "{build}"
+        );
         if lang == "js" {
             assert!(build.contains("-d http fetch-event"), "{build}");
         }

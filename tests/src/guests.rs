@@ -25,7 +25,12 @@ pub struct Guest {
 
 pub const JS_ROUTER: Guest = Guest {
     dir: "js-router",
-    sources: &["src/plugin.js", "package.json", "package-lock.json", "build.sh"],
+    sources: &[
+        "src/plugin.js",
+        "package.json",
+        "package-lock.json",
+        "build.sh",
+    ],
     toolchain: "Node.js 18+ with npm (the build installs @bytecodealliance/componentize-js from npm)",
 };
 
@@ -40,7 +45,9 @@ pub const PYTHON_ROUTER: Guest = Guest {
 static BUILDING: Mutex<()> = Mutex::new(());
 
 fn repo_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the repository root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the repository root")
 }
 
 impl Guest {
@@ -50,9 +57,20 @@ impl Guest {
         let root = repo_root();
         let example = root.join("examples").join(self.dir);
         let mut hash = Sha256::new();
-        for file in self.sources.iter().map(|f| example.join(f)).chain([root.join("wit/plugin.wit")]) {
-            let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
-            hash.update(file.strip_prefix(root).unwrap().to_string_lossy().as_bytes());
+        for file in self
+            .sources
+            .iter()
+            .map(|f| example.join(f))
+            .chain([root.join("wit/plugin.wit")])
+        {
+            let bytes =
+                std::fs::read(&file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
+            hash.update(
+                file.strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .as_bytes(),
+            );
             hash.update((bytes.len() as u64).to_le_bytes());
             hash.update(&bytes);
         }
@@ -60,7 +78,11 @@ impl Guest {
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("target"));
         let cache = target.join("guest-cache");
-        let out = cache.join(format!("{}-{}.wasm", self.dir, &hex::encode(hash.finalize())[..16]));
+        let out = cache.join(format!(
+            "{}-{}.wasm",
+            self.dir,
+            &hex::encode(hash.finalize())[..16]
+        ));
         let _guard = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
         if out.exists() {
             return out;

@@ -43,22 +43,70 @@ type File = (&'static str, &'static str, bool);
 fn files(lang: Lang) -> Vec<File> {
     let mut files: Vec<File> = match lang {
         Lang::Rust => vec![
-            ("Cargo.toml", include_str!("../../templates/rust/Cargo.toml"), false),
-            ("src/lib.rs", include_str!("../../templates/rust/lib.rs"), false),
-            ("build.sh", include_str!("../../templates/rust/build.sh"), true),
-            (".gitignore", include_str!("../../templates/rust/gitignore"), false),
+            (
+                "Cargo.toml",
+                include_str!("../../templates/rust/Cargo.toml"),
+                false,
+            ),
+            (
+                "src/lib.rs",
+                include_str!("../../templates/rust/lib.rs"),
+                false,
+            ),
+            (
+                "build.sh",
+                include_str!("../../templates/rust/build.sh"),
+                true,
+            ),
+            (
+                ".gitignore",
+                include_str!("../../templates/rust/gitignore"),
+                false,
+            ),
         ],
         Lang::Js => vec![
-            ("package.json", include_str!("../../templates/js/package.json"), false),
-            ("src/plugin.js", include_str!("../../templates/js/plugin.js"), false),
-            ("build.sh", include_str!("../../templates/js/build.sh"), true),
-            (".gitignore", include_str!("../../templates/js/gitignore"), false),
+            (
+                "package.json",
+                include_str!("../../templates/js/package.json"),
+                false,
+            ),
+            (
+                "src/plugin.js",
+                include_str!("../../templates/js/plugin.js"),
+                false,
+            ),
+            (
+                "build.sh",
+                include_str!("../../templates/js/build.sh"),
+                true,
+            ),
+            (
+                ".gitignore",
+                include_str!("../../templates/js/gitignore"),
+                false,
+            ),
         ],
         Lang::Python => vec![
-            ("app.py", include_str!("../../templates/python/app.py"), false),
-            ("requirements.txt", include_str!("../../templates/python/requirements.txt"), false),
-            ("build.sh", include_str!("../../templates/python/build.sh"), true),
-            (".gitignore", include_str!("../../templates/python/gitignore"), false),
+            (
+                "app.py",
+                include_str!("../../templates/python/app.py"),
+                false,
+            ),
+            (
+                "requirements.txt",
+                include_str!("../../templates/python/requirements.txt"),
+                false,
+            ),
+            (
+                "build.sh",
+                include_str!("../../templates/python/build.sh"),
+                true,
+            ),
+            (
+                ".gitignore",
+                include_str!("../../templates/python/gitignore"),
+                false,
+            ),
         ],
     };
     files.push(("wit/plugin.wit", WIT, false));
@@ -73,7 +121,11 @@ pub fn check_name(name: &str) -> Result<(), ScaffoldError> {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !name.ends_with('-')
         && name.len() <= 64;
-    if ok { Ok(()) } else { Err(ScaffoldError::Name(name.to_owned())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(ScaffoldError::Name(name.to_owned()))
+    }
 }
 
 /// Writes a `lang` plugin called `name` into `dir`; returns the files written.
@@ -84,7 +136,9 @@ pub fn scaffold(name: &str, lang: Lang, dir: &Path) -> Result<Vec<PathBuf>, Scaf
     }
     // Big runtimes (JS, Python) cost ~1 ms to instantiate: pool them (see the README).
     let instances = match lang {
-        Lang::Rust => "# instances = \"fresh\"      # a new instance per event (the default for small plugins)\n",
+        Lang::Rust => {
+            "# instances = \"fresh\"      # a new instance per event (the default for small plugins)\n"
+        }
         Lang::Js | Lang::Python => "instances = \"pooled\"\n",
     };
     let fill = |text: &str| {
@@ -94,7 +148,9 @@ pub fn scaffold(name: &str, lang: Lang, dir: &Path) -> Result<Vec<PathBuf>, Scaf
     };
     let mut written = Vec::new();
     let manifest = format!("{name}.toml");
-    let all = files(lang).into_iter().chain([(manifest.as_str(), MANIFEST, false)]);
+    let all = files(lang)
+        .into_iter()
+        .chain([(manifest.as_str(), MANIFEST, false)]);
     for (rel, text, executable) in all {
         let path = dir.join(rel);
         let write = |path: &Path| -> std::io::Result<()> {
