@@ -45,11 +45,31 @@ const fn component(
 
 const COMPONENTS: &[Component] = &[
     component("ROUTER", "plugins", "plugins/router", "router"),
+    component("FILTER", "plugins", "plugins/filter", "filter"),
+    component("REDACT", "plugins", "plugins/redact", "redact"),
+    component(
+        "CLOUDEVENTS",
+        "plugins",
+        "plugins/cloudevents",
+        "cloudevents",
+    ),
+    component(
+        "JSON_SCHEMA",
+        "plugins",
+        "plugins/json-schema",
+        "json_schema",
+    ),
     component(
         "RUST_ROUTER",
         "examples/rust-router",
         "examples/rust-router",
         "rust_router",
+    ),
+    component(
+        "ORDER_LIFECYCLE",
+        "examples/order-lifecycle",
+        "examples/order-lifecycle",
+        "order_lifecycle",
     ),
     component("SPIN", "tests/plugins", "tests/plugins/spin", "spin"),
     component("HOG", "tests/plugins", "tests/plugins/hog", "hog"),
@@ -122,6 +142,9 @@ fn main() {
         "wit".to_owned(),
         "guest-sdk/src".to_owned(),
         "guest-sdk/Cargo.toml".to_owned(),
+        // The bundled plugins' shared rule matching.
+        "plugins/rules/src".to_owned(),
+        "plugins/rules/Cargo.toml".to_owned(),
     ];
     for c in COMPONENTS {
         watched.push(format!("{}/Cargo.toml", c.workspace));

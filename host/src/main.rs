@@ -123,6 +123,16 @@ enum PluginCommand {
         #[arg(long = "config", value_name = "KEY=VALUE")]
         values: Vec<String>,
     },
+    /// Create a plugin project to start from: source, build script, manifest, sample event.
+    New {
+        /// The plugin's name (it builds `NAME.wasm`).
+        name: String,
+        #[arg(long, value_enum)]
+        lang: hookwall::plugin::scaffold::Lang,
+        /// Where to write it (default: `./NAME`).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -158,6 +168,9 @@ fn main() -> ExitCode {
                 headers,
                 values,
             }) => plugin_test(&file, &event, &headers, &values),
+            Command::Plugin(PluginCommand::New { name, lang, dir }) => {
+                plugin_new(&name, lang, dir.unwrap_or_else(|| PathBuf::from(&name)))
+            }
             Command::Send {
                 config,
                 source,
@@ -362,6 +375,24 @@ async fn list_plugins(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes a new plugin project and says how to build and try it.
+fn plugin_new(
+    name: &str,
+    lang: hookwall::plugin::scaffold::Lang,
+    dir: PathBuf,
+) -> anyhow::Result<()> {
+    let files = hookwall::plugin::scaffold::scaffold(name, lang, &dir)?;
+    for f in &files {
+        println!("created {}", f.display());
+    }
+    let d = dir.display();
+    println!(
+        "\nNext: {d}/build.sh && hookwall plugin test {d}/{name}.wasm --event {d}/event.json\n\
+         Then copy {name}.wasm (and {name}.toml) into your plugins directory."
+    );
+    Ok(())
+}
+
 /// Runs a plugin once, outside the server, in a scratch directory (its key-value store is
 /// scratch too).
 fn plugin_test(
@@ -388,7 +419,13 @@ fn plugin_test(
         let (k, v) = kv
             .split_once('=')
             .with_context(|| format!("--config {kv:?}: expected KEY=VALUE"))?;
-        config_table.insert(k.to_string(), toml::Value::String(v.to_string()));
+        // `KEY_file` paths are the user's, relative to where they run the command.
+        let v = if k.ends_with(hookwall::plugin::manifest::FILE_SUFFIX) {
+            std::path::absolute(v)?.to_string_lossy().into_owned()
+        } else {
+            v.to_string()
+        };
+        config_table.insert(k.to_string(), toml::Value::String(v));
     }
     let text = format!(
         "[plugins.config.{name}]\n{}\n[sources.test]\npath = \"/test\"\nverify = {{ scheme = \"none\" }}\nplugins = [\"{name}\"]\nsinks = [\"out\"]\n[sinks.out]\ntype = \"stdout\"\n",

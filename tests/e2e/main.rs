@@ -2,6 +2,7 @@
 //! ports, with plugins built from source by the test kit's build script.
 
 mod bench_delivery;
+mod bundled;
 mod cli;
 mod dashboard;
 mod delivery;
@@ -10,9 +11,12 @@ mod edge_secrets;
 mod edge_tls;
 mod hostile;
 mod intake;
+mod languages;
 mod operate;
+mod orders;
 mod queues;
 mod reload;
+mod scaffold;
 mod spine;
 mod verify;
 

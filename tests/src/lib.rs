@@ -5,6 +5,7 @@ pub mod wasm {
     include!(concat!(env!("OUT_DIR"), "/wasm_paths.rs"));
 }
 
+pub mod guests;
 mod harness;
 mod services;
 pub mod upstream;

@@ -18,6 +18,11 @@
 //! Without a manifest, a plugin runs for the sources that list it in the host config, with the
 //! host's default limits. Values in the host config's `[plugins.config.NAME]` win over the
 //! manifest's `[config]`.
+//!
+//! A config key ending in `_file` names a file the host reads for the plugin, which has no
+//! file access of its own: `schema_file = "schemas/order.json"` also gives the plugin `schema`
+//! with the file's text. Paths are relative to the host config's directory (host config) or to
+//! the plugins directory (manifest). The file is read whenever the plugin (re)loads.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -121,6 +126,34 @@ impl Manifest {
     pub fn recycle_after(&self) -> u64 {
         self.recycle_after.unwrap_or(DEFAULT_RECYCLE_AFTER)
     }
+}
+
+/// Suffix of config keys whose value is a file the host reads for the plugin.
+pub const FILE_SUFFIX: &str = "_file";
+
+/// For each `KEY_file = PATH` in `values`, reads `PATH` (relative to `base`) and sets `KEY` to
+/// its text. Fails naming the key and path when a file cannot be read.
+pub fn read_value_files(
+    name: &str,
+    values: &mut BTreeMap<String, String>,
+    base: &Path,
+) -> Result<(), PluginError> {
+    let files: Vec<(String, String)> = values
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_suffix(FILE_SUFFIX)?.to_owned(), v.clone())))
+        .filter(|(k, _)| !k.is_empty())
+        .collect();
+    for (key, path) in files {
+        let path = base.join(&path);
+        let text = std::fs::read_to_string(&path).map_err(|e| PluginError::ConfigFile {
+            name: name.into(),
+            key: format!("{key}{FILE_SUFFIX}"),
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        values.insert(key, text);
+    }
+    Ok(())
 }
 
 /// Config values as the `config` import hands them out: strings as they are, anything else as

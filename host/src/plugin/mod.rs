@@ -22,6 +22,7 @@ mod capabilities;
 pub mod manifest;
 pub mod reload;
 mod runtime;
+pub mod scaffold;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -74,6 +75,14 @@ pub enum PluginError {
         name: String,
         found: String,
         supported: String,
+    },
+    /// A `KEY_file` config value names a file that cannot be read.
+    #[error("plugin `{name}`: config `{key}`: cannot read {path}: {reason}")]
+    ConfigFile {
+        name: String,
+        key: String,
+        path: PathBuf,
+        reason: String,
     },
     /// The plugin's `NAME.toml` is invalid.
     #[error("plugin `{name}`: invalid manifest: {reason}")]
@@ -240,6 +249,8 @@ struct Settings {
     default_limits: CallLimits,
     output: OutputLimits,
     host_values: BTreeMap<String, BTreeMap<String, String>>,
+    /// Where the host config's `KEY_file` paths are relative to.
+    config_dir: PathBuf,
     /// Each source's plugin list from the host config.
     sources: BTreeMap<String, Vec<String>>,
 }
@@ -283,6 +294,7 @@ impl PluginHost {
                 .keys()
                 .map(|name| (name.clone(), config.plugins.values_for(name)))
                 .collect(),
+            config_dir: config.base_dir.clone(),
             sources: config
                 .sources
                 .iter()
@@ -389,11 +401,14 @@ impl PluginHost {
                 name: name.to_string(),
                 reason: f.to_string(),
             })?;
-        let mut values: HashMap<String, String> =
-            config_values(&manifest.config).into_iter().collect();
+        let mut values = config_values(&manifest.config);
+        manifest::read_value_files(name, &mut values, &self.settings.dir)?;
         if let Some(host) = self.settings.host_values.get(name) {
-            values.extend(host.clone());
+            let mut host = host.clone();
+            manifest::read_value_files(name, &mut host, &self.settings.config_dir)?;
+            values.extend(host);
         }
+        let values: HashMap<String, String> = values.into_iter().collect();
         let mode = manifest
             .instances
             .unwrap_or(if bytes.len() > POOL_BY_DEFAULT_ABOVE_BYTES {

@@ -1,0 +1,314 @@
+//! `examples/order-lifecycle`: a stateful plugin replayed a shuffled, duplicated stream of
+//! trading-order webhooks.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use hookwall_testkit::{Hookwall, read_jsonl, wait_for, wasm};
+use serde_json::{Value, json};
+
+use crate::{BIN, config, post_signed, workdir};
+
+/// The broker's stream, in the order things happened.
+fn stream() -> Vec<Value> {
+    let mut events = vec![
+        // o-1: accepted, two partial fills, the final fill: filled 10/10.
+        json!({"type": "order.accepted", "order_id": "o-1", "seq": 1, "qty": 10}),
+        json!({"type": "order.partially_filled", "order_id": "o-1", "seq": 2, "fill_id": "f1", "qty": 3}),
+        json!({"type": "order.partially_filled", "order_id": "o-1", "seq": 3, "fill_id": "f2", "qty": 3}),
+        json!({"type": "order.filled", "order_id": "o-1", "seq": 4, "fill_id": "f3", "qty": 4}),
+        // o-2: a partial fill, then cancelled: cancelled with 2 filled.
+        json!({"type": "order.accepted", "order_id": "o-2", "seq": 1, "qty": 5}),
+        json!({"type": "order.partially_filled", "order_id": "o-2", "seq": 2, "fill_id": "g1", "qty": 2}),
+        json!({"type": "order.cancelled", "order_id": "o-2", "seq": 3}),
+        // o-3: partially filled 6/9.
+        json!({"type": "order.accepted", "order_id": "o-3", "seq": 1, "qty": 9}),
+        json!({"type": "order.partially_filled", "order_id": "o-3", "seq": 2, "fill_id": "h1", "qty": 1}),
+        json!({"type": "order.partially_filled", "order_id": "o-3", "seq": 3, "fill_id": "h2", "qty": 5}),
+        // o-4: only accepted.
+        json!({"type": "order.accepted", "order_id": "o-4", "seq": 1, "qty": 1}),
+        json!({"type": "margin.alert", "account": "acc-7", "level": 0.92}),
+    ];
+    // o-5: eight small fills that race each other (compare-and-swap must keep all of them).
+    events.push(json!({"type": "order.accepted", "order_id": "o-5", "seq": 1, "qty": 8}));
+    for i in 0..8 {
+        events.push(json!({"type": "order.partially_filled", "order_id": "o-5", "seq": 2 + i, "fill_id": format!("k{i}"), "qty": 1}));
+    }
+    events
+}
+
+/// Every event once with its own id, a third of them again with a new id (the provider
+/// resent them) and a few again with the same id, in a shuffled order (fixed seed).
+fn shuffled_with_duplicates() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for (i, e) in stream().into_iter().enumerate() {
+        out.push((format!("evt-{i}"), e.clone()));
+        if i % 3 == 0 {
+            out.push((format!("evt-{i}-resent"), e.clone()));
+        }
+        if i % 5 == 0 {
+            out.push((format!("evt-{i}"), e));
+        }
+    }
+    let mut seed: u64 = 0x5eed_0f_04de12;
+    for i in (1..out.len()).rev() {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        out.swap(i, (seed >> 33) as usize % (i + 1));
+    }
+    out
+}
+
+/// Posts `events` from four threads at once, spread over `instances`; returns each answer.
+fn replay(instances: &[&Hookwall], events: Vec<(String, Value)>) -> Vec<(u16, Value)> {
+    let chunks: Vec<Vec<(usize, String, Value)>> = (0..4)
+        .map(|t| {
+            events
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % 4 == t)
+                .map(|(i, (id, e))| (i, id.clone(), e.clone()))
+                .collect()
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .into_iter()
+                        .map(|(i, id, e)| {
+                            let r = post_signed(instances[i % instances.len()], "orders", &id, &e);
+                            (r.status, r.json())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    })
+}
+
+/// Each order's newest state among the deliveries in `dirs`' `orders.jsonl`.
+fn final_states(dirs: &[&Path]) -> BTreeMap<String, Value> {
+    let mut states: BTreeMap<String, Value> = BTreeMap::new();
+    for dir in dirs {
+        for line in read_jsonl(&dir.join("orders.jsonl")) {
+            let order = line["body"]["order"].clone();
+            let id = order["order_id"].as_str().unwrap().to_owned();
+            if states
+                .get(&id)
+                .is_none_or(|s| s["version"].as_u64() < order["version"].as_u64())
+            {
+                states.insert(id, order);
+            }
+        }
+    }
+    states
+}
+
+fn check_final_states(states: &BTreeMap<String, Value>) {
+    let summary: BTreeMap<&str, (&str, u64)> = states
+        .iter()
+        .map(|(id, s)| {
+            (
+                id.as_str(),
+                (
+                    s["status"].as_str().unwrap(),
+                    s["filled_qty"].as_u64().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        BTreeMap::from([
+            ("o-1", ("filled", 10)),
+            ("o-2", ("cancelled", 2)),
+            ("o-3", ("partially_filled", 6)),
+            ("o-4", ("accepted", 0)),
+            ("o-5", ("filled", 8)),
+        ]),
+        "{states:#?}"
+    );
+    // Each distinct applied event bumps the version once: duplicates applied nothing.
+    assert_eq!(states["o-1"]["version"], 4);
+    assert_eq!(states["o-5"]["version"], 9);
+}
+
+const PLUGIN_SETTINGS: &str = r#"
+[sinks.priority]
+type = "file"
+path = "priority.jsonl"
+
+[plugins.config.order-lifecycle]
+sink = "orders"
+priority_sink = "priority"
+"#;
+
+fn setup() -> tempfile::TempDir {
+    let dir = workdir(&[("order-lifecycle", wasm::ORDER_LIFECYCLE)]);
+    // Each key-value write waits for a durable commit and the deadline is wall-clock: give the
+    // stateful plugin room, as its manifest would in production.
+    std::fs::write(
+        dir.path().join("plugins/order-lifecycle.toml"),
+        "[limits]\ndeadline = \"5s\"\n",
+    )
+    .unwrap();
+    dir
+}
+
+fn answers_are_consistent(answers: &[(u16, Value)], total: usize) {
+    assert_eq!(answers.len(), total);
+    for (status, body) in answers {
+        assert_eq!(*status, 200, "{body}");
+        assert!(
+            ["accepted", "dropped", "duplicate"].contains(&body["status"].as_str().unwrap()),
+            "{body}"
+        );
+    }
+    let accepted = answers
+        .iter()
+        .filter(|(_, b)| b["status"] == "accepted")
+        .count();
+    assert_eq!(
+        accepted,
+        stream().len(),
+        "each distinct event is applied once"
+    );
+}
+
+#[test]
+fn order_lifecycle_survives_a_shuffled_duplicated_stream() {
+    let dir = setup();
+    let hw = Hookwall::start(
+        BIN,
+        dir.path(),
+        &config(&[("orders", "\"order-lifecycle\"")], PLUGIN_SETTINGS),
+    );
+    let events = shuffled_with_duplicates();
+    let total = events.len();
+    let answers = replay(&[&hw], events);
+    answers_are_consistent(&answers, total);
+
+    let orders = dir.path().join("orders.jsonl");
+    let expected = stream().len() - 1; // all but the margin alert
+    assert!(
+        wait_for(Duration::from_secs(10), || read_jsonl(&orders).len()
+            == expected),
+        "{} deliveries\n{}",
+        read_jsonl(&orders).len(),
+        hw.log()
+    );
+    check_final_states(&final_states(&[dir.path()]));
+    let status = read_jsonl(&orders)
+        .into_iter()
+        .find(|l| l["body"]["order"]["version"] == 4 && l["body"]["order"]["order_id"] == "o-1")
+        .unwrap();
+    assert_eq!(status["headers"]["x-order-status"], "filled");
+
+    // The margin alert went to the priority sink only.
+    let priority = dir.path().join("priority.jsonl");
+    assert!(wait_for(Duration::from_secs(5), || read_jsonl(&priority)
+        .len()
+        == 1));
+    assert_eq!(read_jsonl(&priority)[0]["body"]["account"], "acc-7");
+
+    // Impossible transitions: structured 4xx, nothing stored, state unchanged.
+    let reject = |id: &str, event: Value, status: u16, code: &str, field: &str| {
+        let r = post_signed(&hw, "orders", id, &event);
+        assert_eq!(r.status, status, "{id}: {:?}", r.json());
+        let body = r.json();
+        assert_eq!(body["error"], code, "{body}");
+        assert_eq!(body["field"], field, "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("order o-"),
+            "{body}"
+        );
+        assert_eq!(hw.admin_get(&format!("/api/v1/events/{id}")).status, 404);
+    };
+    reject(
+        "late-fill",
+        json!({"type": "order.partially_filled", "order_id": "o-2", "seq": 4, "fill_id": "g9", "qty": 1}),
+        409,
+        "invalid_transition",
+        "/seq",
+    );
+    reject(
+        "cancel-filled",
+        json!({"type": "order.cancelled", "order_id": "o-1", "seq": 5}),
+        409,
+        "invalid_transition",
+        "/seq",
+    );
+    reject(
+        "overfill",
+        json!({"type": "order.partially_filled", "order_id": "o-3", "seq": 4, "fill_id": "h3", "qty": 4}),
+        422,
+        "overfill",
+        "/qty",
+    );
+    reject(
+        "re-accept",
+        json!({"type": "order.accepted", "order_id": "o-4", "seq": 1, "qty": 2}),
+        409,
+        "invalid_transition",
+        "/qty",
+    );
+    let r = post_signed(
+        &hw,
+        "orders",
+        "no-seq",
+        &json!({"type": "order.cancelled", "order_id": "o-4"}),
+    );
+    assert_eq!((r.status, r.json()["field"].clone()), (422, json!("/seq")));
+    // The last fill of o-3 still fits after the refused overfill.
+    let r = post_signed(
+        &hw,
+        "orders",
+        "fits",
+        &json!({"type": "order.filled", "order_id": "o-3", "seq": 4, "fill_id": "h3", "qty": 3}),
+    );
+    assert_eq!(r.json()["status"], "accepted");
+    assert!(wait_for(Duration::from_secs(5), || final_states(&[
+        dir.path()
+    ])["o-3"]["status"]
+        == "filled"));
+}
+
+/// `margin.alert` leaves with high priority (shown by `hookwall plugin test`, which prints
+/// the action the plugin returned).
+#[test]
+fn margin_alerts_are_high_priority() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = dir.path().join("alert.json");
+    std::fs::write(
+        &event,
+        json!({"type": "margin.alert", "account": "a", "level": 0.95}).to_string(),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["plugin", "test"])
+        .arg(wasm::ORDER_LIFECYCLE)
+        .arg("--event")
+        .arg(&event)
+        .args(["--config", "priority_sink=out"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let action: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let delivery = &action["deliveries"][0];
+    assert_eq!(delivery["sink"], "out", "{action}");
+    assert_eq!(delivery["priority"], "high", "{action}");
+}
