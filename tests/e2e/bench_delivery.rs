@@ -71,13 +71,13 @@ fn bench_delivery() {
         )
     };
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::workdir(&[]);
     let hw = Hookwall::start(BIN, dir.path(), &config(true));
     let alone = load(&hw, "alone").len();
     drop(hw);
     let alone_rps = alone as f64 / RUN.as_secs_f64();
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::workdir(&[]);
     let hw = Hookwall::start(BIN, dir.path(), &config(false));
     let started = Instant::now();
     let acked = load(&hw, "live");

@@ -668,3 +668,39 @@ fn a_sink_rate_spaces_deliveries() {
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(1700), "{took:?}");
 }
+
+#[test]
+fn batches_go_as_one_request_with_the_documented_envelope() {
+    let up = Upstream::start();
+    let dir = workdir(&[]);
+    let hw = Hookwall::start(
+        BIN,
+        dir.path(),
+        &http_config(&up.url(), "batch = { max_events = 5 }\nconcurrency = 1", ""),
+    );
+    hw.admin_post("/api/v1/sinks/app/pause", &json!({}));
+    for i in 0..12 {
+        assert_eq!(
+            post_signed(&hw, "shop", &format!("b-{i}"), &json!({"i": i})).status,
+            200
+        );
+    }
+    hw.admin_post("/api/v1/sinks/app/resume", &json!({}));
+    assert!(wait_for(Duration::from_secs(10), || {
+        up.accepted()
+            .iter()
+            .map(|r| r.json()["batch"].as_array().map_or(0, Vec::len))
+            .sum::<usize>()
+            == 12
+    }));
+    let requests = up.accepted();
+    assert_eq!(requests.len(), 3, "5 + 5 + 2");
+    let first = &requests[0];
+    assert!(standard_webhooks_valid(SINK_SECRET, first));
+    assert_eq!(first.header("webhook-id"), Some("batch:b-0:app:0+5"));
+    let item = &first.json()["batch"][0];
+    assert_eq!(item["id"], "b-0");
+    assert_eq!(item["delivery_id"], "b-0:app:0");
+    assert_eq!(item["body"], json!({"i": 0}));
+    assert_eq!(item["source"], "shop");
+}

@@ -163,6 +163,7 @@ fn event_summary(event: &EventRecord, deliveries: &[DeliveryRecord]) -> Value {
                 DeliveryState::Pending { .. } => ("pending", d.attempts.last().and_then(|a| a.error.clone())),
                 DeliveryState::Delivered { .. } => ("delivered", None),
                 DeliveryState::Dead { reason } => ("dead", Some(reason.clone())),
+                DeliveryState::Resolved { note } => ("resolved", Some(note.clone())),
             };
             json!({"seq": d.seq, "sink": d.sink, "state": state,
                 "attempts": d.attempts.len(), "last_error": last_error})

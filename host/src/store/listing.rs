@@ -7,13 +7,10 @@
 //! the index, or events pruned without it), so the index never has to be trusted blindly:
 //! entries whose event is gone are skipped.
 
-use redb::{
-    ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
-};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use super::records::{self, DeliveryRecord, DeliveryState, EventRecord, EventStatus};
 use super::{DEAD_LETTERS, DELIVERIES, EVENT_TIMES as EVENTS_BY_TIME, EVENTS, Store, StoreError};
-
 
 /// Rows of the index examined per listing call at most, so a filter that matches nothing
 /// cannot turn one admin request into a full scan; the caller gets a cursor to go on.
