@@ -22,7 +22,7 @@ work="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 config() { # name listen admin-section telemetry-section
-  mkdir -p "$work/$1"
+  mkdir -p "$work/$1/plugins"
   cat > "$work/$1/hookwall.toml" <<TOML
 [server]
 listen = "$2"
