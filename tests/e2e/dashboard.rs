@@ -85,7 +85,6 @@ fn dashboard_page_and_assets_are_served_without_a_token_and_hold_no_data() {
 }
 
 #[test]
-#[ignore = "needs POST /api/v1/replay from the delivery issue (#5); un-ignore when it merges"]
 fn browser_sees_a_dead_letter_replays_it_and_sees_it_delivered() {
     assert!(
         Path::new(CHROMIUM).exists(),
