@@ -195,8 +195,10 @@ fn duplicates_are_recognised_after_a_crash_and_marks_expire() {
     // Delivery is at-least-once: the kill may land between the sink write and
     // its delivered mark, so d-1 can be written twice — with the same id.
     let lines = settled_lines(&hw, &dir.path().join("out.jsonl"));
-    let ids: std::collections::BTreeSet<_> =
-        lines.iter().map(|l| l["id"].as_str().unwrap().to_owned()).collect();
+    let ids: std::collections::BTreeSet<_> = lines
+        .iter()
+        .map(|l| l["id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(ids.len(), 3, "three distinct events: {lines:?}");
 }
 

@@ -36,10 +36,26 @@ struct Scenario {
     config: Option<String>,
 }
 
-/// The Hookwall config of a scenario: `plugin` adds the bundled router, `fsync` the durable
-/// commit.
-fn hookwall_config(plugins_dir: &Path, plugin: bool, fsync: bool) -> String {
-    let plugins = if plugin { "[\"router\"]" } else { "[]" };
+/// Which stages a Hookwall scenario turns on; each scenario adds one to the previous.
+#[derive(Clone, Copy, Default)]
+struct Stages {
+    /// A per-client-IP rate limit (high enough never to refuse) and dedupe by event id.
+    intake: bool,
+    /// The bundled router plugin.
+    plugin: bool,
+    /// Durable commits (fsync), the default configuration.
+    fsync: bool,
+}
+
+/// The Hookwall config of a scenario.
+fn hookwall_config(plugins_dir: &Path, stages: Stages) -> String {
+    let plugins = if stages.plugin { "[\"router\"]" } else { "[]" };
+    let intake = if stages.intake {
+        "rate_limit = { rate = \"1000000/s\", burst = 100000, by = \"client_ip\" }\ndedupe = { key = \"scheme\" }"
+    } else {
+        // A source whose scheme carries ids dedupes on them by default: off for `verify`.
+        "dedupe = { key = \"none\" }"
+    };
     format!(
         r#"
 [server]
@@ -59,14 +75,16 @@ path = "/hooks/bench"
 verify = {{ scheme = "hmac", header = "X-Signature", prefix = "sha256=", secrets = ["{SECRET}"], id_header = "X-Event-Id" }}
 plugins = {plugins}
 sinks = ["bench"]
+{intake}
 
 [sinks.bench]
 type = "file"
 path = "events.jsonl"
 paused = true
 "#,
+        fsync = stages.fsync,
         plugins_dir = plugins_dir.display(),
-        router_config = if plugin {
+        router_config = if stages.plugin {
             "[plugins.config.router]\ndefault = \"bench\"\nrules = [{ name = \"orders\", json = \"/type\", prefix = \"order.\", sink = \"bench\" }]"
         } else {
             ""
@@ -76,6 +94,19 @@ paused = true
 
 fn scenarios(repo: &Path) -> Vec<Scenario> {
     let plugins = repo.join("plugins");
+    let verify = Stages::default();
+    let intake = Stages {
+        intake: true,
+        ..verify
+    };
+    let plugin = Stages {
+        plugin: true,
+        ..intake
+    };
+    let full = Stages {
+        fsync: true,
+        ..plugin
+    };
     vec![
         Scenario {
             name: "baseline (bare hyper)",
@@ -83,15 +114,19 @@ fn scenarios(repo: &Path) -> Vec<Scenario> {
         },
         Scenario {
             name: "verify",
-            config: Some(hookwall_config(&plugins, false, false)),
+            config: Some(hookwall_config(&plugins, verify)),
         },
         Scenario {
-            name: "verify + router plugin",
-            config: Some(hookwall_config(&plugins, true, false)),
+            name: "+ rate limit + dedupe",
+            config: Some(hookwall_config(&plugins, intake)),
+        },
+        Scenario {
+            name: "+ router plugin",
+            config: Some(hookwall_config(&plugins, plugin)),
         },
         Scenario {
             name: "full path (+ durable commit)",
-            config: Some(hookwall_config(&plugins, true, true)),
+            config: Some(hookwall_config(&plugins, full)),
         },
     ]
 }
@@ -244,7 +279,8 @@ pub async fn run(options: Options, repo: &Path, hookwall: &Path) -> anyhow::Resu
     let config_path = pool_config.path().join("hookwall.toml");
     std::fs::write(
         &config_path,
-        hookwall_config(&repo.join("plugins"), false, true).replace("{listen}", "127.0.0.1:1"),
+        hookwall_config(&repo.join("plugins"), Stages::default())
+            .replace("{listen}", "127.0.0.1:1"),
     )?;
     let target = Target::from_config(&config_path, "bench")?;
     eprintln!(
