@@ -2,6 +2,8 @@
 //! built from source with their real toolchains and run by the real binary. A machine without
 //! the toolchain fails these tests, saying what to install.
 
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use hookwall_testkit::{Hookwall, guests, read_jsonl, wait_for};
@@ -11,7 +13,7 @@ use crate::{BIN, config, post_signed, workdir};
 
 /// Runs the example router `name` (built at `wasm`, with its manifest from the example) and
 /// checks its routing, its rejection, and that it runs pooled.
-fn example_router_routes_and_rejects(name: &str, wasm: &std::path::Path, tag: &str) {
+fn example_router_routes_and_rejects(name: &str, wasm: &Path, tag: &str) {
     let built = wasm.to_str().unwrap();
     let dir = workdir(&[(name, built)]);
     std::fs::copy(
@@ -20,6 +22,12 @@ fn example_router_routes_and_rejects(name: &str, wasm: &std::path::Path, tag: &s
         dir.path().join(format!("plugins/{name}.toml")),
     )
     .unwrap();
+    warm_compile_cache(
+        name,
+        wasm,
+        &dir.path().join(format!("plugins/{name}.toml")),
+        dir.path(),
+    );
     let extra = format!("[plugins.config.{name}]\nsink = \"other\"\n");
     let hw = Hookwall::start(
         BIN,
@@ -80,6 +88,45 @@ fn example_router_routes_and_rejects(name: &str, wasm: &std::path::Path, tag: &s
         "{}",
         hw.log()
     );
+}
+
+/// Compiling a 12–18 MB component takes minutes in a debug build on a busy 2-core machine
+/// (longer than the harness waits for start-up), so compile it once with `hookwall check` into
+/// a cache kept under `target/guest-cache/warm/`, and seed the instance's wasmtime compile
+/// cache with it, as an operator's restart would find it.
+fn warm_compile_cache(name: &str, wasm: &Path, manifest: &Path, workdir: &Path) {
+    let warm = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/guest-cache/warm")
+        .join(name);
+    std::fs::create_dir_all(warm.join("plugins")).unwrap();
+    std::fs::copy(wasm, warm.join(format!("plugins/{name}.wasm"))).unwrap();
+    std::fs::copy(manifest, warm.join(format!("plugins/{name}.toml"))).unwrap();
+    std::fs::write(
+        warm.join("hookwall.toml"),
+        format!(
+            "[storage]\npath = \"data\"\n[sources.s]\npath = \"/s\"\nverify = {{ scheme = \"none\" }}\n\
+             plugins = [\"{name}\"]\nsinks = [\"o\"]\n[sinks.o]\ntype = \"stdout\"\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(warm.join("hookwall.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::create_dir_all(workdir.join("data")).unwrap();
+    let copy = Command::new("cp")
+        .arg("-a")
+        .arg(warm.join("data/compile-cache"))
+        .arg(workdir.join("data/"))
+        .status()
+        .unwrap();
+    assert!(copy.success());
 }
 
 #[test]

@@ -72,7 +72,7 @@ impl Guest {
                     .as_bytes(),
             );
             hash.update((bytes.len() as u64).to_le_bytes());
-            hash.update(&bytes);
+            hash.update(bytes);
         }
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)

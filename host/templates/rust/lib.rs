@@ -9,7 +9,8 @@
 wit_bindgen::generate!({ world: "plugin", path: "wit" });
 
 use hookwall::plugin::host::{Level, config, log};
-use hookwall::plugin::types::{Action, Delivery, Event, Priority, Rejection};
+// `Event` and `Action` are in scope already: the world `use`s them.
+use hookwall::plugin::types::{Delivery, Priority, Rejection};
 
 struct Component;
 
