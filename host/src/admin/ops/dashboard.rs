@@ -16,11 +16,16 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; conn
                    img-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'";
 
 /// The page and its assets, if `path` is one of them.
+/// A one-colour square, so the browser's automatic icon request is answered.
+const ICON: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" fill="#2b6cb0"/></svg>"##;
+
 pub fn serve(path: &str) -> Option<Response<Full<Bytes>>> {
     let (body, content_type) = match path {
         "/" | "/dashboard" => (PAGE, "text/html; charset=utf-8"),
         "/dashboard.js" => (SCRIPT, "text/javascript; charset=utf-8"),
         "/dashboard.css" => (STYLE, "text/css; charset=utf-8"),
+        // Browsers ask for it unprompted; a 404 would show as a console error.
+        "/favicon.ico" => (ICON, "image/svg+xml"),
         _ => return None,
     };
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
