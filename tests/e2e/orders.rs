@@ -52,7 +52,7 @@ fn shuffled_with_duplicates() -> Vec<(String, Value)> {
             out.push((format!("evt-{i}"), e));
         }
     }
-    let mut seed: u64 = 0x5eed_0f_04de12;
+    let mut seed: u64 = 0x5eed_0f04_de12;
     for i in (1..out.len()).rev() {
         seed = seed
             .wrapping_mul(6364136223846793005)
