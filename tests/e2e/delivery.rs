@@ -704,3 +704,96 @@ fn batches_go_as_one_request_with_the_documented_envelope() {
     assert_eq!(item["body"], json!({"i": 0}));
     assert_eq!(item["source"], "shop");
 }
+
+/// Deliveries in one upstream request: the batch's length, or 1 for a single delivery.
+fn deliveries_in(r: &hookwall_testkit::upstream::Received) -> usize {
+    serde_json::from_slice::<Value>(&r.body)
+        .ok()
+        .and_then(|b| b["batch"].as_array().map(Vec::len))
+        .unwrap_or(1)
+}
+
+#[test]
+fn max_wait_gathers_a_trickle_into_fewer_requests() {
+    let up = Upstream::start();
+    let dir = workdir(&[]);
+    let max_wait = Duration::from_secs(2);
+    let hw = Hookwall::start(
+        BIN,
+        dir.path(),
+        &http_config(
+            &up.url(),
+            "batch = { max_events = 50, max_wait = \"2s\" }\nconcurrency = 1",
+            "",
+        ),
+    );
+    // A trickle: ten events one by one, each acknowledged before the next is sent.
+    let n = 10;
+    for i in 0..n {
+        assert_eq!(
+            post_signed(&hw, "shop", &format!("w-{i}"), &json!({"i": i})).status,
+            200
+        );
+    }
+    let delivered = || up.accepted().iter().map(deliveries_in).sum::<usize>();
+    assert!(wait_for(Duration::from_secs(20), || delivered() == n));
+    let requests = up.accepted().len();
+    println!("max_wait: {n} events sent one by one arrived in {requests} request(s)");
+    assert!(requests < n, "{requests} requests for {n} events");
+    let ids: HashSet<String> = up
+        .accepted()
+        .iter()
+        .flat_map(|r| match r.json()["batch"].as_array() {
+            Some(items) => items
+                .iter()
+                .map(|i| i["delivery_id"].as_str().unwrap_or_default().to_string())
+                .collect(),
+            None => vec![r.header("webhook-id").unwrap_or_default().to_string()],
+        })
+        .collect();
+    assert_eq!(ids.len(), n, "each event once: {ids:?}");
+
+    // A lone event is not stranded: it goes once its max_wait is over.
+    let before = up.accepted().len();
+    let sent = Instant::now();
+    assert_eq!(
+        post_signed(&hw, "shop", "w-lone", &json!({"lone": true})).status,
+        200
+    );
+    assert!(wait_for(Duration::from_secs(20), || up.accepted().len()
+        > before));
+    let lone = up.accepted()[before].clone();
+    assert_eq!(lone.header("webhook-id"), Some("w-lone:app:0"));
+    let waited = lone.at - sent;
+    println!("max_wait: a lone event arrived after {waited:?}");
+    assert!(
+        waited >= max_wait * 3 / 4,
+        "held for max_wait before going alone: {waited:?}"
+    );
+}
+
+#[test]
+fn a_full_batch_does_not_wait_for_max_wait() {
+    let up = Upstream::start();
+    let dir = workdir(&[]);
+    let hw = Hookwall::start(
+        BIN,
+        dir.path(),
+        &http_config(
+            &up.url(),
+            "batch = { max_events = 5, max_wait = \"10m\" }\nconcurrency = 1",
+            "",
+        ),
+    );
+    for i in 0..5 {
+        assert_eq!(
+            post_signed(&hw, "shop", &format!("f-{i}"), &json!({"i": i})).status,
+            200
+        );
+    }
+    // Far sooner than the 10 minutes a partial batch would wait.
+    assert!(wait_for(Duration::from_secs(30), || up.accepted().len() == 1));
+    let batch = &up.accepted()[0];
+    assert_eq!(deliveries_in(batch), 5);
+    assert_eq!(batch.header("webhook-id"), Some("batch:f-0:app:0+5"));
+}

@@ -1,9 +1,11 @@
 //! Queue sinks through the real binary against real servers started by the test: a Redis
-//! stream (`XADD`, confirmed by the entry id).
+//! stream (`XADD`, confirmed by the entry id) and a NATS JetStream stream (publish, confirmed
+//! by the ack; `Nats-Msg-Id` lets the stream drop redeliveries).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use hookwall_testkit::{Hookwall, RedisServer, wait_for};
+use hookwall_testkit::{Hookwall, NatsServer, RedisServer, StreamEntry, wait_for};
 use serde_json::json;
 
 use crate::{BIN, SECRET, post_signed, workdir};
@@ -81,4 +83,105 @@ fn redis_stream_entries_carry_the_stable_id_and_survive_an_outage() {
     let event = hw.admin_get("/api/v1/events/r-6").json();
     let attempts = event["deliveries"][0]["attempts"].as_array().unwrap();
     assert!(attempts.len() >= 2, "retried while Redis was down: {event}");
+}
+
+/// Each message's `Nats-Msg-Id` → how many times the stream holds it.
+fn msg_ids(entries: &[StreamEntry]) -> BTreeMap<String, usize> {
+    let mut ids = BTreeMap::new();
+    for e in entries {
+        let id = e.header("Nats-Msg-Id").unwrap_or("(none)").to_string();
+        *ids.entry(id).or_insert(0) += 1;
+    }
+    ids
+}
+
+/// Polls the stream until it holds a message for every id in `expected`.
+fn wait_for_ids(nats: &NatsServer, expected: &BTreeSet<String>) -> bool {
+    wait_for(Duration::from_secs(60), || {
+        nats.stream_messages("HW").is_ok_and(|m| {
+            let ids = msg_ids(&m);
+            expected.iter().all(|id| ids.contains_key(id))
+        })
+    })
+}
+
+#[test]
+fn nats_jetstream_messages_carry_the_stable_id_and_survive_outages() {
+    let mut nats = NatsServer::start();
+    nats.create_stream("HW", &["hw.events"]);
+    let dir = workdir(&[]);
+    let sink = format!(
+        "type = \"nats\"\nurl = \"{}\"\nsubject = \"hw.events\"",
+        nats.url()
+    );
+    // NATS is down when Hookwall starts (the stream is on disk): the sink connects later.
+    nats.kill();
+    let hw = Hookwall::start(BIN, dir.path(), &queue_config(&sink));
+    let mut expected = BTreeSet::new();
+    for i in 0..3 {
+        let r = post_signed(&hw, "shop", &format!("n-{i}"), &json!({"n": i}));
+        assert_eq!(r.status, 200, "ingest does not depend on the sink");
+        expected.insert(format!("n-{i}:q:0"));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    nats.restart();
+    assert!(
+        wait_for_ids(&nats, &expected),
+        "delivered once NATS is up: {:?}",
+        nats.stream_messages("HW").map(|m| msg_ids(&m))
+    );
+    let event = hw.admin_get("/api/v1/events/n-1").json();
+    let attempts = event["deliveries"][0]["attempts"].as_array().unwrap();
+    assert!(attempts.len() >= 2, "retried while NATS was down: {event}");
+
+    // Up: each message is the raw body with the ids in its headers.
+    for i in 3..8 {
+        let r = post_signed(&hw, "shop", &format!("n-{i}"), &json!({"n": i}));
+        assert_eq!(r.status, 200);
+        expected.insert(format!("n-{i}:q:0"));
+    }
+    assert!(wait_for_ids(&nats, &expected));
+    let messages = nats.stream_messages("HW").unwrap();
+    let m = messages
+        .iter()
+        .find(|m| m.header("Nats-Msg-Id") == Some("n-5:q:0"))
+        .expect("n-5's message");
+    assert_eq!(m.subject, "hw.events");
+    assert_eq!(m.payload, br#"{"n":5}"#);
+    assert_eq!(m.header("hookwall-event-id"), Some("n-5"));
+    assert_eq!(m.header("hookwall-source"), Some("shop"));
+    assert_eq!(m.header("hookwall-sink"), Some("q"));
+    assert_eq!(m.header("content-type"), Some("application/json"), "{m:?}");
+
+    // Down mid-run, events keep being acknowledged; back on the same port and store.
+    nats.kill();
+    for i in 8..20 {
+        let r = post_signed(&hw, "shop", &format!("n-{i}"), &json!({"n": i}));
+        assert_eq!(r.status, 200, "ingest does not depend on the sink");
+        expected.insert(format!("n-{i}:q:0"));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    nats.restart();
+    assert!(
+        wait_for_ids(&nats, &expected),
+        "every acknowledged event reaches the stream: {:?}",
+        nats.stream_messages("HW").map(|m| msg_ids(&m))
+    );
+    // Let Hookwall settle every delivery before counting copies.
+    assert!(wait_for(Duration::from_secs(30), || {
+        hw.admin_get("/api/v1/sinks").json()["sinks"][0]["pending"] == 0
+    }));
+    let messages = nats.stream_messages("HW").unwrap();
+    let ids = msg_ids(&messages);
+    let duplicates = messages.len() - ids.len();
+    println!(
+        "nats: {} events, {} messages in the stream, {duplicates} duplicates",
+        expected.len(),
+        messages.len()
+    );
+    assert_eq!(ids.keys().cloned().collect::<BTreeSet<_>>(), expected);
+    assert_eq!(duplicates, 0, "JetStream's dedupe window drops redeliveries: {ids:?}");
+    let event = hw.admin_get("/api/v1/events/n-19").json();
+    let attempts = event["deliveries"][0]["attempts"].as_array().unwrap();
+    assert!(attempts.len() >= 2, "retried while NATS was down: {event}");
 }

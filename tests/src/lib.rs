@@ -11,4 +11,4 @@ mod services;
 pub mod upstream;
 
 pub use harness::*;
-pub use services::{NatsServer, RedisServer};
+pub use services::{NatsServer, RedisServer, StreamEntry};

@@ -1,6 +1,7 @@
 //! Real backing services for tests: a private `redis-server` or `nats-server` (JetStream) on a
 //! free loopback port with its own temp dir. Never the machine's shared instances. Each stops
-//! when dropped.
+//! when dropped. The NATS helpers (create a stream, read it back) use the same client crate as
+//! the host's `nats` sink.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -172,6 +173,90 @@ impl NatsServer {
         assert!(self.process.is_none(), "kill it first");
         self.spawn();
     }
+
+    /// Creates a file-backed JetStream stream `name` capturing `subjects`, with the default
+    /// two-minute duplicate window (publishes with a seen `Nats-Msg-Id` are dropped).
+    pub fn create_stream(&self, name: &str, subjects: &[&str]) {
+        let config = async_nats::jetstream::stream::Config {
+            name: name.to_string(),
+            subjects: subjects.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let url = self.url();
+        block_on(async move {
+            let client = async_nats::connect(url).await?;
+            async_nats::jetstream::new(client)
+                .create_stream(config)
+                .await?;
+            Ok::<_, async_nats::Error>(())
+        })
+        .unwrap_or_else(|e| panic!("create stream {name}: {e}"));
+    }
+
+    /// Every message of stream `name`, oldest first; an error while NATS is down.
+    pub fn stream_messages(&self, name: &str) -> Result<Vec<StreamEntry>, String> {
+        let url = self.url();
+        let name = name.to_string();
+        block_on(async move {
+            let client = async_nats::connect(url).await?;
+            let stream = async_nats::jetstream::new(client).get_stream(&name).await?;
+            let state = stream.get_info().await?.state;
+            let mut entries = Vec::new();
+            if state.messages == 0 {
+                return Ok(entries);
+            }
+            for seq in state.first_sequence..=state.last_sequence {
+                let m = stream.get_raw_message(seq).await?;
+                entries.push(StreamEntry {
+                    subject: m.subject.to_string(),
+                    headers: m
+                        .headers
+                        .iter()
+                        .flat_map(|(k, vs)| {
+                            vs.iter().map(move |v| (k.to_string(), v.as_str().to_string()))
+                        })
+                        .collect(),
+                    payload: m.payload.to_vec(),
+                });
+            }
+            Ok::<_, async_nats::Error>(entries)
+        })
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// One message read back from a JetStream stream.
+#[derive(Debug, Clone)]
+pub struct StreamEntry {
+    pub subject: String,
+    pub headers: Vec<(String, String)>,
+    pub payload: Vec<u8>,
+}
+
+impl StreamEntry {
+    /// The first value of header `name` (NATS header names are case-sensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Runs a NATS client call on a private runtime, bounded so a wedged server fails the test
+/// instead of hanging it.
+fn block_on<T>(
+    call: impl std::future::Future<Output = Result<T, async_nats::Error>>,
+) -> Result<T, async_nats::Error> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for the NATS client");
+    runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .unwrap_or_else(|_| Err("the NATS call took over 10 s".into()))
+    })
 }
 
 #[cfg(test)]

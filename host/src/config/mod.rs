@@ -39,7 +39,8 @@ pub use intake::{
 };
 pub use secret::{Secret, SecretRef};
 pub use sink::{
-    BatchConfig, CircuitConfig, FileSinkConfig, Http2Mode, HttpSinkConfig, RedisSinkConfig,
+    BatchConfig, CircuitConfig, FileSinkConfig, Http2Mode, HttpSinkConfig, NatsSinkConfig,
+    RedisSinkConfig,
     RetryConfig, SinkConfig, SinkKind, StatusMatch, StdoutSinkConfig, signing_scheme,
 };
 // The `verify` table belongs to the verify stage; it is part of the file format all the same.

@@ -22,6 +22,12 @@
 //! stream = "hookwall:events"
 //! maxlen = 100000
 //! batch = { max_events = 100 }
+//!
+//! [sinks.bus]
+//! type = "nats"
+//! url = "env:NATS_URL"                   # nats://[USER:PASSWORD@]HOST:PORT
+//! subject = "hookwall.events"            # a JetStream stream must capture it
+//! batch = { max_events = 100, max_wait = "200ms" }
 //! ```
 
 use std::collections::BTreeMap;
@@ -55,7 +61,8 @@ pub struct SinkConfig {
     /// `concurrency = 16`: units (deliveries or batches) in flight at once. Default: 16 for
     /// `http`, 1 for the others (they write in order).
     pub concurrency: usize,
-    /// `batch = { max_events = 100, max_bytes = 1048576 }`: group deliveries into one unit.
+    /// `batch = { max_events = 100, max_bytes = 1048576, max_wait = "200ms" }`: group
+    /// deliveries into one unit.
     pub batch: Option<BatchConfig>,
     /// `rate = "50/s"`: at most this many units per second (respect the app's capacity).
     pub rate: Option<Rate>,
@@ -136,6 +143,8 @@ pub enum SinkKind {
     Http(HttpSinkConfig),
     /// Appends each delivery to a Redis stream (`XADD`).
     Redis(RedisSinkConfig),
+    /// Publishes each delivery to a NATS JetStream subject, confirmed by the publish ack.
+    Nats(NatsSinkConfig),
 }
 
 impl SinkKind {
@@ -145,6 +154,7 @@ impl SinkKind {
             SinkKind::Stdout(_) => "stdout",
             SinkKind::Http(_) => "http",
             SinkKind::Redis(_) => "redis",
+            SinkKind::Nats(_) => "nats",
         }
     }
 }
@@ -175,6 +185,19 @@ pub struct RedisSinkConfig {
     /// `maxlen = 100000`: trim the stream to about this many entries (`XADD … MAXLEN ~ N`).
     #[serde(default)]
     pub maxlen: Option<u64>,
+}
+
+/// `type = "nats"`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSinkConfig {
+    /// `url = "env:NATS_URL"`: a `nats://[USER:PASSWORD@]HOST:PORT` URL (`nats://TOKEN@HOST:PORT`
+    /// for token auth, `tls://` for TLS); a secret reference, since it may carry credentials.
+    pub url: SecretRef,
+    /// `subject = "hookwall.events"`: the subject every delivery is published to. A JetStream
+    /// stream must capture it (Hookwall does not create streams: their limits and replicas are
+    /// the operator's choice); until one does, deliveries are retried.
+    pub subject: String,
 }
 
 /// `type = "http"`
@@ -304,9 +327,9 @@ impl Default for RetryConfig {
     }
 }
 
-/// `batch = { max_events = 100, max_bytes = 1048576 }`: deliveries due together are sent as
-/// one unit of at most `max_events` deliveries and `max_bytes` of bodies (high-priority
-/// deliveries always go alone).
+/// `batch = { max_events = 100, max_bytes = 1048576, max_wait = "200ms" }`: deliveries due
+/// together are sent as one unit of at most `max_events` deliveries and `max_bytes` of bodies
+/// (high-priority deliveries always go alone).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
@@ -314,7 +337,15 @@ pub struct BatchConfig {
     pub max_events: usize,
     #[serde(default = "default_batch_bytes")]
     pub max_bytes: usize,
+    /// A partial batch of normal-priority deliveries is held until its oldest delivery has
+    /// been due this long, so a trickle of events goes in fuller batches. Default `"0s"`: send
+    /// what is due at once. A full batch never waits; high-priority deliveries never wait.
+    #[serde(default, with = "humantime_serde")]
+    pub max_wait: Duration,
 }
+
+/// `batch.max_wait` must stay below this: a longer hold is a schedule, not a batch.
+const MAX_BATCH_WAIT: Duration = Duration::from_secs(3600);
 
 fn default_batch_events() -> usize {
     100
@@ -392,6 +423,9 @@ pub(super) fn validate(name: &str, sink: &SinkConfig) -> Result<(), ConfigError>
         if batch.max_bytes == 0 {
             return Err(invalid(key("batch.max_bytes"), "must be greater than 0"));
         }
+        if batch.max_wait >= MAX_BATCH_WAIT {
+            return Err(invalid(key("batch.max_wait"), "must be less than 1h"));
+        }
     }
     if let SinkKind::Redis(r) = &sink.kind {
         if r.stream.trim().is_empty() {
@@ -400,6 +434,11 @@ pub(super) fn validate(name: &str, sink: &SinkConfig) -> Result<(), ConfigError>
         if r.maxlen == Some(0) {
             return Err(invalid(key("maxlen"), "must be greater than 0"));
         }
+    }
+    if let SinkKind::Nats(n) = &sink.kind
+        && let Err(reason) = check_nats_subject(&n.subject)
+    {
+        return Err(invalid(key("subject"), reason));
     }
     if let SinkKind::Http(http) = &sink.kind {
         let uri: http::Uri = http
@@ -432,6 +471,26 @@ pub(super) fn validate(name: &str, sink: &SinkConfig) -> Result<(), ConfigError>
     Ok(())
 }
 
+/// A subject a message can be published to: dot-separated tokens, none empty, no whitespace,
+/// no wildcards (`*`, `>`: those are for subscribers).
+fn check_nats_subject(subject: &str) -> Result<(), &'static str> {
+    if subject.is_empty() {
+        return Err("must not be empty");
+    }
+    if subject.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain whitespace");
+    }
+    for token in subject.split('.') {
+        if token.is_empty() {
+            return Err("has an empty token (a leading, trailing or doubled '.')");
+        }
+        if token == "*" || token == ">" {
+            return Err("must not contain wildcards (`*`, `>`): messages are published to one subject");
+        }
+    }
+    Ok(())
+}
+
 /// The verify table that describes how sinks sign: Standard Webhooks. Signing reuses the
 /// verify stage's HMAC code through it, so there is one implementation of the scheme.
 pub fn signing_scheme() -> super::VerifyConfig {
@@ -456,6 +515,11 @@ pub(super) fn check_secrets(
     }
     if let SinkKind::Redis(r) = &sink.kind {
         r.url.resolve(base_dir, &format!("sinks.{name}.url"))?;
+    }
+    if let SinkKind::Nats(n) = &sink.kind {
+        let key = format!("sinks.{name}.url");
+        let url = n.url.resolve(base_dir, &key)?;
+        crate::sink::nats_server(&url).map_err(|reason| invalid(key, reason))?;
     }
     Ok(())
 }
@@ -527,6 +591,51 @@ mod tests {
         assert!(e.contains("sinks.app.method"), "{e}");
         let e = err("type = \"stdout\"\nconcurrency = 0");
         assert!(e.contains("sinks.app.concurrency"), "{e}");
+    }
+
+    #[test]
+    fn a_nats_sink_parses_and_its_bad_keys_are_named() {
+        let c = Config::parse(
+            &with_sink(
+                "type = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nsubject = \"hw.events\"\n\
+                 batch = { max_events = 10, max_wait = \"200ms\" }",
+            ),
+            Path::new("/"),
+        )
+        .unwrap();
+        c.check_secrets().unwrap();
+        let sink = &c.sinks["app"];
+        assert_eq!(sink.concurrency, 1, "in order, like redis");
+        let batch = sink.batch.as_ref().unwrap();
+        assert_eq!(batch.max_wait, Duration::from_millis(200));
+        assert_eq!(batch.max_bytes, default_batch_bytes());
+        let SinkKind::Nats(n) = &sink.kind else {
+            panic!("a nats sink")
+        };
+        assert_eq!(n.subject, "hw.events");
+
+        let nats = |extra: &str| err(&format!("type = \"nats\"\nurl = \"nats://h:4222\"\n{extra}"));
+        let e = nats("");
+        assert!(e.contains("subject"), "{e}");
+        let e = nats("subject = \"a\"\nstream = \"x\"");
+        assert!(e.contains("stream"), "{e}");
+        for bad in ["", "a..b", "a.*", "events.>", "a b", ".a"] {
+            let e = nats(&format!("subject = \"{bad}\""));
+            assert!(e.contains("sinks.app.subject"), "{bad:?}: {e}");
+        }
+        let e = nats("subject = \"a\"\nbatch = { max_wait = \"2h\" }");
+        assert!(e.contains("sinks.app.batch.max_wait"), "{e}");
+        let e = nats("subject = \"a\"\nbatch = { max_wiat = \"2s\" }");
+        assert!(e.contains("max_wiat"), "{e}");
+
+        // The URL is a secret: a bad one is named by key, never printed.
+        let c = Config::parse(
+            &with_sink("type = \"nats\"\nurl = \"redis://u:hunter2@h/\"\nsubject = \"a\""),
+            Path::new("/"),
+        )
+        .unwrap();
+        let e = c.check_secrets().unwrap_err().to_string();
+        assert!(e.contains("sinks.app.url") && !e.contains("hunter2"), "{e}");
     }
 
     #[test]

@@ -60,6 +60,12 @@ retry = { max_attempts = 3, initial = "100ms", max_delay = "1s" }
 [sinks.orders]
 type = "stdout"
 paused = true
+
+[sinks.bus]
+type = "nats"
+url = "env:HOOKWALL_NATS_URL"
+subject = "hookwall.events"
+batch = { max_events = 100, max_bytes = 1048576, max_wait = "200ms" }
 "#;
 
 #[test]
@@ -74,6 +80,10 @@ fn omnibus_parses_and_resolves_paths() {
     };
     assert_eq!(f.path, Path::new("/etc/hookwall/out/events.jsonl"));
     assert_eq!(c.sinks["archive"].retry.max_attempts, 3);
+    let bus = &c.sinks["bus"];
+    assert!(matches!(&bus.kind, SinkKind::Nats(n) if n.subject == "hookwall.events"));
+    let batch = bus.batch.as_ref().unwrap();
+    assert_eq!(batch.max_wait, Duration::from_millis(200));
     let v = &c.sources["demo"].verify;
     assert_eq!(v.scheme, SchemeName::Hmac);
     assert_eq!(v.algorithm, Some(HmacAlgorithm::Sha512));

@@ -2,7 +2,9 @@
 //!
 //! One worker task per sink. It asks the store for what is due (high priority first, then by
 //! due time), groups it into units (one delivery, or a batch), and runs up to `concurrency`
-//! units at once. Each unit's result is recorded in the store as soon as it is known:
+//! units at once. With `batch.max_wait`, a partial batch of normal-priority deliveries is left
+//! pending until its oldest delivery has been due that long (or it fills): the worker only
+//! shortens its own sleep to that deadline, so waiting batches cost no timers either. Each unit's result is recorded in the store as soon as it is known:
 //! confirmed → delivered; failed → rescheduled with exponential backoff and full jitter (or
 //! the receiver's `Retry-After`), or dead-lettered after the last attempt, past `max_age`, or
 //! at once for a permanent error. Retries are rows in the store's schedule, not timers: the
@@ -34,10 +36,11 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::config::{CircuitConfig, ConfigError, Rate, RetryConfig, SinkConfig, SinkKind};
 use crate::server::now_ms;
 use crate::sink::{self, Sink, SinkError};
-use crate::store::{DeliveryRecord, DeliveryUpdate, Priority, Store};
+use crate::store::{DeliveryRecord, DeliveryState, DeliveryUpdate, Priority, Store};
 
 /// Deliveries per unit for sinks without `batch` that write many at once cheaply and in order
-/// (`file`, `stdout`: one write and one fsync for the lot; `redis`: one pipeline).
+/// (`file`, `stdout`: one write and one fsync for the lot; `redis`: one pipeline; `nats`: one
+/// flush, then the acks).
 const IMPLICIT_BATCH: usize = 64;
 /// An idle worker still looks at the store this often, in case a wake-up was missed.
 const IDLE_POLL: Duration = Duration::from_secs(30);
@@ -122,14 +125,23 @@ impl Delivery {
                     (Some(b), _) => Unit {
                         max_events: b.max_events,
                         max_bytes: b.max_bytes,
+                        max_wait: b.max_wait,
                     },
-                    (None, SinkKind::File(_) | SinkKind::Stdout(_) | SinkKind::Redis(_)) => Unit {
+                    (
+                        None,
+                        SinkKind::File(_)
+                        | SinkKind::Stdout(_)
+                        | SinkKind::Redis(_)
+                        | SinkKind::Nats(_),
+                    ) => Unit {
                         max_events: IMPLICIT_BATCH,
                         max_bytes: usize::MAX,
+                        max_wait: Duration::ZERO,
                     },
                     (None, _) => Unit {
                         max_events: 1,
                         max_bytes: usize::MAX,
+                        max_wait: Duration::ZERO,
                     },
                 },
                 order_key: config.order_key.clone(),
@@ -169,11 +181,13 @@ impl Delivery {
     }
 }
 
-/// How many deliveries one unit may hold.
+/// How many deliveries one unit may hold, and how long a partial one may wait to fill.
 #[derive(Debug, Clone, Copy)]
 struct Unit {
     max_events: usize,
     max_bytes: usize,
+    /// `batch.max_wait`: zero sends what is due at once.
+    max_wait: Duration,
 }
 
 struct Worker {
@@ -227,6 +241,9 @@ impl Worker {
             let is_paused = *paused.borrow();
             let mut store_error = false;
             let mut hold_until: Option<Instant> = None;
+            // A partial batch left to fill (`batch.max_wait`): until when, and its seqs.
+            let mut fill_until: Option<Instant> = None;
+            let mut filling: HashSet<u64> = HashSet::new();
             let mut skipped: HashSet<u64> = HashSet::new();
             let mut cap = self.concurrency;
             while !is_paused && skipped.len() < MAX_SKIPPED {
@@ -261,6 +278,9 @@ impl Worker {
                 if due.is_empty() {
                     break;
                 }
+                // A fetch cut short by `limit` may leave more due behind its last unit, so that
+                // unit is not partial for want of deliveries: it is not held.
+                let truncated = due.len() >= limit;
                 let mut admitted = Vec::new();
                 for d in due {
                     let key = order.key(&d);
@@ -273,9 +293,20 @@ impl Worker {
                         skipped.insert(d.seq);
                     }
                 }
-                for unit in self.units(admitted) {
-                    let wait = pace.as_ref().and_then(flow::Pace::check);
-                    if running.len() >= cap || hold_until.is_some() || wait.is_some() {
+                let units = self.units(admitted);
+                let last = units.len().saturating_sub(1);
+                for (i, unit) in units.into_iter().enumerate() {
+                    let blocked = running.len() >= cap || hold_until.is_some();
+                    // Only the last unit can be partial: `units` closed the others when full.
+                    let fill_by = (!blocked && !truncated && i == last)
+                        .then(|| self.fill_deadline(&unit, now_ms()))
+                        .flatten();
+                    let wait = if blocked || fill_by.is_some() {
+                        None
+                    } else {
+                        pace.as_ref().and_then(flow::Pace::check)
+                    };
+                    if blocked || wait.is_some() || fill_by.is_some() {
                         // Not sent this round: its keys are free again, it stays pending.
                         for d in &unit {
                             if let Some(k) = keys.remove(&d.seq) {
@@ -285,6 +316,11 @@ impl Worker {
                         if let Some(w) = wait {
                             hold_until = Some(now + w);
                         }
+                        if let Some(at_ms) = fill_by {
+                            fill_until =
+                                Some(now + Duration::from_millis(at_ms.saturating_sub(now_ms())));
+                            filling.extend(unit.iter().map(|d| d.seq));
+                        }
                         continue;
                     }
                     let seqs: Vec<u64> = unit.iter().map(|d| d.seq).collect();
@@ -292,7 +328,8 @@ impl Worker {
                     let handle = running.spawn(self.clone().attempt(unit));
                     tasks.insert(handle.id(), seqs);
                 }
-                if hold_until.is_some() {
+                // Fetching again would return the held deliveries again.
+                if hold_until.is_some() || fill_until.is_some() {
                     break;
                 }
             }
@@ -303,7 +340,12 @@ impl Worker {
             } else if is_paused || running.len() >= cap {
                 IDLE_POLL
             } else {
-                let except: HashSet<u64> = in_flight.union(&skipped).copied().collect();
+                let except: HashSet<u64> = in_flight
+                    .iter()
+                    .chain(&skipped)
+                    .chain(&filling)
+                    .copied()
+                    .collect();
                 match self.store.next_due_ms_except(&self.name, &except) {
                     Ok(Some(at)) => {
                         Duration::from_millis(at.saturating_sub(now_ms())).min(IDLE_POLL)
@@ -311,6 +353,12 @@ impl Worker {
                     Ok(None) => IDLE_POLL,
                     Err(_) => STORE_ERROR_PAUSE,
                 }
+            };
+            // A batch being filled goes at its deadline at the latest; new deliveries (the
+            // store's wake-up) or a finished unit re-run the grouping before that.
+            let wait = match fill_until {
+                Some(t) => wait.min(t.saturating_duration_since(Instant::now())),
+                None => wait,
             };
             tokio::select! {
                 Some(done) = running.join_next_with_id(), if !running.is_empty() => {
@@ -371,6 +419,33 @@ impl Worker {
             units.push(current);
         }
         units
+    }
+
+    /// When a partial unit must go at the latest (ms since the epoch): `batch.max_wait` after
+    /// its oldest delivery became due. `None` when it goes now: there is no `max_wait`, the unit
+    /// is full (`max_events` or `max_bytes`), it is high priority, or its time has come.
+    fn fill_deadline(&self, unit: &[DeliveryRecord], now_ms: u64) -> Option<u64> {
+        if self.unit.max_wait.is_zero()
+            || unit.len() >= self.unit.max_events
+            || unit.iter().any(|d| d.priority == Priority::High)
+        {
+            return None;
+        }
+        let bytes = unit
+            .iter()
+            .fold(0usize, |sum, d| sum.saturating_add(d.body.len()));
+        if bytes >= self.unit.max_bytes {
+            return None;
+        }
+        let oldest = unit
+            .iter()
+            .map(|d| match d.state {
+                DeliveryState::Pending { due_ms } => due_ms,
+                _ => now_ms,
+            })
+            .min()?;
+        let deadline = oldest.saturating_add(self.unit.max_wait.as_millis() as u64);
+        (deadline > now_ms).then_some(deadline)
     }
 
     /// Sends one unit and records the outcome.

@@ -43,6 +43,10 @@ impl Sink for Never {
 }
 
 fn worker(unit: usize) -> Worker {
+    batching_worker(unit, Duration::ZERO)
+}
+
+fn batching_worker(unit: usize, max_wait: Duration) -> Worker {
     let dir = tempfile::tempdir().unwrap();
     Worker {
         name: "app".into(),
@@ -52,6 +56,7 @@ fn worker(unit: usize) -> Worker {
         unit: Unit {
             max_events: unit,
             max_bytes: 10,
+            max_wait,
         },
         order_key: None,
         circuit: CircuitConfig::default(),
@@ -149,4 +154,45 @@ async fn units_respect_limits_and_high_priority_goes_alone() {
         .collect();
     // max_events 2, max_bytes 10 (bodies are 4 bytes): [2,3] then [4].
     assert_eq!(units, vec![vec![1], vec![2, 3], vec![4]]);
+}
+
+#[tokio::test]
+async fn a_partial_batch_waits_for_max_wait_from_its_oldest_due_time() {
+    let w = batching_worker(3, Duration::from_millis(200));
+    let due_at = |seq, due_ms, priority| {
+        let mut d = delivery(seq, 0, priority);
+        d.state = DeliveryState::Pending { due_ms };
+        d
+    };
+    let partial = [
+        due_at(1, 1_050, Priority::Normal),
+        due_at(2, 1_000, Priority::Normal),
+    ];
+    // Held until 200 ms after the oldest (seq 2) became due, and not a moment longer.
+    assert_eq!(w.fill_deadline(&partial, 1_000), Some(1_200));
+    assert_eq!(w.fill_deadline(&partial, 1_199), Some(1_200));
+    assert_eq!(w.fill_deadline(&partial, 1_200), None);
+    // Full by count (max_events 3) or by bytes (max_bytes 10; bodies are 4 bytes): at once.
+    let full = [
+        due_at(1, 1_000, Priority::Normal),
+        due_at(2, 1_000, Priority::Normal),
+        due_at(3, 1_000, Priority::Normal),
+    ];
+    assert_eq!(w.fill_deadline(&full, 1_000), None);
+    let mut heavy = due_at(1, 1_000, Priority::Normal);
+    heavy.body = vec![b'x'; 10];
+    assert_eq!(w.fill_deadline(&[heavy], 1_000), None);
+    // High priority never waits; without max_wait nothing does.
+    assert_eq!(
+        w.fill_deadline(&[due_at(1, 1_000, Priority::High)], 1_000),
+        None
+    );
+    assert_eq!(batching_worker(3, Duration::ZERO).fill_deadline(&partial, 1_000), None);
+
+    // Grouping is unchanged by max_wait; the worker asks only about the last unit, since
+    // `units` closed the others because the next delivery did not fit (here: 8 + 4 > 10 bytes).
+    let due: Vec<_> = (1..=5).map(|s| due_at(s, 1_000, Priority::Normal)).collect();
+    let units = w.units(due);
+    assert_eq!(units.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2, 1]);
+    assert_eq!(w.fill_deadline(&units[2], 1_000), Some(1_200));
 }

@@ -2,12 +2,14 @@
 //! folder and its config in `config/sink.rs`.
 //!
 //! A sink confirms a unit (one delivery, or a batch) only when the receiving side has it (for
-//! `file`: written and fsynced; for `http`: a 2xx answer). Until it confirms, the deliveries
+//! `file`: written and fsynced; for `http`: a 2xx answer; for `redis`: an entry id per
+//! `XADD`; for `nats`: a JetStream publish ack per message). Until it confirms, the deliveries
 //! stay pending in the store and are retried, so a sink outage never loses an acknowledged
 //! event; the price is at-least-once delivery, which every delivery's stable id makes safe.
 
 mod file;
 mod http;
+mod nats;
 mod redis;
 mod stdout;
 
@@ -23,6 +25,7 @@ use crate::store::DeliveryRecord;
 
 pub use file::FileSink;
 pub use http::HttpSink;
+pub use nats::{NatsSink, nats_server};
 pub use redis::RedisSink;
 pub use stdout::StdoutSink;
 
@@ -82,6 +85,14 @@ pub fn build(
             let url = c.url.resolve(base_dir, &key)?;
             Arc::new(
                 RedisSink::new(&url, c.stream.clone(), c.maxlen)
+                    .map_err(|reason| ConfigError::Invalid { key, reason })?,
+            )
+        }
+        SinkKind::Nats(c) => {
+            let key = format!("sinks.{name}.url");
+            let url = c.url.resolve(base_dir, &key)?;
+            Arc::new(
+                NatsSink::new(&url, &c.subject)
                     .map_err(|reason| ConfigError::Invalid { key, reason })?,
             )
         }
