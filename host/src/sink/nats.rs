@@ -19,7 +19,7 @@
 use std::time::Duration;
 
 use async_nats::connection::State;
-use async_nats::jetstream::{self, context::Publish};
+use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::{ConnectOptions, HeaderMap, HeaderName, HeaderValue, ServerAddr, Subject};
 use bytes::Bytes;
 use tokio::sync::Mutex;
@@ -174,7 +174,7 @@ impl Sink for NatsSink {
             }
             let mut acks = Vec::with_capacity(batch.len());
             for d in batch {
-                let message = Publish::build()
+                let message = PublishMessage::build()
                     .payload(Bytes::copy_from_slice(&d.body))
                     .headers(headers(d))
                     .message_id(&d.id);
