@@ -760,8 +760,7 @@ fn max_wait_gathers_a_trickle_into_fewer_requests() {
         post_signed(&hw, "shop", "w-lone", &json!({"lone": true})).status,
         200
     );
-    assert!(wait_for(Duration::from_secs(20), || up.accepted().len()
-        > before));
+    assert!(wait_for(Duration::from_secs(20), || up.accepted().len() > before));
     let lone = up.accepted()[before].clone();
     assert_eq!(lone.header("webhook-id"), Some("w-lone:app:0"));
     let waited = lone.at - sent;

@@ -131,7 +131,9 @@ fn nats_jetstream_messages_carry_the_stable_id_and_survive_outages() {
         expected.insert(format!("n-{i}:q:0"));
     }
     // Down until Hookwall has seen a delivery fail.
-    assert!(wait_for(Duration::from_secs(30), || failed_attempts(&hw, "n-0") > 0));
+    assert!(wait_for(Duration::from_secs(30), || failed_attempts(
+        &hw, "n-0"
+    ) > 0));
     nats.restart();
     assert!(
         wait_for_ids(&nats, &expected),
@@ -167,7 +169,9 @@ fn nats_jetstream_messages_carry_the_stable_id_and_survive_outages() {
     }
     // Down until a delivery failed: fast once the client saw the connection drop, else when
     // the ack of a message published into the dead connection times out.
-    assert!(wait_for(Duration::from_secs(30), || failed_attempts(&hw, "n-8") > 0));
+    assert!(wait_for(Duration::from_secs(30), || failed_attempts(
+        &hw, "n-8"
+    ) > 0));
     nats.restart();
     assert!(
         wait_for_ids(&nats, &expected),
@@ -187,7 +191,10 @@ fn nats_jetstream_messages_carry_the_stable_id_and_survive_outages() {
         messages.len()
     );
     assert_eq!(ids.keys().cloned().collect::<BTreeSet<_>>(), expected);
-    assert_eq!(duplicates, 0, "JetStream's dedupe window drops redeliveries: {ids:?}");
+    assert_eq!(
+        duplicates, 0,
+        "JetStream's dedupe window drops redeliveries: {ids:?}"
+    );
     for id in ["n-0", "n-8"] {
         let event = hw.admin_get(&format!("/api/v1/events/{id}")).json();
         assert_eq!(event["deliveries"][0]["state"], "delivered", "{event}");

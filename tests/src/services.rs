@@ -213,7 +213,8 @@ impl NatsServer {
                         .headers
                         .iter()
                         .flat_map(|(k, vs)| {
-                            vs.iter().map(move |v| (k.to_string(), v.as_str().to_string()))
+                            vs.iter()
+                                .map(move |v| (k.to_string(), v.as_str().to_string()))
                         })
                         .collect(),
                     payload: m.payload.to_vec(),

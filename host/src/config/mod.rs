@@ -40,8 +40,8 @@ pub use intake::{
 pub use secret::{Secret, SecretRef};
 pub use sink::{
     BatchConfig, CircuitConfig, FileSinkConfig, Http2Mode, HttpSinkConfig, NatsSinkConfig,
-    RedisSinkConfig,
-    RetryConfig, SinkConfig, SinkKind, StatusMatch, StdoutSinkConfig, signing_scheme,
+    RedisSinkConfig, RetryConfig, SinkConfig, SinkKind, StatusMatch, StdoutSinkConfig,
+    signing_scheme,
 };
 // The `verify` table belongs to the verify stage; it is part of the file format all the same.
 pub use crate::verify::config::{

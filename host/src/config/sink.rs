@@ -485,7 +485,9 @@ fn check_nats_subject(subject: &str) -> Result<(), &'static str> {
             return Err("has an empty token (a leading, trailing or doubled '.')");
         }
         if token == "*" || token == ">" {
-            return Err("must not contain wildcards (`*`, `>`): messages are published to one subject");
+            return Err(
+                "must not contain wildcards (`*`, `>`): messages are published to one subject",
+            );
         }
     }
     Ok(())
@@ -614,7 +616,11 @@ mod tests {
         };
         assert_eq!(n.subject, "hw.events");
 
-        let nats = |extra: &str| err(&format!("type = \"nats\"\nurl = \"nats://h:4222\"\n{extra}"));
+        let nats = |extra: &str| {
+            err(&format!(
+                "type = \"nats\"\nurl = \"nats://h:4222\"\n{extra}"
+            ))
+        };
         let e = nats("");
         assert!(e.contains("subject"), "{e}");
         let e = nats("subject = \"a\"\nstream = \"x\"");

@@ -187,12 +187,20 @@ async fn a_partial_batch_waits_for_max_wait_from_its_oldest_due_time() {
         w.fill_deadline(&[due_at(1, 1_000, Priority::High)], 1_000),
         None
     );
-    assert_eq!(batching_worker(3, Duration::ZERO).fill_deadline(&partial, 1_000), None);
+    assert_eq!(
+        batching_worker(3, Duration::ZERO).fill_deadline(&partial, 1_000),
+        None
+    );
 
     // Grouping is unchanged by max_wait; the worker asks only about the last unit, since
     // `units` closed the others because the next delivery did not fit (here: 8 + 4 > 10 bytes).
-    let due: Vec<_> = (1..=5).map(|s| due_at(s, 1_000, Priority::Normal)).collect();
+    let due: Vec<_> = (1..=5)
+        .map(|s| due_at(s, 1_000, Priority::Normal))
+        .collect();
     let units = w.units(due);
-    assert_eq!(units.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2, 1]);
+    assert_eq!(
+        units.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![2, 2, 1]
+    );
     assert_eq!(w.fill_deadline(&units[2], 1_000), Some(1_200));
 }

@@ -139,10 +139,7 @@ fn headers(d: &DeliveryRecord) -> HeaderMap {
         if lower.starts_with("nats-") || OWN_HEADERS.contains(&lower.as_str()) {
             continue;
         }
-        if let (Ok(n), Ok(v)) = (
-            name.parse::<HeaderName>(),
-            value.parse::<HeaderValue>(),
-        ) {
+        if let (Ok(n), Ok(v)) = (name.parse::<HeaderName>(), value.parse::<HeaderValue>()) {
             headers.append(n, v);
         }
     }
@@ -241,8 +238,13 @@ mod tests {
     #[test]
     fn bad_urls_are_refused_without_quoting_them() {
         for url in ["redis://127.0.0.1:6379", "http://x:secretpw@h/", "nats://"] {
-            let e = server(url).err().unwrap_or_else(|| panic!("{url} accepted"));
-            assert!(!e.contains("secretpw") && e.contains("nats://"), "{url}: {e}");
+            let e = server(url)
+                .err()
+                .unwrap_or_else(|| panic!("{url} accepted"));
+            assert!(
+                !e.contains("secretpw") && e.contains("nats://"),
+                "{url}: {e}"
+            );
         }
     }
 
@@ -269,9 +271,8 @@ mod tests {
             state: crate::store::DeliveryState::Pending { due_ms: 0 },
         };
         let h = headers(&d);
-        let all = |n: &str| -> Vec<String> {
-            h.get_all(n).map(|v| v.as_str().to_string()).collect()
-        };
+        let all =
+            |n: &str| -> Vec<String> { h.get_all(n).map(|v| v.as_str().to_string()).collect() };
         assert_eq!(all("x-tenant"), ["acme", "beta"]);
         assert_eq!(all("hookwall-source"), ["shop"]);
         assert_eq!(all("hookwall-event-id"), ["e1"]);
