@@ -112,6 +112,33 @@ fn wait_for_ids(nats: &NatsServer, expected: &BTreeSet<String>) -> bool {
     })
 }
 
+/// With NATS down: sends events `n-{i}` for `range` (each must be acknowledged), keeps NATS
+/// down until the first one's delivery has failed (at once when the client saw the connection
+/// drop, else when the ack of a message published into it times out), restarts NATS on the
+/// same port and store, and waits until the stream holds every id in `expected`.
+fn send_while_down(
+    hw: &Hookwall,
+    nats: &mut NatsServer,
+    range: std::ops::Range<usize>,
+    expected: &mut BTreeSet<String>,
+) {
+    let first = format!("n-{}", range.start);
+    for i in range {
+        let r = post_signed(hw, "shop", &format!("n-{i}"), &json!({"n": i}));
+        assert_eq!(r.status, 200, "ingest does not depend on the sink");
+        expected.insert(format!("n-{i}:q:0"));
+    }
+    assert!(wait_for(Duration::from_secs(30), || failed_attempts(
+        hw, &first
+    ) > 0));
+    nats.restart();
+    assert!(
+        wait_for_ids(nats, expected),
+        "every acknowledged event reaches the stream: {:?}",
+        nats.stream_messages("HW").map(|m| msg_ids(&m))
+    );
+}
+
 #[test]
 fn nats_jetstream_messages_carry_the_stable_id_and_survive_outages() {
     let mut nats = NatsServer::start();
@@ -125,21 +152,7 @@ fn nats_jetstream_messages_carry_the_stable_id_and_survive_outages() {
     nats.kill();
     let hw = Hookwall::start(BIN, dir.path(), &queue_config(&sink));
     let mut expected = BTreeSet::new();
-    for i in 0..3 {
-        let r = post_signed(&hw, "shop", &format!("n-{i}"), &json!({"n": i}));
-        assert_eq!(r.status, 200, "ingest does not depend on the sink");
-        expected.insert(format!("n-{i}:q:0"));
-    }
-    // Down until Hookwall has seen a delivery fail.
-    assert!(wait_for(Duration::from_secs(30), || failed_attempts(
-        &hw, "n-0"
-    ) > 0));
-    nats.restart();
-    assert!(
-        wait_for_ids(&nats, &expected),
-        "delivered once NATS is up: {:?}",
-        nats.stream_messages("HW").map(|m| msg_ids(&m))
-    );
+    send_while_down(&hw, &mut nats, 0..3, &mut expected);
 
     // Up: each message is the raw body with the ids in its headers.
     for i in 3..8 {
@@ -162,22 +175,7 @@ fn nats_jetstream_messages_carry_the_stable_id_and_survive_outages() {
 
     // Down mid-run, events keep being acknowledged; back on the same port and store.
     nats.kill();
-    for i in 8..20 {
-        let r = post_signed(&hw, "shop", &format!("n-{i}"), &json!({"n": i}));
-        assert_eq!(r.status, 200, "ingest does not depend on the sink");
-        expected.insert(format!("n-{i}:q:0"));
-    }
-    // Down until a delivery failed: fast once the client saw the connection drop, else when
-    // the ack of a message published into the dead connection times out.
-    assert!(wait_for(Duration::from_secs(30), || failed_attempts(
-        &hw, "n-8"
-    ) > 0));
-    nats.restart();
-    assert!(
-        wait_for_ids(&nats, &expected),
-        "every acknowledged event reaches the stream: {:?}",
-        nats.stream_messages("HW").map(|m| msg_ids(&m))
-    );
+    send_while_down(&hw, &mut nats, 8..20, &mut expected);
     // Let Hookwall settle every delivery before counting copies.
     assert!(wait_for(Duration::from_secs(30), || {
         hw.admin_get("/api/v1/sinks").json()["sinks"][0]["pending"] == 0
