@@ -95,11 +95,14 @@ fn msg_ids(entries: &[StreamEntry]) -> BTreeMap<String, usize> {
     ids
 }
 
-/// Attempts of event `id`'s delivery that failed.
-fn failed_attempts(hw: &Hookwall, id: &str) -> usize {
+/// The errors of event `id`'s failed delivery attempts.
+fn attempt_errors(hw: &Hookwall, id: &str) -> Vec<String> {
     hw.admin_get(&format!("/api/v1/events/{id}")).json()["deliveries"][0]["attempts"]
         .as_array()
-        .map_or(0, |a| a.iter().filter(|a| !a["error"].is_null()).count())
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["error"].as_str().map(str::to_string))
+        .collect()
 }
 
 /// Polls the stream until it holds a message for every id in `expected`.
@@ -114,8 +117,8 @@ fn wait_for_ids(nats: &NatsServer, expected: &BTreeSet<String>) -> bool {
 
 /// With NATS down: sends events `n-{i}` for `range` (each must be acknowledged), keeps NATS
 /// down until the first one's delivery has failed (at once when the client saw the connection
-/// drop, else when the ack of a message published into it times out), restarts NATS on the
-/// same port and store, and waits until the stream holds every id in `expected`.
+/// drop, else when the ack of a message published into it times out), then restarts NATS on
+/// the same port and store.
 fn send_while_down(
     hw: &Hookwall,
     nats: &mut NatsServer,
@@ -128,31 +131,40 @@ fn send_while_down(
         assert_eq!(r.status, 200, "ingest does not depend on the sink");
         expected.insert(format!("n-{i}:q:0"));
     }
-    assert!(wait_for(Duration::from_secs(30), || failed_attempts(
+    assert!(wait_for(Duration::from_secs(30), || !attempt_errors(
         hw, &first
-    ) > 0));
+    )
+    .is_empty()));
     nats.restart();
-    assert!(
-        wait_for_ids(nats, expected),
-        "every acknowledged event reaches the stream: {:?}",
-        nats.stream_messages("HW").map(|m| msg_ids(&m))
-    );
 }
 
 #[test]
 fn nats_jetstream_messages_carry_the_stable_id_and_survive_outages() {
     let mut nats = NatsServer::start();
-    nats.create_stream("HW", &["hw.events"]);
     let dir = workdir(&[]);
     let sink = format!(
         "type = \"nats\"\nurl = \"{}\"\nsubject = \"hw.events\"",
         nats.url()
     );
-    // NATS is down when Hookwall starts (the stream is on disk): the sink connects later.
+    // NATS is down when Hookwall starts: the sink connects later.
     nats.kill();
     let hw = Hookwall::start(BIN, dir.path(), &queue_config(&sink));
     let mut expected = BTreeSet::new();
     send_while_down(&hw, &mut nats, 0..3, &mut expected);
+    // Up, but no stream captures the subject yet: still retried, until one does.
+    assert!(
+        wait_for(Duration::from_secs(30), || attempt_errors(&hw, "n-0")
+            .iter()
+            .any(|e| e.contains("no stream"))),
+        "{:?}",
+        attempt_errors(&hw, "n-0")
+    );
+    nats.create_stream("HW", &["hw.events"]);
+    assert!(
+        wait_for_ids(&nats, &expected),
+        "delivered once a stream captures the subject: {:?}",
+        nats.stream_messages("HW").map(|m| msg_ids(&m))
+    );
 
     // Up: each message is the raw body with the ids in its headers.
     for i in 3..8 {
@@ -176,6 +188,11 @@ fn nats_jetstream_messages_carry_the_stable_id_and_survive_outages() {
     // Down mid-run, events keep being acknowledged; back on the same port and store.
     nats.kill();
     send_while_down(&hw, &mut nats, 8..20, &mut expected);
+    assert!(
+        wait_for_ids(&nats, &expected),
+        "every acknowledged event reaches the stream: {:?}",
+        nats.stream_messages("HW").map(|m| msg_ids(&m))
+    );
     // Let Hookwall settle every delivery before counting copies.
     assert!(wait_for(Duration::from_secs(30), || {
         hw.admin_get("/api/v1/sinks").json()["sinks"][0]["pending"] == 0
