@@ -4,10 +4,11 @@
 //! due time), groups it into units (one delivery, or a batch), and runs up to `concurrency`
 //! units at once. With `batch.max_wait`, a partial batch of normal-priority deliveries is left
 //! pending until its oldest delivery has been due that long (or it fills): the worker only
-//! shortens its own sleep to that deadline, so waiting batches cost no timers either. Each unit's result is recorded in the store as soon as it is known:
-//! confirmed → delivered; failed → rescheduled with exponential backoff and full jitter (or
-//! the receiver's `Retry-After`), or dead-lettered after the last attempt, past `max_age`, or
-//! at once for a permanent error. Retries are rows in the store's schedule, not timers: the
+//! shortens its own sleep to that deadline, so waiting batches cost no timers either.
+//! Each unit's result is recorded in the store as soon as it is known: confirmed → delivered;
+//! failed → rescheduled with exponential backoff and full jitter (or the receiver's
+//! `Retry-After`), or dead-lettered after the last attempt, past `max_age`, or at once for a
+//! permanent error. Retries are rows in the store's schedule, not timers: the
 //! worker sleeps until the next due time or until the store's writer wakes it with new work,
 //! so a million pending retries cost disk, not memory. Nothing is held in memory that the
 //! store does not also have, so a crash at any point loses nothing: undelivered rows are
