@@ -90,8 +90,12 @@ fn a_delivery_is_signed_with_the_sinks_key_and_carries_a_stable_id() {
         "whsec_d3Jvbmcta2V5LXdyb25nLWtleQ==",
         ok
     ));
-    // The attempts are on record.
-    let event = hw.admin_get("/api/v1/events/evt-1").json();
+    // The attempts are on record (once Hookwall has recorded the 2xx it just received).
+    let mut event = Value::Null;
+    assert!(wait_for(Duration::from_secs(10), || {
+        event = hw.admin_get("/api/v1/events/evt-1").json();
+        event["deliveries"][0]["state"] == "delivered"
+    }));
     let attempts = &event["deliveries"][0]["attempts"];
     assert_eq!(attempts[0]["status"], 500);
     assert_eq!(event["deliveries"][0]["state"], "delivered");
