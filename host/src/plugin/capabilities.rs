@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Instant;
 
 /// Distinct counter names one plugin may create; more are ignored so a plugin cannot blow up
 /// the metrics' cardinality.
@@ -17,32 +18,50 @@ pub enum KvError {
     /// The key or value is over its size bound.
     #[error("{0}")]
     TooLarge(String),
-    /// The backend is unreachable or failed.
+    /// The backend is unreachable, failed, or did not answer before the call's deadline.
     #[error("key-value store unavailable: {0}")]
     Backend(String),
 }
 
-/// A key-value store scoped per plugin. Calls are synchronous: plugins run on blocking
-/// threads, never on the async workers.
+/// Who is asking and until when. Every operation is confined to one plugin's keys and must
+/// give up by its call's deadline: time spent in a host call counts against the plugin's wall
+/// deadline, and a backend that waits (Redis) must not hold the call past it.
+#[derive(Debug, Clone, Copy)]
+pub struct KvScope<'a> {
+    /// The calling plugin: its keys are invisible to every other plugin.
+    pub plugin: &'a str,
+    /// Wall-clock now (ms since the Unix epoch): the embedded store's expiry clock.
+    pub now_ms: u64,
+    /// When the plugin's call runs out of time.
+    pub deadline: Instant,
+}
+
+/// A key-value store scoped per plugin: embedded (the redb store, one replica) or Redis
+/// (`[storage] redis`, shared by replicas). Calls are synchronous: plugins run on blocking
+/// threads, never on the async workers. TTLs are relative, so each backend expires values by
+/// its own clock (Redis': one clock for every replica).
 pub trait PluginKv: Send + Sync {
-    fn get(&self, plugin: &str, key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, KvError>;
+    /// The live value of `key` (`None`: absent or expired).
+    fn get(&self, scope: KvScope<'_>, key: &str) -> Result<Option<Vec<u8>>, KvError>;
+    /// Sets `key`, expiring after `ttl_ms` when given (replacing any previous expiry).
     fn set(
         &self,
-        plugin: &str,
+        scope: KvScope<'_>,
         key: &str,
         value: Vec<u8>,
-        expires_at_ms: Option<u64>,
+        ttl_ms: Option<u64>,
     ) -> Result<(), KvError>;
-    fn delete(&self, plugin: &str, key: &str) -> Result<bool, KvError>;
-    /// Sets `key` only if its live value equals `expected` (`None`: absent or expired).
+    /// Removes `key`; true when it was set.
+    fn delete(&self, scope: KvScope<'_>, key: &str) -> Result<bool, KvError>;
+    /// Sets `key` only if its live value equals `expected` (`None`: absent or expired),
+    /// atomically with respect to every other caller (other threads, other replicas).
     fn compare_and_swap(
         &self,
-        plugin: &str,
+        scope: KvScope<'_>,
         key: &str,
         expected: Option<Vec<u8>>,
         value: Vec<u8>,
-        expires_at_ms: Option<u64>,
-        now_ms: u64,
+        ttl_ms: Option<u64>,
     ) -> Result<bool, KvError>;
 }
 
