@@ -168,7 +168,13 @@ fn main() -> ExitCode {
                 event,
                 headers,
                 values,
-            }) => plugin_test(&file, &event, &headers, &values),
+            }) => {
+                // Host calls block (a key-value write waits for its commit), which tokio
+                // forbids on this thread: run the plugin on the blocking pool, as `serve` does.
+                tokio::task::spawn_blocking(move || plugin_test(&file, &event, &headers, &values))
+                    .await
+                    .context("the plugin test task failed")?
+            }
             Command::Plugin(PluginCommand::New { name, lang, dir }) => {
                 plugin_new(&name, lang, dir.unwrap_or_else(|| PathBuf::from(&name)))
             }

@@ -459,4 +459,32 @@ fn margin_alerts_are_high_priority() {
     assert_eq!(delivery["sink"], "out", "{action}");
     assert_eq!(delivery["priority"], "high", "{action}");
 
+    // An order event uses the key-value store (a scratch one): it runs too.
+    std::fs::write(
+        &event,
+        json!({"type": "order.accepted", "order_id": "o-1", "seq": 1, "qty": 3}).to_string(),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["plugin", "test"])
+        .arg(wasm::ORDER_LIFECYCLE)
+        .arg("--event")
+        .arg(&event)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let action: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let delivery = &action["deliveries"][0];
+    assert_eq!(delivery["sink"], "orders", "{action}");
+    assert!(
+        delivery["headers"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(["x-order-status", "accepted"])),
+        "{action}"
+    );
 }
