@@ -430,54 +430,44 @@ fn two_replicas_share_order_state_through_redis() {
     );
 }
 
-/// `margin.alert` leaves with high priority (shown by `hookwall plugin test`, which prints
-/// the action the plugin returned).
-#[test]
-fn margin_alerts_are_high_priority() {
+/// `hookwall plugin test` on the example with `event` (and `--config` values): the action.
+fn plugin_test(event: &Value, values: &[&str]) -> Value {
     let dir = tempfile::tempdir().unwrap();
-    let event = dir.path().join("alert.json");
-    std::fs::write(
-        &event,
-        json!({"type": "margin.alert", "account": "a", "level": 0.95}).to_string(),
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["plugin", "test"])
+    let file = dir.path().join("event.json");
+    std::fs::write(&file, event.to_string()).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["plugin", "test"])
         .arg(wasm::ORDER_LIFECYCLE)
         .arg("--event")
-        .arg(&event)
-        .args(["--config", "priority_sink=out"])
-        .output()
-        .unwrap();
+        .arg(&file);
+    for v in values {
+        cmd.args(["--config", v]);
+    }
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let action: Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `margin.alert` leaves with high priority (shown by `hookwall plugin test`, which prints
+/// the action the plugin returned); an order event runs there too, on a scratch key-value store.
+#[test]
+fn margin_alerts_are_high_priority() {
+    let action = plugin_test(
+        &json!({"type": "margin.alert", "account": "a", "level": 0.95}),
+        &["priority_sink=out"],
+    );
     let delivery = &action["deliveries"][0];
     assert_eq!(delivery["sink"], "out", "{action}");
     assert_eq!(delivery["priority"], "high", "{action}");
 
-    // An order event uses the key-value store (a scratch one): it runs too.
-    std::fs::write(
-        &event,
-        json!({"type": "order.accepted", "order_id": "o-1", "seq": 1, "qty": 3}).to_string(),
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["plugin", "test"])
-        .arg(wasm::ORDER_LIFECYCLE)
-        .arg("--event")
-        .arg(&event)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let action = plugin_test(
+        &json!({"type": "order.accepted", "order_id": "o-1", "seq": 1, "qty": 3}),
+        &[],
     );
-    let action: Value = serde_json::from_slice(&out.stdout).unwrap();
     let delivery = &action["deliveries"][0];
     assert_eq!(delivery["sink"], "orders", "{action}");
     assert!(

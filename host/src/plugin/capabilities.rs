@@ -111,6 +111,62 @@ impl PluginCounters {
     }
 }
 
+/// The semantics every [`PluginKv`] backend must have, checked on an empty store; `scope`
+/// gives a live scope for a plugin name. Expiry is each backend's own test (clocks differ).
+#[cfg(test)]
+pub(crate) fn check_kv_contract(kv: &dyn PluginKv, scope: fn(&str) -> KvScope<'_>) {
+    let p = scope("p");
+    assert_eq!(kv.get(p, "k").unwrap(), None);
+    // Compare-and-swap from absent, a conflict either way, then from the current value.
+    assert!(
+        kv.compare_and_swap(p, "k", None, b"1".to_vec(), None)
+            .unwrap()
+    );
+    assert!(
+        !kv.compare_and_swap(p, "k", None, b"2".to_vec(), None)
+            .unwrap()
+    );
+    let wrong = Some(b"0".to_vec());
+    assert!(
+        !kv.compare_and_swap(p, "k", wrong, b"2".to_vec(), None)
+            .unwrap()
+    );
+    let right = Some(b"1".to_vec());
+    assert!(
+        kv.compare_and_swap(p, "k", right, b"2".to_vec(), None)
+            .unwrap()
+    );
+    assert_eq!(kv.get(p, "k").unwrap(), Some(b"2".to_vec()));
+    // Expecting a value of an absent key is a conflict, not a write.
+    let empty = Some(Vec::new());
+    assert!(
+        !kv.compare_and_swap(p, "nope", empty, b"x".to_vec(), None)
+            .unwrap()
+    );
+    assert_eq!(kv.get(p, "nope").unwrap(), None);
+    // Any bytes; an empty value is present, not absent.
+    let bytes = vec![0u8, 0xff, b':', 0, 7];
+    kv.set(p, "bin", bytes.clone(), None).unwrap();
+    assert_eq!(kv.get(p, "bin").unwrap(), Some(bytes.clone()));
+    assert!(
+        kv.compare_and_swap(p, "bin", Some(bytes), Vec::new(), None)
+            .unwrap()
+    );
+    assert_eq!(kv.get(p, "bin").unwrap(), Some(Vec::new()));
+    // Scoped per plugin, even when names and keys contain `:`.
+    assert_eq!(kv.get(scope("other"), "k").unwrap(), None);
+    kv.set(scope("a:b"), "c", b"ab-c".to_vec(), None).unwrap();
+    kv.set(scope("a"), "b:c", b"a-bc".to_vec(), None).unwrap();
+    assert_eq!(kv.get(scope("a:b"), "c").unwrap(), Some(b"ab-c".to_vec()));
+    assert_eq!(kv.get(scope("a"), "b:c").unwrap(), Some(b"a-bc".to_vec()));
+    // A zero TTL expires at once.
+    kv.set(p, "z", b"v".to_vec(), Some(0)).unwrap();
+    assert_eq!(kv.get(p, "z").unwrap(), None);
+    assert!(kv.delete(p, "k").unwrap());
+    assert!(!kv.delete(p, "k").unwrap());
+    assert_eq!(kv.get(p, "k").unwrap(), None);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

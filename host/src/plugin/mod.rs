@@ -32,6 +32,8 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use sha2::Digest;
 
+#[cfg(test)]
+pub(crate) use capabilities::check_kv_contract;
 pub use capabilities::{KvError, KvScope, PluginCounters, PluginKv, check_kv_sizes};
 pub use manifest::{InstanceMode, config_values};
 use manifest::{Manifest, POOL_BY_DEFAULT_ABOVE_BYTES};
