@@ -1,7 +1,9 @@
 //! The plugin platform's numbers (issue 6's note): reload latency, compile and cached start-up
-//! time of each bundled plugin, and per-call cost of each language's example plugin with fresh
-//! and pooled instances. Prints a table; no criterion runs. `cargo bench --bench plugin_platform`
-//! (the JS and Python examples are built with their toolchains first, as in the e2e tests).
+//! time of each bundled plugin, per-call cost of each language's example plugin with fresh
+//! and pooled instances, and the stateful example's per-call cost with its key-value state
+//! embedded or in Redis (a private `redis-server`). Prints a table; no criterion runs.
+//! `cargo bench --bench plugin_platform` (the JS and Python examples are built with their
+//! toolchains first, as in the e2e tests).
 
 mod common;
 
@@ -9,8 +11,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hookwall::plugin::{Event, PluginHost};
-use hookwall_testkit::{guests, wasm};
+use hookwall::config::Secret;
+use hookwall::plugin::{Event, PluginHost, PluginKv};
+use hookwall::store::Store;
+use hookwall::store::redis::SharedRedis;
+use hookwall::store::redis_kv::RedisKv;
+use hookwall_testkit::{RedisServer, guests, wasm};
 
 fn event(body: Vec<u8>) -> Event {
     Event {
@@ -152,9 +158,64 @@ fn reload_latency() {
     println!("p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (debounce included)");
 }
 
+/// `examples/order-lifecycle` per call, each a new order's accept (one `get`, one
+/// `compare-and-swap`), with its state in the embedded store and in Redis.
+fn kv_costs() {
+    println!("\n## order-lifecycle per call (kv get + compare-and-swap), median / p99");
+    println!("| key-value backend | per call |");
+    println!("|---|---|");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = RedisServer::start();
+    let redis = runtime
+        .block_on(SharedRedis::connect(&Secret::new(server.url()), "bench"))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), "order-lifecycle", wasm::ORDER_LIFECYCLE, None);
+    let store = Store::open_with(&config.storage.path, true).unwrap();
+    let backends: [(&str, Arc<dyn PluginKv>); 2] = [
+        ("embedded (fsync on, the default)", Arc::new(store.clone())),
+        (
+            "Redis (loopback, no persistence)",
+            Arc::new(RedisKv::new(redis, runtime.handle().clone())),
+        ),
+    ];
+    for (name, kv) in backends {
+        let host = PluginHost::load(&config, Some(kv)).unwrap();
+        let set = host.plugins();
+        let plugin = set.get("order-lifecycle").unwrap();
+        let accept = |i: usize| {
+            let body =
+                format!(r#"{{"type":"order.accepted","order_id":"{name}-{i}","seq":1,"qty":1}}"#);
+            event(body.into_bytes())
+        };
+        for i in 0..100 {
+            host.call(plugin, &accept(i)).unwrap();
+        }
+        let samples: Vec<f64> = (100..1100)
+            .map(|i| {
+                let event = accept(i);
+                let t = Instant::now();
+                host.call(plugin, &event).unwrap();
+                t.elapsed().as_secs_f64() * 1e6
+            })
+            .collect();
+        let (p50, p99) = p50_p99(samples);
+        println!("| {name} | {p50:.0} / {p99:.0} µs |");
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; this bench takes no filters.
+    println!(
+        "plugin_platform ({} build)",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
     reload_latency();
     compile_times();
     call_costs();
+    kv_costs();
 }

@@ -16,10 +16,11 @@ use hookwall::admin::Admin;
 use hookwall::config::Config;
 use hookwall::delivery::Delivery;
 use hookwall::pipeline::{Pipeline, build_verifier};
-use hookwall::plugin::PluginHost;
+use hookwall::plugin::{PluginHost, PluginKv};
 use hookwall::server;
 use hookwall::store::Store;
 use hookwall::store::redis::SharedRedis;
+use hookwall::store::redis_kv::RedisKv;
 use hookwall::telemetry::{self, LogFormat};
 use hookwall::verify::Signed;
 
@@ -167,7 +168,13 @@ fn main() -> ExitCode {
                 event,
                 headers,
                 values,
-            }) => plugin_test(&file, &event, &headers, &values),
+            }) => {
+                // Host calls block (a key-value write waits for its commit), which tokio
+                // forbids on this thread: run the plugin on the blocking pool, as `serve` does.
+                tokio::task::spawn_blocking(move || plugin_test(&file, &event, &headers, &values))
+                    .await
+                    .context("the plugin test task failed")?
+            }
             Command::Plugin(PluginCommand::New { name, lang, dir }) => {
                 plugin_new(&name, lang, dir.unwrap_or_else(|| PathBuf::from(&name)))
             }
@@ -234,18 +241,27 @@ async fn serve(path: &Path, log_format: LogFormat) -> anyhow::Result<()> {
     if !config.storage.fsync {
         tracing::warn!("storage.fsync = false: a crash can lose acknowledged events");
     }
-    let plugins = Arc::new(PluginHost::load(&config, Some(Arc::new(store.clone())))?);
-    let _watcher = hookwall::plugin::reload::watch(plugins.clone())
-        .with_context(|| format!("cannot watch {}", config.plugins.dir.display()))?;
     let redis = match &config.storage.redis {
         Some(url) => {
             let url = url.resolve(&config.base_dir, "storage.redis")?;
             let redis = SharedRedis::connect(&url, &config.storage.redis_prefix).await?;
-            tracing::info!(redis = ?redis, "dedupe and rate limits are shared through Redis");
+            tracing::info!(redis = ?redis, "dedupe, rate limits and plugin key-value state are shared through Redis");
             Some(redis)
         }
         None => None,
     };
+    // The plugins' key-value store: shared through Redis when replicas share state (so a
+    // stateful plugin sees one state whichever replica an event lands on), else embedded.
+    let kv: Arc<dyn PluginKv> = match &redis {
+        Some(redis) => Arc::new(RedisKv::new(
+            redis.clone(),
+            tokio::runtime::Handle::current(),
+        )),
+        None => Arc::new(store.clone()),
+    };
+    let plugins = Arc::new(PluginHost::load(&config, Some(kv))?);
+    let _watcher = hookwall::plugin::reload::watch(plugins.clone())
+        .with_context(|| format!("cannot watch {}", config.plugins.dir.display()))?;
     let pipeline = Arc::new(Pipeline::with_redis(
         &config,
         plugins.clone(),

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use hookwall_testkit::{Hookwall, read_jsonl, wait_for, wasm};
+use hookwall_testkit::{Hookwall, RedisServer, read_jsonl, wait_for, wasm};
 use serde_json::{Value, json};
 
 use crate::{BIN, config, post_signed, workdir};
@@ -283,32 +283,198 @@ fn order_lifecycle_survives_a_shuffled_duplicated_stream() {
         == "filled"));
 }
 
-/// `margin.alert` leaves with high priority (shown by `hookwall plugin test`, which prints
-/// the action the plugin returned).
+/// The e2e config with `[storage] redis` pointing at `redis`.
+fn shared_config(redis: &RedisServer) -> String {
+    let text = config(&[("orders", "\"order-lifecycle\"")], PLUGIN_SETTINGS);
+    let storage = "[storage]\npath = \"data\"\n";
+    assert!(text.contains(storage));
+    text.replace(storage, &format!("{storage}redis = \"{}\"\n", redis.url()))
+}
+
+/// Two replicas sharing one Redis: the plugin's state follows an order across them, as if one
+/// replica had seen every event. Without the shared key-value store each replica would build
+/// its own partial state (and accept a duplicate fill resent to the other replica).
 #[test]
-fn margin_alerts_are_high_priority() {
+fn two_replicas_share_order_state_through_redis() {
+    let mut redis = RedisServer::start();
+    let (dir_a, dir_b) = (setup(), setup());
+    let a = Hookwall::start(BIN, dir_a.path(), &shared_config(&redis));
+    let b = Hookwall::start(BIN, dir_b.path(), &shared_config(&redis));
+
+    // One order, step by step: accept on A, partial fills on B, the final fill on A.
+    let fill = |seq: u64, id: &str, qty: u64, last: bool| {
+        let kind = if last {
+            "order.filled"
+        } else {
+            "order.partially_filled"
+        };
+        json!({"type": kind, "order_id": "x-1", "seq": seq, "fill_id": id, "qty": qty})
+    };
+    let steps = [
+        (
+            &a,
+            "x-accept",
+            json!({"type": "order.accepted", "order_id": "x-1", "seq": 1, "qty": 10}),
+        ),
+        (&b, "x-f1", fill(2, "f1", 3, false)),
+        (&b, "x-f2", fill(3, "f2", 3, false)),
+        (&a, "x-f3", fill(4, "f3", 4, true)),
+    ];
+    for (hw, id, event) in &steps {
+        let r = post_signed(hw, "orders", id, event);
+        assert_eq!(
+            (r.status, r.json()["status"].clone()),
+            (200, json!("accepted")),
+            "{id}: {r:?}"
+        );
+    }
+    // A fill applied on B, resent to A with a new delivery id: A knows it through Redis.
+    let r = post_signed(&a, "orders", "x-f1-resent", &fill(2, "f1", 3, false));
+    assert_eq!(r.json()["status"], "dropped", "{r:?}");
+    // A cancel on B after the final fill on A: impossible, and B knows it.
+    let r = post_signed(
+        &b,
+        "orders",
+        "x-cancel",
+        &json!({"type": "order.cancelled", "order_id": "x-1", "seq": 5}),
+    );
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (409, json!("invalid_transition")),
+        "{r:?}"
+    );
+
+    let (orders_a, orders_b) = (
+        dir_a.path().join("orders.jsonl"),
+        dir_b.path().join("orders.jsonl"),
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || read_jsonl(&orders_a).len() == 2
+            && read_jsonl(&orders_b).len() == 2),
+        "A: {:?}\nB: {:?}",
+        read_jsonl(&orders_a),
+        read_jsonl(&orders_b)
+    );
+    // B's fills were applied on top of A's accept: partially filled 3 then 6 of 10.
+    let on_b: Vec<(Value, Value)> = read_jsonl(&orders_b)
+        .iter()
+        .map(|l| {
+            (
+                l["body"]["order"]["status"].clone(),
+                l["body"]["order"]["filled_qty"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        on_b,
+        [
+            (json!("partially_filled"), json!(3)),
+            (json!("partially_filled"), json!(6))
+        ]
+    );
+    let mut states = final_states(&[dir_a.path(), dir_b.path()]);
+    let x1 = states.remove("x-1").unwrap();
+    assert_eq!(
+        (
+            x1["status"].clone(),
+            x1["filled_qty"].clone(),
+            x1["version"].clone()
+        ),
+        (json!("filled"), json!(10), json!(4)),
+        "{x1}"
+    );
+    assert!(states.is_empty(), "{states:?}");
+
+    // The shuffled, duplicated stream, spread over both replicas by four concurrent clients:
+    // the same final states as on one replica.
+    let events = shuffled_with_duplicates();
+    let total = events.len();
+    let answers = replay(&[&a, &b], events);
+    answers_are_consistent(&answers, total);
+    let expected = stream().len() - 1 + 4; // all but the margin alert, plus x-1's four
+    let delivered = || read_jsonl(&orders_a).len() + read_jsonl(&orders_b).len();
+    assert!(
+        wait_for(Duration::from_secs(20), || delivered() == expected),
+        "{} deliveries, want {expected}",
+        delivered()
+    );
+    let mut states = final_states(&[dir_a.path(), dir_b.path()]);
+    states.remove("x-1");
+    check_final_states(&states);
+    // Both replicas applied events.
+    assert!(read_jsonl(&orders_a).len() > 2 && read_jsonl(&orders_b).len() > 2);
+
+    // Redis down: the plugin's key-value call fails promptly (no hang), the plugin fails, and
+    // the source's on_plugin_error policy (default: accept) answers; the event is dead-lettered
+    // with the reason, replayable once Redis is back.
+    redis.kill();
+    let asked = Instant::now();
+    let r = post_signed(
+        &a,
+        "orders",
+        "during-outage",
+        &json!({"type": "order.accepted", "order_id": "o-9", "seq": 1, "qty": 1}),
+    );
+    assert_eq!(r.status, 202, "{r:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "answered after {:?}",
+        asked.elapsed()
+    );
+    let stored = crate::stored(&a, "during-outage");
+    assert_eq!(stored["status"], "dead_lettered", "{stored}");
+    let why = stored["reason"].as_str().unwrap();
+    assert!(
+        why.contains("order-lifecycle") && why.contains("key-value store unavailable"),
+        "{why}"
+    );
+}
+
+/// `hookwall plugin test` on the example with `event` (and `--config` values): the action.
+fn plugin_test(event: &Value, values: &[&str]) -> Value {
     let dir = tempfile::tempdir().unwrap();
-    let event = dir.path().join("alert.json");
-    std::fs::write(
-        &event,
-        json!({"type": "margin.alert", "account": "a", "level": 0.95}).to_string(),
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["plugin", "test"])
+    let file = dir.path().join("event.json");
+    std::fs::write(&file, event.to_string()).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["plugin", "test"])
         .arg(wasm::ORDER_LIFECYCLE)
         .arg("--event")
-        .arg(&event)
-        .args(["--config", "priority_sink=out"])
-        .output()
-        .unwrap();
+        .arg(&file);
+    for v in values {
+        cmd.args(["--config", v]);
+    }
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let action: Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `margin.alert` leaves with high priority (shown by `hookwall plugin test`, which prints
+/// the action the plugin returned); an order event runs there too, on a scratch key-value store.
+#[test]
+fn margin_alerts_are_high_priority() {
+    let action = plugin_test(
+        &json!({"type": "margin.alert", "account": "a", "level": 0.95}),
+        &["priority_sink=out"],
+    );
     let delivery = &action["deliveries"][0];
     assert_eq!(delivery["sink"], "out", "{action}");
     assert_eq!(delivery["priority"], "high", "{action}");
+
+    let action = plugin_test(
+        &json!({"type": "order.accepted", "order_id": "o-1", "seq": 1, "qty": 3}),
+        &[],
+    );
+    let delivery = &action["deliveries"][0];
+    assert_eq!(delivery["sink"], "orders", "{action}");
+    assert!(
+        delivery["headers"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(["x-order-status", "accepted"])),
+        "{action}"
+    );
 }

@@ -150,10 +150,19 @@ fn hot_swap_under_load_never_fails_a_request() {
         "{status}"
     );
     reload_ms.sort_by(f64::total_cmp);
+    // Nearest rank; with 17 good swaps p99 is the slowest one.
+    let rank = |q: f64| reload_ms[((reload_ms.len() as f64 * q).ceil() as usize).max(1) - 1];
     println!(
-        "hot swap: {total} requests, {broken} broken builds, reload latency p50 {:.0} ms, max {:.0} ms",
-        reload_ms[reload_ms.len() / 2],
-        reload_ms.last().unwrap()
+        "hot swap ({} build): {total} requests, {broken} broken builds, reload latency (write → \
+         first delivery by the new version) over {} swaps: p50 {:.0} ms, p99 {:.0} ms",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        reload_ms.len(),
+        rank(0.5),
+        rank(0.99)
     );
 }
 

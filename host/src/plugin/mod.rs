@@ -32,7 +32,9 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use sha2::Digest;
 
-pub use capabilities::{KvError, PluginCounters, PluginKv, check_kv_sizes};
+#[cfg(test)]
+pub(crate) use capabilities::check_kv_contract;
+pub use capabilities::{KvError, KvScope, PluginCounters, PluginKv, check_kv_sizes};
 pub use manifest::{InstanceMode, config_values};
 use manifest::{Manifest, POOL_BY_DEFAULT_ABOVE_BYTES};
 pub use runtime::CallLimits;

@@ -15,7 +15,7 @@ use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, Was
 
 use super::bindings::hookwall::plugin::{clock, host, kv, metrics, types};
 use super::bindings::{Plugin, PluginPre};
-use super::capabilities::{PluginCounters, PluginKv, check_kv_sizes};
+use super::capabilities::{KvScope, PluginCounters, PluginKv, check_kv_sizes};
 use super::manifest::MAX_PLUGIN_MEMORY_BYTES;
 use super::{CallFailure, PluginError};
 
@@ -145,6 +145,7 @@ impl Runtime {
             log_lines: 0,
             caps: self.caps.clone(),
             kv_ops: 0,
+            deadline: Instant::now() + limits.deadline,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -182,9 +183,10 @@ impl Runtime {
         state.event_id.clone_from(&event.id);
         state.log_lines = 0;
         state.kv_ops = 0;
+        let started = Instant::now();
+        state.deadline = started + limits.deadline;
         slot.store
             .set_epoch_deadline(deadline_ticks(limits.deadline));
-        let started = Instant::now();
         let outcome = slot.instance.call_handle(&mut slot.store, event);
         slot.uses += 1;
         match outcome {
@@ -387,11 +389,19 @@ pub struct CallState {
     log_lines: u32,
     caps: Capabilities,
     kv_ops: u32,
+    /// When this call's wall deadline passes. The epoch interrupts guest code; host calls are
+    /// not interruptible, so key-value calls check it themselves and pass it to the backend.
+    deadline: Instant,
 }
 
 impl CallState {
-    /// The key-value backend, after charging one operation to this call's budget.
-    fn kv(&mut self, key: &str, value: Option<&[u8]>) -> Result<Arc<dyn PluginKv>, String> {
+    /// The key-value backend and this call's scope, after charging one operation to the
+    /// call's budget and checking the bounds and the deadline.
+    fn kv(
+        &mut self,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(Arc<dyn PluginKv>, KvScope<'_>), String> {
         self.kv_ops += 1;
         if self.kv_ops > MAX_KV_OPS_PER_CALL {
             return Err(format!(
@@ -399,19 +409,25 @@ impl CallState {
             ));
         }
         check_kv_sizes(key, value).map_err(|e| e.to_string())?;
-        self.caps
+        if Instant::now() >= self.deadline {
+            return Err("key-value call refused: the call's deadline has passed".to_string());
+        }
+        let kv = self
+            .caps
             .kv
             .clone()
-            .ok_or_else(|| "no key-value store is available here".to_string())
+            .ok_or_else(|| "no key-value store is available here".to_string())?;
+        let scope = KvScope {
+            plugin: &self.plugin,
+            now_ms: now_ms(),
+            deadline: self.deadline,
+        };
+        Ok((kv, scope))
     }
 }
 
 fn now_ms() -> u64 {
     crate::server::now_ms()
-}
-
-fn expiry(ttl_ms: Option<u64>) -> Option<u64> {
-    ttl_ms.map(|ttl| now_ms().saturating_add(ttl))
 }
 
 impl clock::Host for CallState {
@@ -428,20 +444,19 @@ impl metrics::Host for CallState {
 
 impl kv::Host for CallState {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
-        let kv = self.kv(&key, None)?;
-        kv.get(&self.plugin, &key, now_ms())
-            .map_err(|e| e.to_string())
+        let (kv, scope) = self.kv(&key, None)?;
+        kv.get(scope, &key).map_err(|e| e.to_string())
     }
 
     fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), String> {
-        let kv = self.kv(&key, Some(&value))?;
-        kv.set(&self.plugin, &key, value, expiry(ttl_ms))
+        let (kv, scope) = self.kv(&key, Some(&value))?;
+        kv.set(scope, &key, value, ttl_ms)
             .map_err(|e| e.to_string())
     }
 
     fn delete(&mut self, key: String) -> Result<bool, String> {
-        let kv = self.kv(&key, None)?;
-        kv.delete(&self.plugin, &key).map_err(|e| e.to_string())
+        let (kv, scope) = self.kv(&key, None)?;
+        kv.delete(scope, &key).map_err(|e| e.to_string())
     }
 
     fn compare_and_swap(
@@ -451,16 +466,9 @@ impl kv::Host for CallState {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> Result<bool, String> {
-        let kv = self.kv(&key, Some(&value))?;
-        kv.compare_and_swap(
-            &self.plugin,
-            &key,
-            expected,
-            value,
-            expiry(ttl_ms),
-            now_ms(),
-        )
-        .map_err(|e| e.to_string())
+        let (kv, scope) = self.kv(&key, Some(&value))?;
+        kv.compare_and_swap(scope, &key, expected, value, ttl_ms)
+            .map_err(|e| e.to_string())
     }
 }
 

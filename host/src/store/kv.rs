@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use super::writer::{Job, KvOp, Op, Reply};
 use super::{PLUGIN_KV, Store, StoreError};
-use crate::plugin::{KvError, PluginKv};
+use crate::plugin::{KvError, KvScope, PluginKv};
 
 /// Stored form: 8 bytes of big-endian expiry (0 = never) followed by the value.
 pub(super) fn encode(value: &[u8], expires_at_ms: Option<u64>) -> Vec<u8> {
@@ -53,8 +53,13 @@ impl Store {
     }
 }
 
+/// The absolute expiry of a value set at `now_ms` with `ttl_ms` (at least 1: 0 means never).
+fn expiry(now_ms: u64, ttl_ms: Option<u64>) -> Option<u64> {
+    ttl_ms.map(|ttl| now_ms.saturating_add(ttl).max(1))
+}
+
 impl PluginKv for Store {
-    fn get(&self, plugin: &str, key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, KvError> {
+    fn get(&self, scope: KvScope<'_>, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         let txn = self
             .inner
             .db
@@ -64,48 +69,47 @@ impl PluginKv for Store {
             .open_table(PLUGIN_KV)
             .map_err(|e| backend(StoreError::storage(e)))?;
         let found = table
-            .get((plugin, key))
+            .get((scope.plugin, key))
             .map_err(|e| backend(StoreError::storage(e)))?;
-        Ok(found.and_then(|v| live(v.value(), now_ms).map(<[u8]>::to_vec)))
+        Ok(found.and_then(|v| live(v.value(), scope.now_ms).map(<[u8]>::to_vec)))
     }
 
     fn set(
         &self,
-        plugin: &str,
+        scope: KvScope<'_>,
         key: &str,
         value: Vec<u8>,
-        expires_at_ms: Option<u64>,
+        ttl_ms: Option<u64>,
     ) -> Result<(), KvError> {
         self.kv_write(KvOp::Set {
-            plugin: plugin.into(),
+            plugin: scope.plugin.into(),
             key: key.into(),
-            stored: encode(&value, expires_at_ms),
+            stored: encode(&value, expiry(scope.now_ms, ttl_ms)),
         })
         .map(|_| ())
     }
 
-    fn delete(&self, plugin: &str, key: &str) -> Result<bool, KvError> {
+    fn delete(&self, scope: KvScope<'_>, key: &str) -> Result<bool, KvError> {
         self.kv_write(KvOp::Delete {
-            plugin: plugin.into(),
+            plugin: scope.plugin.into(),
             key: key.into(),
         })
     }
 
     fn compare_and_swap(
         &self,
-        plugin: &str,
+        scope: KvScope<'_>,
         key: &str,
         expected: Option<Vec<u8>>,
         value: Vec<u8>,
-        expires_at_ms: Option<u64>,
-        now_ms: u64,
+        ttl_ms: Option<u64>,
     ) -> Result<bool, KvError> {
         self.kv_write(KvOp::CompareAndSwap {
-            plugin: plugin.into(),
+            plugin: scope.plugin.into(),
             key: key.into(),
             expected,
-            stored: encode(&value, expires_at_ms),
-            now_ms,
+            stored: encode(&value, expiry(scope.now_ms, ttl_ms)),
+            now_ms: scope.now_ms,
         })
     }
 }
@@ -114,37 +118,30 @@ impl PluginKv for Store {
 mod tests {
     use super::*;
 
+    /// A scope for plugin `plugin` at wall-clock `now_ms`.
+    fn at(plugin: &str, now_ms: u64) -> KvScope<'_> {
+        KvScope {
+            plugin,
+            now_ms,
+            deadline: std::time::Instant::now() + std::time::Duration::from_secs(60),
+        }
+    }
+
     #[test]
-    fn set_get_cas_delete_and_expiry() {
+    fn follows_the_kv_contract_and_expires_by_the_callers_clock() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let kv: &dyn PluginKv = &store;
-        assert_eq!(kv.get("p", "k", 0).unwrap(), None);
-        // CAS from absent.
+        crate::plugin::check_kv_contract(kv, |plugin| at(plugin, 5_000));
+        // Expiry: set at 0 with a 1000 ms TTL.
+        let p = at("p", 0);
+        kv.set(p, "t", b"v".to_vec(), Some(1_000)).unwrap();
+        assert_eq!(kv.get(at("p", 999), "t").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(kv.get(at("p", 1_000), "t").unwrap(), None);
+        // Expired counts as absent for compare-and-swap.
         assert!(
-            kv.compare_and_swap("p", "k", None, b"1".to_vec(), None, 0)
+            kv.compare_and_swap(at("p", 1_000), "t", None, b"w".to_vec(), None)
                 .unwrap()
         );
-        assert!(
-            !kv.compare_and_swap("p", "k", None, b"2".to_vec(), None, 0)
-                .unwrap()
-        );
-        assert!(
-            kv.compare_and_swap("p", "k", Some(b"1".to_vec()), b"2".to_vec(), None, 0)
-                .unwrap()
-        );
-        assert_eq!(kv.get("p", "k", 0).unwrap(), Some(b"2".to_vec()));
-        // Scoped per plugin.
-        assert_eq!(kv.get("other", "k", 0).unwrap(), None);
-        // Expiry.
-        kv.set("p", "t", b"v".to_vec(), Some(1_000)).unwrap();
-        assert_eq!(kv.get("p", "t", 999).unwrap(), Some(b"v".to_vec()));
-        assert_eq!(kv.get("p", "t", 1_000).unwrap(), None);
-        assert!(
-            kv.compare_and_swap("p", "t", None, b"w".to_vec(), None, 1_000)
-                .unwrap()
-        );
-        assert!(kv.delete("p", "k").unwrap());
-        assert!(!kv.delete("p", "k").unwrap());
     }
 }

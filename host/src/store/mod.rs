@@ -13,7 +13,8 @@
 //! - `dead_letters`: seq → [`DeadLetter`] (plugin failures and deliveries that gave up);
 //! - `event_times`: (received ms, event id) → () — the retention order ([`dlq`]);
 //! - `dedupe`, `dedupe_expiry`: dedupe marks with their expiry ([`marks`]);
-//! - `plugin_kv`: (plugin, key) → expiry + value, the plugins' key-value store.
+//! - `plugin_kv`: (plugin, key) → expiry + value, the plugins' key-value store (one replica;
+//!   with `[storage] redis` the plugins' state lives in Redis instead, [`redis_kv`]).
 //!
 //! Invariant: an event, all of its deliveries and its dedupe mark are committed in one
 //! transaction.
@@ -25,6 +26,7 @@ mod load;
 pub mod marks;
 mod records;
 pub mod redis;
+pub mod redis_kv;
 mod writer;
 
 use std::collections::{HashMap, HashSet};

@@ -1,5 +1,5 @@
-//! The Redis connection that replicas share dedupe claims and rate limits through
-//! (`[storage] redis = "redis://…"`).
+//! The Redis connection that replicas share dedupe claims, rate limits and the plugins'
+//! key-value state through (`[storage] redis = "redis://…"`).
 //!
 //! One multiplexed connection per process, behind the `redis` crate's `ConnectionManager`, which
 //! reconnects after a failure. Every call is bounded by [`OPERATION_TIMEOUT`] and the reconnect
@@ -136,11 +136,45 @@ impl SharedRedis {
         &self,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, RedisError> {
+        self.invoke_within(invocation, OPERATION_TIMEOUT).await
+    }
+
+    /// [`Self::invoke`] bounded by `limit` when that is shorter than [`OPERATION_TIMEOUT`]
+    /// (a caller with its own deadline, like a plugin call).
+    pub async fn invoke_within<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+        limit: Duration,
+    ) -> Result<T, RedisError> {
         let mut conn = self.conn.clone();
-        let result = tokio::time::timeout(OPERATION_TIMEOUT, invocation.invoke_async(&mut conn))
+        self.bounded(limit, invocation.invoke_async(&mut conn))
             .await
-            .map_err(|_| RedisError::Timeout(OPERATION_TIMEOUT))
-            .and_then(|r| r.map_err(|e| RedisError::Command(e.to_string())));
+    }
+
+    /// Runs one command, bounded by `limit` (at most [`OPERATION_TIMEOUT`]).
+    pub async fn query_within<T: FromRedisValue>(
+        &self,
+        cmd: &::redis::Cmd,
+        limit: Duration,
+    ) -> Result<T, RedisError> {
+        let mut conn = self.conn.clone();
+        self.bounded(limit, cmd.query_async(&mut conn)).await
+    }
+
+    /// Awaits `call` for at most `limit` (capped at [`OPERATION_TIMEOUT`]) and records the
+    /// outcome for the health state.
+    async fn bounded<T>(
+        &self,
+        limit: Duration,
+        call: impl Future<Output = ::redis::RedisResult<T>>,
+    ) -> Result<T, RedisError> {
+        let limit = limit.min(OPERATION_TIMEOUT);
+        let result = match tokio::time::timeout(limit, call).await {
+            Ok(answer) => answer.map_err(|e| RedisError::Command(e.to_string())),
+            // A caller's own short budget running out says nothing about Redis' health.
+            Err(_) if limit < OPERATION_TIMEOUT => return Err(RedisError::Timeout(limit)),
+            Err(_) => Err(RedisError::Timeout(limit)),
+        };
         self.observe(&result);
         result
     }
