@@ -8,6 +8,7 @@ mod baseline;
 mod client;
 mod compare;
 mod pool;
+mod sink;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -125,6 +126,7 @@ fn main() -> anyhow::Result<()> {
                 warmup,
                 rate,
                 http2,
+                sent: None,
             };
             let report = client_runtime()?.block_on(client::run(spec, requests))?;
             if json {
@@ -234,6 +236,7 @@ type = "stdout"
             warmup: Duration::from_millis(50),
             rate: None,
             http2: false,
+            sent: None,
         };
         let report = rt.block_on(client::run(spec, requests)).unwrap();
         assert!(report.requests > 0, "{report:?}");
