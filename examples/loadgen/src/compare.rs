@@ -70,6 +70,8 @@ fn hookwall_config(plugins_dir: &Path, stages: Stages) -> String {
         r#"
 [server]
 listen = "{{listen}}"
+# The paused sink's backlog must not trip overload shedding (default 100000 pending) mid-run.
+overload = {{ max_pending = 1000000000 }}
 
 [storage]
 path = "data"
@@ -258,17 +260,20 @@ pub struct DeliveryLatency {
 #[derive(Serialize)]
 pub struct Comparison {
     pub rows: Vec<Row>,
-    pub half_load: Option<HalfLoad>,
+    pub half_load: Vec<HalfLoad>,
 }
 
-/// The full path at half its own measured maximum, open loop.
+/// A scenario at half the full path's measured maximum, open loop.
 #[derive(Serialize)]
 pub struct HalfLoad {
+    pub scenario: String,
     pub offered_rps: f64,
     pub achieved_rps: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: f64,
+    /// Scenario 6: event-to-delivery latency at that load.
+    pub delivery: Option<DeliveryLatency>,
 }
 
 /// One scenario's measurement in one round.
@@ -482,19 +487,37 @@ pub async fn run(options: Options, repo: &Path, hookwall: &Path) -> anyhow::Resu
         .position(|s| s.name == FULL_PATH)
         .expect("the full path is a scenario");
     let offered = rows[full].median_rps / 2.0;
-    let half_load = if offered > 0.0 {
-        let server = Server::start(&scenarios[full], hookwall, None)?;
-        let report = measure(&server, &target.path, &pool, &options, Some(offered), None).await?;
-        Some(HalfLoad {
+    let mut half_load = Vec::new();
+    // The full path, and the full path with delivery, both at half the full path's maximum:
+    // ack latency, and event-to-delivery latency, at a load the server keeps up with.
+    for scenario in scenarios.iter().filter(|s| s.stages.fsync) {
+        if offered <= 0.0 {
+            break;
+        }
+        let sink = match scenario.stages.deliver {
+            true => {
+                times.clear();
+                Some(sink::start(times.clone()).await?)
+            }
+            false => None,
+        };
+        let server = Server::start(scenario, hookwall, sink.as_ref().map(|s| s.addr))?;
+        let sent = sink.as_ref().map(|_| times.clone());
+        let report = measure(&server, &target.path, &pool, &options, Some(offered), sent).await?;
+        let delivery = match &sink {
+            Some(sink) => Some(drain(sink, &report).await),
+            None => None,
+        };
+        half_load.push(HalfLoad {
+            scenario: scenario.name.to_string(),
             offered_rps: offered,
             achieved_rps: report.requests_per_sec,
             p50_ms: report.latency_us.p50 as f64 / 1000.0,
             p99_ms: report.latency_us.p99 as f64 / 1000.0,
             p999_ms: report.latency_us.p999 as f64 / 1000.0,
-        })
-    } else {
-        None
-    };
+            delivery,
+        });
+    }
     Ok(Comparison { rows, half_load })
 }
 
@@ -527,11 +550,18 @@ pub fn table(c: &Comparison, options: &Options) -> String {
             ));
         }
     }
-    if let Some(h) = &c.half_load {
+    for h in &c.half_load {
         out.push_str(&format!(
-            "\nFull path at 50 % of its max (open loop, {:.0} req/s offered, {:.0} achieved): p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms\n",
-            h.offered_rps, h.achieved_rps, h.p50_ms, h.p99_ms, h.p999_ms
+            "\n{} at 50 % of the full path's max (open loop, {:.0} req/s offered, {:.0} achieved): ack p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+            h.scenario, h.offered_rps, h.achieved_rps, h.p50_ms, h.p99_ms, h.p999_ms
         ));
+        if let Some(d) = &h.delivery {
+            out.push_str(&format!(
+                "; event-to-delivery p50 {:.2} ms, p99 {:.2} ms ({:.2} deliveries per accepted request)",
+                d.p50_ms, d.p99_ms, d.delivered_ratio
+            ));
+        }
+        out.push('\n');
     }
     out
 }

@@ -79,7 +79,8 @@ enum Cmd {
         connections: usize,
         #[arg(long, default_value_t = 1024)]
         body_bytes: usize,
-        #[arg(long, default_value_t = 300_000)]
+        /// Pre-signed requests; a run that uses them all stops early (raise it on a fast machine).
+        #[arg(long, default_value_t = 600_000)]
         pool: usize,
         #[arg(long)]
         json: bool,
