@@ -20,6 +20,7 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 
 use crate::pool::Prepared;
+use crate::sink::SendTimes;
 
 /// How to load the target.
 #[derive(Clone, Debug)]
@@ -34,6 +35,9 @@ pub struct Spec {
     /// Total requests per second across connections (open loop); `None` = closed loop.
     pub rate: Option<f64>,
     pub http2: bool,
+    /// Where to note each pool entry's send time (scenario 6 measures event-to-delivery
+    /// latency from it).
+    pub sent: Option<Arc<SendTimes>>,
 }
 
 /// What a run measured.
@@ -214,6 +218,9 @@ async fn worker(
         let Some(prepared) = shared.pool.get(n) else {
             return tally;
         };
+        if let Some(sent) = &spec.sent {
+            sent.sent(n, began);
+        }
         let mut req = http::Request::post(&spec.path)
             .header(http::header::HOST, &shared.host)
             .body(Full::new(prepared.body.clone()))

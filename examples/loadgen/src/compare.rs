@@ -2,8 +2,10 @@
 //! several rounds so that machine drift hits all alike, then one table.
 //!
 //! Scenarios build up the full path one stage at a time; each Hookwall scenario gets its own
-//! temp dir, config and process, and sinks are paused (deliveries are stored, not sent) so the
-//! numbers are about ingest.
+//! temp dir, config and process. In scenarios 2–5 the sink is paused (deliveries are stored,
+//! not sent) so the numbers are about ingest; scenario 6 delivers every event to an `http`
+//! sink on loopback ([`crate::sink`]) while the load runs, and reports the event-to-delivery
+//! latency too.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,9 +18,14 @@ use serde::Serialize;
 
 use crate::client::{self, Report, Spec};
 use crate::pool::{Prepared, Target};
+use crate::sink::{self, SendTimes};
 
 /// The demo secret of the generated configs (benchmark only).
 const SECRET: &str = "loadgen-bench-secret";
+/// Scenario 5, repeated at half load.
+const FULL_PATH: &str = "full path (+ durable commit)";
+/// After the load of scenario 6 stops, wait this long at most for deliveries to drain.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy)]
 pub struct Options {
@@ -34,6 +41,7 @@ struct Scenario {
     name: &'static str,
     /// `None`: the bare hyper baseline.
     config: Option<String>,
+    stages: Stages,
 }
 
 /// Which stages a Hookwall scenario turns on; each scenario adds one to the previous.
@@ -45,6 +53,8 @@ struct Stages {
     plugin: bool,
     /// Durable commits (fsync), the default configuration.
     fsync: bool,
+    /// Deliver to an `http` sink (at `{sink}`) instead of a paused file sink.
+    deliver: bool,
 }
 
 /// The Hookwall config of a scenario.
@@ -60,6 +70,8 @@ fn hookwall_config(plugins_dir: &Path, stages: Stages) -> String {
         r#"
 [server]
 listen = "{{listen}}"
+# The paused sink's backlog must not trip overload shedding (default 100000 pending) mid-run.
+overload = {{ max_pending = 1000000000 }}
 
 [storage]
 path = "data"
@@ -77,12 +89,14 @@ plugins = {plugins}
 sinks = ["bench"]
 {intake}
 
-[sinks.bench]
-type = "file"
-path = "events.jsonl"
-paused = true
+{sink}
 "#,
         fsync = stages.fsync,
+        sink = if stages.deliver {
+            "[sinks.bench]\ntype = \"http\"\nurl = \"http://{sink}/deliveries\"\nsecret = \"whsec_bG9hZGdlbi1iZW5jaC1zaW5rLWtleQ==\""
+        } else {
+            "[sinks.bench]\ntype = \"file\"\npath = \"events.jsonl\"\npaused = true"
+        },
         plugins_dir = plugins_dir.display(),
         router_config = if stages.plugin {
             "[plugins.config.router]\ndefault = \"bench\"\nrules = [{ name = \"orders\", json = \"/type\", prefix = \"order.\", sink = \"bench\" }]"
@@ -107,27 +121,26 @@ fn scenarios(repo: &Path) -> Vec<Scenario> {
         fsync: true,
         ..plugin
     };
+    let deliver = Stages {
+        deliver: true,
+        ..full
+    };
+    let hookwall = |name, stages| Scenario {
+        name,
+        config: Some(hookwall_config(&plugins, stages)),
+        stages,
+    };
     vec![
         Scenario {
             name: "baseline (bare hyper)",
             config: None,
+            stages: Stages::default(),
         },
-        Scenario {
-            name: "verify",
-            config: Some(hookwall_config(&plugins, verify)),
-        },
-        Scenario {
-            name: "+ rate limit + dedupe",
-            config: Some(hookwall_config(&plugins, intake)),
-        },
-        Scenario {
-            name: "+ router plugin",
-            config: Some(hookwall_config(&plugins, plugin)),
-        },
-        Scenario {
-            name: "full path (+ durable commit)",
-            config: Some(hookwall_config(&plugins, full)),
-        },
+        hookwall("verify", verify),
+        hookwall("+ rate limit + dedupe", intake),
+        hookwall("+ router plugin", plugin),
+        hookwall(FULL_PATH, full),
+        hookwall("full path + delivery to http sink", deliver),
     ]
 }
 
@@ -146,7 +159,12 @@ impl Drop for Server {
 }
 
 impl Server {
-    fn start(scenario: &Scenario, hookwall: &Path) -> anyhow::Result<Server> {
+    /// `sink`: where scenario 6's `http` sink delivers.
+    fn start(
+        scenario: &Scenario,
+        hookwall: &Path,
+        sink: Option<SocketAddr>,
+    ) -> anyhow::Result<Server> {
         let dir = tempfile::tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -160,7 +178,13 @@ impl Server {
             }
             Some(config) => {
                 let path = dir.path().join("hookwall.toml");
-                std::fs::write(&path, config.replace("{listen}", &addr.to_string()))?;
+                let sink = sink.map(|a| a.to_string()).unwrap_or_default();
+                std::fs::write(
+                    &path,
+                    config
+                        .replace("{listen}", &addr.to_string())
+                        .replace("{sink}", &sink),
+                )?;
                 let mut c = Command::new(hookwall);
                 c.arg("serve")
                     .arg("--config")
@@ -218,22 +242,104 @@ pub struct Row {
     pub idle_rss_mib: f64,
     pub peak_rss_mib: f64,
     pub non_2xx: u64,
+    /// Scenario 6 only: event-to-delivery latency (request sent → delivery received).
+    pub delivery: Option<DeliveryLatency>,
+}
+
+/// Event-to-delivery numbers of scenario 6 (medians over rounds).
+#[derive(Serialize, Clone, Copy)]
+pub struct DeliveryLatency {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Deliveries received per accepted request (1.0: every event delivered by the end).
+    pub delivered_ratio: f64,
+    /// How long after the load stopped the last delivery arrived.
+    pub drain_s: f64,
 }
 
 #[derive(Serialize)]
 pub struct Comparison {
     pub rows: Vec<Row>,
-    pub half_load: Option<HalfLoad>,
+    pub half_load: Vec<HalfLoad>,
 }
 
-/// The full path at half its own measured maximum, open loop.
+/// A scenario at half the full path's measured maximum, open loop.
 #[derive(Serialize)]
 pub struct HalfLoad {
+    pub scenario: String,
     pub offered_rps: f64,
     pub achieved_rps: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: f64,
+    /// Scenario 6: event-to-delivery latency at that load.
+    pub delivery: Option<DeliveryLatency>,
+}
+
+/// One scenario's measurement in one round.
+struct Run {
+    report: Report,
+    /// (idle, peak) RSS of the server.
+    rss_kib: (u64, u64),
+    delivery: Option<DeliveryLatency>,
+}
+
+/// Waits until the sink has as many deliveries as the server accepted (or they stop coming
+/// for a second, or [`DRAIN_LIMIT`]), then reads the sink's latency histogram.
+async fn drain(sink: &sink::SinkServer, report: &Report) -> DeliveryLatency {
+    use std::sync::atomic::Ordering;
+    let accepted: u64 = report
+        .statuses
+        .iter()
+        .filter(|(s, _)| (200..300).contains(*s))
+        .map(|(_, n)| n)
+        .sum();
+    let stopped = Instant::now();
+    let (mut last_count, mut last_change) = (0, stopped);
+    loop {
+        let count = sink.received.deliveries.load(Ordering::Relaxed);
+        let now = Instant::now();
+        if count != last_count {
+            (last_count, last_change) = (count, now);
+        }
+        // Warm-up requests are delivered too, so the sink may see more than `accepted`.
+        if count >= accepted
+            || now.duration_since(last_change) > Duration::from_secs(1)
+            || now.duration_since(stopped) > DRAIN_LIMIT
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let hist = sink
+        .received
+        .latency_us
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    DeliveryLatency {
+        p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
+        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+        delivered_ratio: if accepted > 0 {
+            last_count as f64 / accepted as f64
+        } else {
+            0.0
+        },
+        drain_s: last_change.saturating_duration_since(stopped).as_secs_f64(),
+    }
+}
+
+fn median_delivery(runs: &[Run]) -> Option<DeliveryLatency> {
+    let all: Vec<DeliveryLatency> = runs.iter().filter_map(|r| r.delivery).collect();
+    if all.is_empty() {
+        return None;
+    }
+    let of = |f: fn(&DeliveryLatency) -> f64| median(&mut all.iter().map(f).collect::<Vec<_>>());
+    Some(DeliveryLatency {
+        p50_ms: of(|d| d.p50_ms),
+        p99_ms: of(|d| d.p99_ms),
+        delivered_ratio: of(|d| d.delivered_ratio),
+        drain_s: of(|d| d.drain_s),
+    })
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -254,6 +360,7 @@ async fn measure(
     pool: &Arc<Vec<Prepared>>,
     options: &Options,
     rate: Option<f64>,
+    sent: Option<Arc<SendTimes>>,
 ) -> anyhow::Result<Report> {
     let spec = Spec {
         addr: server.addr,
@@ -263,6 +370,7 @@ async fn measure(
         warmup: options.warmup,
         rate,
         http2: false,
+        sent,
     };
     let report = client::run(spec, pool.clone()).await?;
     if report.pool_exhausted {
@@ -289,30 +397,50 @@ pub async fn run(options: Options, repo: &Path, hookwall: &Path) -> anyhow::Resu
     );
     let pool = Arc::new(target.prepare(options.pool, options.body_bytes, "cmp")?);
 
-    let mut results: Vec<Vec<(Report, (u64, u64))>> =
-        scenarios.iter().map(|_| Vec::new()).collect();
+    let times = Arc::new(SendTimes::new(pool.len()));
+    let mut results: Vec<Vec<Run>> = scenarios.iter().map(|_| Vec::new()).collect();
     for round in 1..=options.rounds {
         for (i, scenario) in scenarios.iter().enumerate() {
-            let server = Server::start(scenario, hookwall)?;
+            let sink = match scenario.stages.deliver {
+                true => {
+                    times.clear();
+                    Some(sink::start(times.clone()).await?)
+                }
+                false => None,
+            };
+            let server = Server::start(scenario, hookwall, sink.as_ref().map(|s| s.addr))?;
             tokio::time::sleep(Duration::from_millis(300)).await;
             let idle = server.rss_kib().0;
-            let report = measure(&server, &target.path, &pool, &options, None).await?;
+            let sent = sink.as_ref().map(|_| times.clone());
+            let report = measure(&server, &target.path, &pool, &options, None, sent).await?;
+            let delivery = match &sink {
+                Some(sink) => Some(drain(sink, &report).await),
+                None => None,
+            };
             let peak = server.rss_kib().1;
             eprintln!(
-                "round {round}/{}: {:<30} {:>9.0} req/s  p99 {:>7.2} ms",
+                "round {round}/{}: {:<34} {:>9.0} req/s  p99 {:>7.2} ms{}",
                 options.rounds,
                 scenario.name,
                 report.requests_per_sec,
-                report.latency_us.p99 as f64 / 1000.0
+                report.latency_us.p99 as f64 / 1000.0,
+                delivery.map_or(String::new(), |d| format!(
+                    "  delivery p50 {:.2} ms p99 {:.2} ms, drained in {:.1} s",
+                    d.p50_ms, d.p99_ms, d.drain_s
+                )),
             );
-            results[i].push((report, (idle, peak)));
+            results[i].push(Run {
+                report,
+                rss_kib: (idle, peak),
+                delivery,
+            });
         }
     }
 
     let mut rows = Vec::new();
     let mut baseline_rps = 0.0;
     for (scenario, runs) in scenarios.iter().zip(&results) {
-        let rps: Vec<f64> = runs.iter().map(|(r, _)| r.requests_per_sec).collect();
+        let rps: Vec<f64> = runs.iter().map(|r| r.report.requests_per_sec).collect();
         let median_rps = median(&mut rps.clone());
         if scenario.config.is_none() {
             baseline_rps = median_rps;
@@ -321,7 +449,7 @@ pub async fn run(options: Options, repo: &Path, hookwall: &Path) -> anyhow::Resu
             median(
                 &mut runs
                     .iter()
-                    .map(|(r, _)| f(r) as f64 / 1000.0)
+                    .map(|r| f(&r.report) as f64 / 1000.0)
                     .collect::<Vec<_>>(),
             )
         };
@@ -335,11 +463,12 @@ pub async fn run(options: Options, repo: &Path, hookwall: &Path) -> anyhow::Resu
             },
             p50_ms: ms(&|r| r.latency_us.p50),
             p99_ms: ms(&|r| r.latency_us.p99),
-            idle_rss_mib: runs.iter().map(|(_, m)| m.0).max().unwrap_or(0) as f64 / 1024.0,
-            peak_rss_mib: runs.iter().map(|(_, m)| m.1).max().unwrap_or(0) as f64 / 1024.0,
+            idle_rss_mib: runs.iter().map(|r| r.rss_kib.0).max().unwrap_or(0) as f64 / 1024.0,
+            peak_rss_mib: runs.iter().map(|r| r.rss_kib.1).max().unwrap_or(0) as f64 / 1024.0,
+            delivery: median_delivery(runs),
             non_2xx: runs
                 .iter()
-                .map(|(r, _)| {
+                .map(|Run { report: r, .. }| {
                     r.errors
                         + r.statuses
                             .iter()
@@ -353,21 +482,42 @@ pub async fn run(options: Options, repo: &Path, hookwall: &Path) -> anyhow::Resu
     }
 
     // The full path again at half its own maximum, open loop, for the latency at a sane load.
-    let full = scenarios.len() - 1;
+    let full = scenarios
+        .iter()
+        .position(|s| s.name == FULL_PATH)
+        .expect("the full path is a scenario");
     let offered = rows[full].median_rps / 2.0;
-    let half_load = if offered > 0.0 {
-        let server = Server::start(&scenarios[full], hookwall)?;
-        let report = measure(&server, &target.path, &pool, &options, Some(offered)).await?;
-        Some(HalfLoad {
+    let mut half_load = Vec::new();
+    // The full path, and the full path with delivery, both at half the full path's maximum:
+    // ack latency, and event-to-delivery latency, at a load the server keeps up with.
+    for scenario in scenarios.iter().filter(|s| s.stages.fsync) {
+        if offered <= 0.0 {
+            break;
+        }
+        let sink = match scenario.stages.deliver {
+            true => {
+                times.clear();
+                Some(sink::start(times.clone()).await?)
+            }
+            false => None,
+        };
+        let server = Server::start(scenario, hookwall, sink.as_ref().map(|s| s.addr))?;
+        let sent = sink.as_ref().map(|_| times.clone());
+        let report = measure(&server, &target.path, &pool, &options, Some(offered), sent).await?;
+        let delivery = match &sink {
+            Some(sink) => Some(drain(sink, &report).await),
+            None => None,
+        };
+        half_load.push(HalfLoad {
+            scenario: scenario.name.to_string(),
             offered_rps: offered,
             achieved_rps: report.requests_per_sec,
             p50_ms: report.latency_us.p50 as f64 / 1000.0,
             p99_ms: report.latency_us.p99 as f64 / 1000.0,
             p999_ms: report.latency_us.p999 as f64 / 1000.0,
-        })
-    } else {
-        None
-    };
+            delivery,
+        });
+    }
     Ok(Comparison { rows, half_load })
 }
 
@@ -392,11 +542,26 @@ pub fn table(c: &Comparison, options: &Options) -> String {
             r.non_2xx
         ));
     }
-    if let Some(h) = &c.half_load {
+    for r in &c.rows {
+        if let Some(d) = &r.delivery {
+            out.push_str(&format!(
+                "\n{}: event-to-delivery (request sent → delivery received by the app) p50 {:.2} ms, p99 {:.2} ms; {:.2} deliveries per accepted request, last one {:.1} s after the load stopped\n",
+                r.scenario, d.p50_ms, d.p99_ms, d.delivered_ratio, d.drain_s
+            ));
+        }
+    }
+    for h in &c.half_load {
         out.push_str(&format!(
-            "\nFull path at 50 % of its max (open loop, {:.0} req/s offered, {:.0} achieved): p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms\n",
-            h.offered_rps, h.achieved_rps, h.p50_ms, h.p99_ms, h.p999_ms
+            "\n{} at 50 % of the full path's max (open loop, {:.0} req/s offered, {:.0} achieved): ack p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+            h.scenario, h.offered_rps, h.achieved_rps, h.p50_ms, h.p99_ms, h.p999_ms
         ));
+        if let Some(d) = &h.delivery {
+            out.push_str(&format!(
+                "; event-to-delivery p50 {:.2} ms, p99 {:.2} ms ({:.2} deliveries per accepted request)",
+                d.p50_ms, d.p99_ms, d.delivered_ratio
+            ));
+        }
+        out.push('\n');
     }
     out
 }

@@ -8,6 +8,7 @@ mod baseline;
 mod client;
 mod compare;
 mod pool;
+mod sink;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -78,7 +79,8 @@ enum Cmd {
         connections: usize,
         #[arg(long, default_value_t = 1024)]
         body_bytes: usize,
-        #[arg(long, default_value_t = 300_000)]
+        /// Pre-signed requests; a run that uses them all stops early (raise it on a fast machine).
+        #[arg(long, default_value_t = 600_000)]
         pool: usize,
         #[arg(long)]
         json: bool,
@@ -125,6 +127,7 @@ fn main() -> anyhow::Result<()> {
                 warmup,
                 rate,
                 http2,
+                sent: None,
             };
             let report = client_runtime()?.block_on(client::run(spec, requests))?;
             if json {
@@ -234,6 +237,7 @@ type = "stdout"
             warmup: Duration::from_millis(50),
             rate: None,
             http2: false,
+            sent: None,
         };
         let report = rt.block_on(client::run(spec, requests)).unwrap();
         assert!(report.requests > 0, "{report:?}");

@@ -171,8 +171,8 @@ pub struct StorageConfig {
     #[serde(default = "default_storage_path")]
     pub path: PathBuf,
     /// `fsync = true`: every commit reaches the disk before the sender hears 2xx. `false`
-    /// skips the fsync (much faster, but a crash can lose acknowledged events): for benchmarks
-    /// and development only.
+    /// makes commits durable lazily, at least once a second (faster, but a crash can lose the
+    /// last second of acknowledged events): for benchmarks and development only.
     #[serde(default = "default_true")]
     pub fsync: bool,
     /// `redis = "env:HOOKWALL_REDIS_URL"`: a `redis://` URL (a secret reference, since it may

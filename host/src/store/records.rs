@@ -44,6 +44,9 @@ pub struct EventRecord {
     pub path: String,
     pub query: String,
     pub headers: Vec<(String, String)>,
+    /// Encoded as one byte string (postcard writes the same bytes as for a `Vec<u8>`,
+    /// length then content, but without a call per byte).
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     pub status: EventStatus,
     /// Sequence numbers of this event's deliveries, assigned at commit.
@@ -106,6 +109,9 @@ pub struct DeliveryRecord {
     pub received_at_ms: u64,
     pub sink: String,
     pub headers: Vec<(String, String)>,
+    /// Encoded as one byte string (postcard writes the same bytes as for a `Vec<u8>`,
+    /// length then content, but without a call per byte).
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     pub priority: Priority,
     pub attempts: Vec<Attempt>,
@@ -136,4 +142,28 @@ pub(super) fn decode<T: DeserializeOwned>(
         what: what(),
         reason: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Serialize;
+
+    /// Stores written before bodies were encoded as byte strings must still decode.
+    #[test]
+    fn a_byte_string_body_encodes_like_the_old_byte_sequence() {
+        #[derive(Serialize)]
+        struct Old {
+            body: Vec<u8>,
+        }
+        #[derive(Serialize)]
+        struct New {
+            #[serde(with = "serde_bytes")]
+            body: Vec<u8>,
+        }
+        let body: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        assert_eq!(
+            postcard::to_stdvec(&Old { body: body.clone() }).unwrap(),
+            postcard::to_stdvec(&New { body }).unwrap()
+        );
+    }
 }

@@ -1,7 +1,13 @@
 //! The single writer: turns queued jobs into one redb transaction per batch (group commit).
+//!
+//! With `fsync = false` commits skip the fsync, but not forever: the writer makes the state
+//! durable at least every [`LAZY_SYNC_INTERVAL`] (and when it stops). Without that, a crash
+//! would roll the store back to the last durable commit, possibly the start of the process,
+//! and redb, which frees pages only at durable commits, would keep growing the file.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
@@ -19,6 +25,8 @@ use super::{
 
 /// Jobs folded into one transaction at most; bounds the latency of the first job in a batch.
 const MAX_BATCH: usize = 512;
+/// With `fsync = false`, the longest a commit stays non-durable (what a crash can lose).
+pub(super) const LAZY_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 pub(super) enum Op {
     Accept(Box<NewEvent>, Option<DedupeMark>),
@@ -111,7 +119,40 @@ fn run(
     gauges: &Gauges,
     fsync: bool,
 ) {
-    while let Some(first) = rx.blocking_recv() {
+    // Only to wait for the next job with a timeout while a lazy sync is due.
+    let timer = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            tracing::warn!(error = %e, "no timer for lazy syncs: every commit is made durable");
+            None
+        }
+    };
+    let fsync = fsync || timer.is_none();
+    // When the oldest commit that is not yet durable was made.
+    let mut unsynced_since: Option<Instant> = None;
+    loop {
+        let first = match (unsynced_since, &timer) {
+            (Some(since), Some(timer)) => {
+                let left = LAZY_SYNC_INTERVAL.saturating_sub(since.elapsed());
+                // The timeout is built inside `block_on`: it needs the runtime's timer.
+                match timer.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
+                    Ok(job) => job,
+                    Err(_) => {
+                        if sync(db) {
+                            unsynced_since = None;
+                        }
+                        continue;
+                    }
+                }
+            }
+            _ => rx.blocking_recv(),
+        };
+        let Some(first) = first else {
+            break;
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -123,13 +164,19 @@ fn run(
         let mut touched = BTreeSet::new();
         let seq_before = next_seq;
         // The last commit before stopping is always durable, so `fsync = false` loses data
-        // only on a crash.
-        let durable = fsync || stop;
+        // only on a crash, and then at most LAZY_SYNC_INTERVAL of it.
+        let durable =
+            fsync || stop || unsynced_since.is_some_and(|s| s.elapsed() >= LAZY_SYNC_INTERVAL);
         gauges.commit_started();
         let committed = commit(db, &batch, &mut next_seq, &mut touched, durable);
         gauges.commit_ended(committed.as_ref().ok().map(|(_, pending)| *pending));
         match committed {
             Ok((replies, _)) => {
+                if durable {
+                    unsynced_since = None;
+                } else {
+                    unsynced_since.get_or_insert_with(Instant::now);
+                }
                 for (job, reply) in batch.into_iter().zip(replies) {
                     let _ = job.reply.send(Ok(reply));
                 }
@@ -154,6 +201,23 @@ fn run(
             return;
         }
     }
+    // Every handle is gone without a Stop: still leave the store durable.
+    if unsynced_since.is_some() {
+        sync(db);
+    }
+}
+
+/// Makes every earlier non-durable commit durable (an empty durable commit); false if it failed.
+fn sync(db: &Database) -> bool {
+    let commit = || -> Result<(), redb::Error> {
+        db.begin_write()?.commit()?;
+        Ok(())
+    };
+    let result = commit();
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "store sync failed");
+    }
+    result.is_ok()
 }
 
 fn commit(
