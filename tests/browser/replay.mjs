@@ -43,9 +43,18 @@ try {
   const before = await event.getAttribute("data-status");
   await page.screenshot({ path: join(artifacts, "1-dead-letter.png"), fullPage: true });
 
-  await letter.locator("button.replay").click();
-  await page.locator(`#events tr[data-event-id="${eventId}"][data-status="delivered"]`)
-    .waitFor({ timeout: 20000 });
+  // The tables are re-rendered on every refresh; on a loaded machine a click can land on a row
+  // that is being replaced and be lost. An operator would click again: so do we, up to 3 times.
+  const delivered = page.locator(`#events tr[data-event-id="${eventId}"][data-status="delivered"]`);
+  for (let attempt = 1; ; attempt++) {
+    await letter.locator("button.replay").click();
+    try {
+      await delivered.waitFor({ timeout: 10000 });
+      break;
+    } catch (e) {
+      if (attempt >= 3 || (await letter.count()) === 0) throw e;
+    }
+  }
   await letter.waitFor({ state: "detached", timeout: 10000 });
   const message = await page.locator("#message").textContent();
   await page.screenshot({ path: join(artifacts, "2-delivered.png"), fullPage: true });
