@@ -358,22 +358,17 @@ fn mutual_tls_refuses_clients_without_a_certificate_from_the_client_ca() {
     std::fs::write(dir.path().join("client.key"), &good.key_pem).unwrap();
     std::fs::write(dir.path().join("event.json"), body).unwrap();
     let d = dir.path();
-    let out = std::process::Command::new(BIN)
-        .args(["send", "--source", "demo", "--id", "mtls-cli", "--config"])
-        .arg(&hw.config_path)
-        .arg("--ca-cert")
-        .arg(d.join("server-ca.pem"))
-        .arg("--client-cert")
-        .arg(d.join("client.pem"))
-        .arg("--client-key")
-        .arg(d.join("client.key"))
-        .arg(d.join("event.json"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    hookwall_testkit::run_ok(
+        std::process::Command::new(BIN)
+            .args(["send", "--source", "demo", "--id", "mtls-cli", "--config"])
+            .arg(&hw.config_path)
+            .arg("--ca-cert")
+            .arg(d.join("server-ca.pem"))
+            .arg("--client-cert")
+            .arg(d.join("client.pem"))
+            .arg("--client-key")
+            .arg(d.join("client.key"))
+            .arg(d.join("event.json")),
     );
     assert!(!hw.log().contains("panicked"));
 }

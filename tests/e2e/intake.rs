@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use hookwall_testkit::{Hookwall, RedisServer, Reply, read_jsonl, sign_sha256_hex, wait_for};
 use serde_json::{Value, json};
 
-use crate::{BIN, SECRET, workdir};
+use crate::{BIN, SECRET, hmac_source, workdir};
 
 /// How long deliveries of a few hundred events may take to reach a file sink.
 const DELIVERY_WAIT: Duration = Duration::from_secs(30);
@@ -41,15 +41,7 @@ retry = {{ max_attempts = 100, initial = "50ms", max_delay = "200ms" }}
 
 /// `[sources.NAME]` at `/hooks/NAME` with HMAC (id in `X-Event-Id`) and `extra` lines.
 fn signed_source(name: &str, extra: &str) -> String {
-    format!(
-        r#"
-[sources.{name}]
-path = "/hooks/{name}"
-verify = {{ scheme = "hmac", header = "X-Signature", prefix = "sha256=", secrets = ["{SECRET}"], id_header = "X-Event-Id" }}
-sinks = ["out"]
-{extra}
-"#
-    )
+    format!("{}{extra}\n", hmac_source(name, "", "out"))
 }
 
 /// `[sources.NAME]` at `/hooks/NAME` without verification and with `extra` lines.

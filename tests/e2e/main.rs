@@ -74,17 +74,23 @@ path = "other.jsonl"
 "#
     );
     for (name, plugins) in sources {
-        text.push_str(&format!(
-            r#"
+        text.push_str(&hmac_source(name, plugins, "orders"));
+    }
+    text
+}
+
+/// `[sources.NAME]` at `/hooks/NAME`: HMAC-SHA256 with [`SECRET`] in `X-Signature`, the id in
+/// `X-Event-Id`, running `plugins` (TOML list items, e.g. `"\"p\""`) and routing to `sink`.
+pub fn hmac_source(name: &str, plugins: &str, sink: &str) -> String {
+    format!(
+        r#"
 [sources.{name}]
 path = "/hooks/{name}"
 verify = {{ scheme = "hmac", header = "X-Signature", prefix = "sha256=", secrets = ["{SECRET}"], id_header = "X-Event-Id" }}
 plugins = [{plugins}]
-sinks = ["orders"]
+sinks = ["{sink}"]
 "#
-        ));
-    }
-    text
+    )
 }
 
 pub fn post_signed(

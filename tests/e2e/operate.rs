@@ -6,24 +6,14 @@ use std::time::Duration;
 use hookwall_testkit::{Hookwall, Reply, http, read_jsonl, sign_sha256_hex, wait_for, wasm};
 use serde_json::json;
 
-use crate::{BIN, SECRET, post_signed, workdir};
+use crate::{BIN, hmac_source, post_signed, workdir};
 
 pub const TOKEN: &str = "admin-token-for-tests";
 
 /// Sources: `demo` (no plugins), `broken` (the `fail` plugin), `panicky` (the `panic` plugin),
 /// all to the `orders` file sink. `admin_extra` goes into `[admin]`.
 pub fn operate_config(admin_extra: &str, extra: &str) -> String {
-    let source = |name: &str, plugins: &str| {
-        format!(
-            r#"
-[sources.{name}]
-path = "/hooks/{name}"
-verify = {{ scheme = "hmac", header = "X-Signature", prefix = "sha256=", secrets = ["{SECRET}"], id_header = "X-Event-Id" }}
-plugins = [{plugins}]
-sinks = ["orders"]
-"#
-        )
-    };
+    let source = |name: &str, plugins: &str| hmac_source(name, plugins, "orders");
     format!(
         r#"
 [server]

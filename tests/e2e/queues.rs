@@ -8,7 +8,7 @@ use std::time::Duration;
 use hookwall_testkit::{Hookwall, NatsServer, RedisServer, StreamEntry, wait_for};
 use serde_json::json;
 
-use crate::{BIN, SECRET, post_signed, workdir};
+use crate::{BIN, hmac_source, post_signed, workdir};
 
 fn queue_config(sink: &str) -> String {
     format!(
@@ -26,12 +26,8 @@ listen = "{{admin}}"
 [sinks.q]
 {sink}
 retry = {{ max_attempts = 100, initial = "50ms", max_delay = "500ms" }}
-
-[sources.shop]
-path = "/hooks/shop"
-verify = {{ scheme = "hmac", header = "X-Signature", prefix = "sha256=", secrets = ["{SECRET}"], id_header = "X-Event-Id" }}
-sinks = ["q"]
-"#
+{}"#,
+        hmac_source("shop", "", "q")
     )
 }
 
