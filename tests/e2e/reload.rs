@@ -269,23 +269,33 @@ fn calls_header(dir: &Path, n: usize) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn pooled_instances_are_reused_and_a_trapped_one_is_discarded() {
+/// Source `demo` running the `statics` plugin, with `plugins/statics.toml` = `manifest` if given.
+fn start_statics(manifest: Option<&str>) -> (tempfile::TempDir, Hookwall) {
     let dir = workdir(&[("statics", wasm::STATICS)]);
-    std::fs::write(
-        dir.path().join("plugins/statics.toml"),
-        "instances = \"pooled\"\npool_size = 1\n",
-    )
-    .unwrap();
+    if let Some(manifest) = manifest {
+        std::fs::write(dir.path().join("plugins/statics.toml"), manifest).unwrap();
+    }
     let hw = Hookwall::start(BIN, dir.path(), &config(&[("demo", "\"statics\"")], ""));
-    assert_eq!(plugin_status(&hw, "statics")["instances"], "pooled");
+    (dir, hw)
+}
+
+/// Sends events `PREFIX-0` .. `PREFIX-2` (each acknowledged with a 200): the plugin's call
+/// counts they were delivered with.
+fn post_three(hw: &Hookwall, dir: &Path, prefix: &str) -> Vec<String> {
     for i in 0..3 {
         assert_eq!(
-            post_signed(&hw, "demo", &format!("p-{i}"), &json!({})).status,
+            post_signed(hw, "demo", &format!("{prefix}-{i}"), &json!({})).status,
             200
         );
     }
-    assert_eq!(calls_header(dir.path(), 3), ["1", "2", "3"]);
+    calls_header(dir, 3)
+}
+
+#[test]
+fn pooled_instances_are_reused_and_a_trapped_one_is_discarded() {
+    let (dir, hw) = start_statics(Some("instances = \"pooled\"\npool_size = 1\n"));
+    assert_eq!(plugin_status(&hw, "statics")["instances"], "pooled");
+    assert_eq!(post_three(&hw, dir.path(), "p"), ["1", "2", "3"]);
     assert_eq!(
         post_signed(&hw, "demo", "boom", &json!({"panic": true})).status,
         202
@@ -301,16 +311,9 @@ fn pooled_instances_are_reused_and_a_trapped_one_is_discarded() {
 
 #[test]
 fn fresh_instances_share_nothing_between_events() {
-    let dir = workdir(&[("statics", wasm::STATICS)]);
-    let hw = Hookwall::start(BIN, dir.path(), &config(&[("demo", "\"statics\"")], ""));
+    let (dir, hw) = start_statics(None);
     assert_eq!(plugin_status(&hw, "statics")["instances"], "fresh");
-    for i in 0..3 {
-        assert_eq!(
-            post_signed(&hw, "demo", &format!("f-{i}"), &json!({})).status,
-            200
-        );
-    }
-    assert_eq!(calls_header(dir.path(), 3), ["1", "1", "1"]);
+    assert_eq!(post_three(&hw, dir.path(), "f"), ["1", "1", "1"]);
 }
 
 #[test]
