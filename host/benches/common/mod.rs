@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use hookwall::config::Config;
+use hookwall::plugin::Event;
 
 pub const SECRET: &str = "bench-secret";
 
@@ -34,6 +35,21 @@ paused = true
         list.join(", ")
     );
     Config::parse(&text, dir).unwrap()
+}
+
+/// A POST of `body` to the `bench` source as a plugin sees it (JSON content type, id `evt-1`).
+#[allow(dead_code)] // each bench compiles this module; not all of them call plugins
+pub fn plugin_event(body: Vec<u8>) -> Event {
+    Event {
+        id: "evt-1".into(),
+        source: "bench".into(),
+        received_at_ms: 0,
+        method: "POST".into(),
+        path: "/hooks/bench".into(),
+        query: String::new(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        body,
+    }
 }
 
 /// A 1 KiB JSON body.
