@@ -8,7 +8,7 @@ use hookwall_testkit::upstream::{Answer, Upstream, standard_webhooks_valid};
 use hookwall_testkit::{Hookwall, wait_for, wasm};
 use serde_json::{Value, json};
 
-use crate::{BIN, SECRET, hmac_source, post_signed, workdir};
+use crate::{BIN, SECRET, base_config, hmac_source, post_signed, workdir};
 
 /// The `app` sink's signing key (Standard Webhooks form).
 const SINK_SECRET: &str = "whsec_aG9va3dhbGwtc2luay10ZXN0LWtleS0zMi1ieXRlcyE=";
@@ -16,21 +16,7 @@ const SINK_SECRET: &str = "whsec_aG9va3dhbGwtc2luay10ZXN0LWtleS0zMi1ieXRlcyE=";
 /// One HMAC source `shop` (plugins `plugins`) routing to the http sink `app` at `url`.
 pub fn http_config(url: &str, sink_extra: &str, plugins: &str) -> String {
     format!(
-        r#"
-[server]
-listen = "{{listen}}"
-shutdown_grace = "2s"
-
-[storage]
-path = "data"
-
-[plugins]
-dir = "plugins"
-deadline = "200ms"
-
-[admin]
-listen = "{{admin}}"
-
+        r#"{}
 [sinks.app]
 type = "http"
 url = "{url}"
@@ -38,6 +24,7 @@ secret = "{SINK_SECRET}"
 headers = {{ "x-tenant" = "acme" }}
 {sink_extra}
 {}"#,
+        base_config("", "", Some("deadline = \"200ms\""), ""),
         hmac_source("shop", plugins, "app")
     )
 }

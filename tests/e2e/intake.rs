@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use hookwall_testkit::{Hookwall, RedisServer, Reply, read_jsonl, sign_sha256_hex, wait_for};
 use serde_json::{Value, json};
 
-use crate::{BIN, SECRET, hmac_source, workdir};
+use crate::{BIN, SECRET, base_config, hmac_source, workdir};
 
 /// How long deliveries of a few hundred events may take to reach a file sink.
 const DELIVERY_WAIT: Duration = Duration::from_secs(30);
@@ -17,25 +17,14 @@ const DELIVERY_WAIT: Duration = Duration::from_secs(30);
 /// Server, storage, admin and one file sink `out` (at `sink_path`), then `sources`.
 fn config(server_extra: &str, storage_extra: &str, sink_path: &str, sources: &str) -> String {
     format!(
-        r#"
-[server]
-listen = "{{listen}}"
-shutdown_grace = "2s"
-{server_extra}
-
-[storage]
-path = "data"
-{storage_extra}
-
-[admin]
-listen = "{{admin}}"
-
+        r#"{}
 [sinks.out]
 type = "file"
 path = "{sink_path}"
 retry = {{ max_attempts = 100, initial = "50ms", max_delay = "200ms" }}
 {sources}
-"#
+"#,
+        base_config(server_extra, storage_extra, None, "")
     )
 }
 

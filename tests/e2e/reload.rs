@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use hookwall_testkit::{Hookwall, read_jsonl, sign_sha256_hex, wait_for, wasm};
+use hookwall_testkit::{
+    Hookwall, plugin_test, read_jsonl, run_ok, sign_sha256_hex, wait_for, wasm,
+};
 use serde_json::json;
 
 use crate::{BIN, SECRET, config, post_signed, stored, workdir};
@@ -197,17 +199,12 @@ fn a_broken_plugin_keeps_the_previous_version_and_says_why() {
     assert_eq!(read_jsonl(&orders)[0]["headers"]["x-echo-config"], "none");
 
     // The CLI shows the same, through the admin API.
-    let out = Command::new(BIN)
-        .args(["plugins", "--config"])
-        .arg(&hw.config_path)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new(BIN)
+            .args(["plugins", "--config"])
+            .arg(&hw.config_path),
     );
+    let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("not a valid component"), "{text}");
 }
 
@@ -343,21 +340,7 @@ fn plugin_test_runs_a_plugin_once_and_prints_its_action() {
     std::fs::copy(wasm::RUST_ROUTER, &plugin).unwrap();
     let event = dir.path().join("event.json");
     std::fs::write(&event, br#"{"id":"o-1","type":"order.created"}"#).unwrap();
-    let out = Command::new(BIN)
-        .args(["plugin", "test"])
-        .arg(&plugin)
-        .arg("--event")
-        .arg(&event)
-        .args(["--config", "orders_sink=fills"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let action: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let action = plugin_test(BIN, &plugin, &event, &["orders_sink=fills"]);
     assert_eq!(action["action"], "forward");
     assert_eq!(action["deliveries"][0]["sink"], "fills");
     assert_eq!(action["deliveries"][0]["body"]["id"], "o-1");

@@ -44,14 +44,15 @@ pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
 }
 
 /// Runs `cmd` to completion and asserts it exited successfully (the failure message is its
-/// stderr); returns its output.
+/// stdout and stderr); returns its output.
 pub fn run_ok(cmd: &mut Command) -> std::process::Output {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("run {:?}: {e}", cmd.get_program()));
     assert!(
         out.status.success(),
-        "{}",
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     out
