@@ -10,6 +10,16 @@ pub const SECRET: &str = "bench-secret";
 /// A config with one HMAC source `bench` running `plugins` (copied from the test kit's
 /// builds), with a paused file sink so nothing is delivered while measuring.
 pub fn config(dir: &Path, plugins: &[(&str, &str)], fsync: bool) -> Config {
+    config_with(dir, plugins, fsync, "")
+}
+
+/// [`config`] with `source_extra` lines in the `bench` source.
+pub fn config_with(
+    dir: &Path,
+    plugins: &[(&str, &str)],
+    fsync: bool,
+    source_extra: &str,
+) -> Config {
     std::fs::create_dir_all(dir.join("plugins")).unwrap();
     for (name, built) in plugins {
         std::fs::copy(built, dir.join("plugins").join(format!("{name}.wasm"))).unwrap();
@@ -26,6 +36,7 @@ path = "/hooks/bench"
 verify = {{ scheme = "hmac", header = "X-Signature", prefix = "sha256=", secrets = ["{SECRET}"] }}
 plugins = [{}]
 sinks = ["bench"]
+{source_extra}
 
 [sinks.bench]
 type = "file"
