@@ -197,7 +197,7 @@ fn duplicates_are_recognised_after_a_crash_and_marks_expire() {
 fn without_fsync_a_crash_loses_at_most_the_last_second() {
     // `fsync = false` skips the fsync per commit, but the writer still makes the store durable
     // within a second: events acknowledged well before a kill -9 survive it.
-    let (dir, mut hw) = start("", "fsync = false", "out.jsonl", &open_source("lazy", ""));
+    let (_dir, mut hw) = start("", "fsync = false", "out.jsonl", &open_source("lazy", ""));
     let ids: Vec<String> = (0..20)
         .map(|n| {
             let r = post_open(&hw, "lazy", &json!({"n": n})).json();
@@ -222,7 +222,7 @@ fn without_fsync_a_crash_loses_at_most_the_last_second() {
 
 #[test]
 fn over_the_rate_limit_is_429_with_retry_after_and_bad_signatures_spend_nothing() {
-    let (dir, hw) = start(
+    let (_dir, hw) = start(
         "",
         "",
         "out.jsonl",

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hookwall_testkit::{Hookwall, RedisServer, read_jsonl, wait_for, wasm};
