@@ -7,7 +7,7 @@
 //! round trips included) and 64 in flight (throughput, where round trips overlap and commits
 //! are grouped). Compare the `checks` rows with `baseline` for the ratio.
 
-// Shared with the other benches; this one uses only the secret and the body.
+// Shared with the other benches; this one uses only the config, the secret and the body.
 #[allow(dead_code)]
 mod common;
 
@@ -38,26 +38,7 @@ rate_limit = { rate = "1000000/s", burst = 1000000, by = "client_ip" }"#
     } else {
         ""
     };
-    let text = format!(
-        r#"
-[storage]
-path = "data"
-fsync = {fsync}
-
-[sources.bench]
-path = "/hooks/bench"
-verify = {{ scheme = "hmac", header = "X-Signature", prefix = "sha256=", secrets = ["{}"] }}
-sinks = ["bench"]
-{intake}
-
-[sinks.bench]
-type = "file"
-path = "events.jsonl"
-paused = true
-"#,
-        common::SECRET
-    );
-    Config::parse(&text, dir).unwrap()
+    common::config_with(dir, &[], fsync, intake)
 }
 
 fn bench(c: &mut Criterion) {

@@ -13,16 +13,7 @@ use hookwall::plugin::{Event, PluginHost};
 use hookwall_testkit::wasm;
 
 fn event() -> Event {
-    Event {
-        id: "evt-1".into(),
-        source: "bench".into(),
-        received_at_ms: 0,
-        method: "POST".into(),
-        path: "/hooks/bench".into(),
-        query: String::new(),
-        headers: vec![("content-type".into(), "application/json".into())],
-        body: common::body_1k(),
-    }
+    common::plugin_event(common::body_1k())
 }
 
 fn percentiles(host: &PluginHost, name: &str) {

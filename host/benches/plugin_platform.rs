@@ -12,24 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hookwall::config::Secret;
-use hookwall::plugin::{Event, PluginHost, PluginKv};
+use hookwall::plugin::{PluginHost, PluginKv};
 use hookwall::store::Store;
 use hookwall::store::redis::SharedRedis;
 use hookwall::store::redis_kv::RedisKv;
 use hookwall_testkit::{RedisServer, guests, wasm};
-
-fn event(body: Vec<u8>) -> Event {
-    Event {
-        id: "evt-1".into(),
-        source: "bench".into(),
-        received_at_ms: 0,
-        method: "POST".into(),
-        path: "/hooks/bench".into(),
-        query: String::new(),
-        headers: vec![("content-type".into(), "application/json".into())],
-        body,
-    }
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -109,7 +96,7 @@ fn call_costs() {
             let host = PluginHost::load(&config, None).unwrap();
             let set = host.plugins();
             let plugin = set.get(name).unwrap();
-            let event = event(common::body_1k());
+            let event = common::plugin_event(common::body_1k());
             for _ in 0..calls / 10 {
                 host.call(plugin, &event).unwrap();
             }
@@ -186,7 +173,7 @@ fn kv_costs() {
         let accept = |i: usize| {
             let body =
                 format!(r#"{{"type":"order.accepted","order_id":"{name}-{i}","seq":1,"qty":1}}"#);
-            event(body.into_bytes())
+            common::plugin_event(body.into_bytes())
         };
         for i in 0..100 {
             host.call(plugin, &accept(i)).unwrap();

@@ -305,15 +305,10 @@ default = "other"
 #[test]
 fn bundled_plugins_are_committed_up_to_date() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let out = std::process::Command::new("bash")
-        .arg(root.join("plugins/build.sh"))
-        .arg("--sources-hash")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = hookwall_testkit::run_ok(
+        std::process::Command::new("bash")
+            .arg(root.join("plugins/build.sh"))
+            .arg("--sources-hash"),
     );
     let recorded =
         std::fs::read_to_string(root.join("plugins/built-from.sha256")).unwrap_or_default();

@@ -8,7 +8,7 @@ use hookwall_testkit::upstream::{Answer, Upstream, standard_webhooks_valid};
 use hookwall_testkit::{Hookwall, wait_for, wasm};
 use serde_json::{Value, json};
 
-use crate::{BIN, SECRET, post_signed, workdir};
+use crate::{BIN, SECRET, base_config, hmac_source, post_signed, workdir};
 
 /// The `app` sink's signing key (Standard Webhooks form).
 const SINK_SECRET: &str = "whsec_aG9va3dhbGwtc2luay10ZXN0LWtleS0zMi1ieXRlcyE=";
@@ -16,34 +16,16 @@ const SINK_SECRET: &str = "whsec_aG9va3dhbGwtc2luay10ZXN0LWtleS0zMi1ieXRlcyE=";
 /// One HMAC source `shop` (plugins `plugins`) routing to the http sink `app` at `url`.
 pub fn http_config(url: &str, sink_extra: &str, plugins: &str) -> String {
     format!(
-        r#"
-[server]
-listen = "{{listen}}"
-shutdown_grace = "2s"
-
-[storage]
-path = "data"
-
-[plugins]
-dir = "plugins"
-deadline = "200ms"
-
-[admin]
-listen = "{{admin}}"
-
+        r#"{}
 [sinks.app]
 type = "http"
 url = "{url}"
 secret = "{SINK_SECRET}"
 headers = {{ "x-tenant" = "acme" }}
 {sink_extra}
-
-[sources.shop]
-path = "/hooks/shop"
-verify = {{ scheme = "hmac", header = "X-Signature", prefix = "sha256=", secrets = ["{SECRET}"], id_header = "X-Event-Id" }}
-plugins = [{plugins}]
-sinks = ["app"]
-"#
+{}"#,
+        base_config("", "", Some("deadline = \"200ms\""), ""),
+        hmac_source("shop", plugins, "app")
     )
 }
 
@@ -54,26 +36,59 @@ fn dead_letters(hw: &Hookwall) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// Hookwall (no plugins) delivering to `up` through the http sink `app` with `sink_extra`.
+fn start_for(up: &Upstream, sink_extra: &str) -> (tempfile::TempDir, Hookwall) {
+    let dir = workdir(&[]);
+    let hw = Hookwall::start(BIN, dir.path(), &http_config(&up.url(), sink_extra, ""));
+    (dir, hw)
+}
+
+/// Quick retries, for the tests that watch one failure and its retry.
+const FAST_RETRY: &str = "retry = { initial = \"50ms\", max_delay = \"100ms\" }";
+
+/// POSTs one signed event to the `shop` source and asserts it is acknowledged with a 200.
+fn post_ok(hw: &Hookwall, id: &str, body: &Value) {
+    assert_eq!(post_signed(hw, "shop", id, body).status, 200, "event {id}");
+}
+
+/// `post_ok` for events `PREFIX-0` .. `PREFIX-(n-1)`, each with the body `{"i": i}`.
+fn post_numbered(hw: &Hookwall, prefix: &str, n: usize) {
+    for i in 0..n {
+        post_ok(hw, &format!("{prefix}-{i}"), &json!({"i": i}));
+    }
+}
+
+/// Waits up to `secs` seconds for the upstream to have accepted exactly `n` requests.
+fn await_accepted(up: &Upstream, n: usize, secs: u64) {
+    assert!(
+        wait_for(Duration::from_secs(secs), || up.accepted().len() == n),
+        "{} accepted, want {n}",
+        up.accepted().len()
+    );
+}
+
+/// Waits up to 10 s for exactly `n` dead letters.
+fn await_dead_letters(hw: &Hookwall, n: usize) {
+    assert!(
+        wait_for(Duration::from_secs(10), || dead_letters(hw).len() == n),
+        "want {n} dead letters"
+    );
+}
+
+/// Pauses (`true`) or resumes (`false`) the `app` sink through the admin API.
+fn pause_app(hw: &Hookwall, pause: bool) -> hookwall_testkit::Reply {
+    let verb = if pause { "pause" } else { "resume" };
+    hw.admin_post(&format!("/api/v1/sinks/app/{verb}"), &json!({}))
+}
+
 #[test]
 fn a_delivery_is_signed_with_the_sinks_key_and_carries_a_stable_id() {
     let up = Upstream::start();
-    let dir = workdir(&[]);
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &http_config(
-            &up.url(),
-            "retry = { initial = \"50ms\", max_delay = \"100ms\" }",
-            "",
-        ),
-    );
+    let (_dir, hw) = start_for(&up, FAST_RETRY);
     // One failure first, so the id can be compared across attempts.
     up.script([Answer::Status(500, None)]);
-    assert_eq!(
-        post_signed(&hw, "shop", "evt-1", &json!({"n": 1})).status,
-        200
-    );
-    assert!(wait_for(Duration::from_secs(10), || up.accepted().len() == 1));
+    post_ok(&hw, "evt-1", &json!({"n": 1}));
+    await_accepted(&up, 1, 10);
     let got = up.received();
     assert_eq!(got.len(), 2, "one failure, one success");
     let ok = &got[1];
@@ -104,17 +119,9 @@ fn a_delivery_is_signed_with_the_sinks_key_and_carries_a_stable_id() {
 #[test]
 fn http2_prior_knowledge_is_spoken_when_configured() {
     let up = Upstream::start();
-    let dir = workdir(&[]);
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &http_config(&up.url(), "http2 = \"prior-knowledge\"", ""),
-    );
-    assert_eq!(
-        post_signed(&hw, "shop", "h2-1", &json!({"n": 1})).status,
-        200
-    );
-    assert!(wait_for(Duration::from_secs(10), || up.accepted().len() == 1));
+    let (_dir, hw) = start_for(&up, "http2 = \"prior-knowledge\"");
+    post_ok(&hw, "h2-1", &json!({"n": 1}));
+    await_accepted(&up, 1, 10);
     assert_eq!(up.received()[0].version, "HTTP/2.0");
 }
 
@@ -122,23 +129,9 @@ fn http2_prior_knowledge_is_spoken_when_configured() {
 fn a_400_is_dead_lettered_at_once_with_its_attempt() {
     let up = Upstream::start();
     up.answer(Answer::Status(400, None));
-    let dir = workdir(&[]);
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &http_config(
-            &up.url(),
-            "retry = { initial = \"50ms\", max_delay = \"100ms\" }",
-            "",
-        ),
-    );
-    assert_eq!(
-        post_signed(&hw, "shop", "bad-1", &json!({"n": 1})).status,
-        200
-    );
-    assert!(wait_for(Duration::from_secs(10), || dead_letters(&hw)
-        .len()
-        == 1));
+    let (_dir, hw) = start_for(&up, FAST_RETRY);
+    post_ok(&hw, "bad-1", &json!({"n": 1}));
+    await_dead_letters(&hw, 1);
     // Long enough for several retries at 50 ms had it been retried.
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(up.count(), 1, "a 400 is not retried");
@@ -165,7 +158,7 @@ fn a_400_is_dead_lettered_at_once_with_its_attempt() {
     let (ok, out, err) = hw.cli(&["dlq", "replay", "--sink", "app"]);
     assert!(ok, "{err}");
     assert!(out.contains("replayed 1"), "{out}");
-    assert!(wait_for(Duration::from_secs(10), || up.accepted().len() == 1));
+    await_accepted(&up, 1, 10);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(up.accepted().len(), 1, "delivered once");
     assert_eq!(up.accepted()[0].header("webhook-id"), Some("bad-1:app:0"));
@@ -181,21 +174,9 @@ fn a_400_is_dead_lettered_at_once_with_its_attempt() {
 fn retry_after_is_honoured() {
     let up = Upstream::start();
     up.script([Answer::Status(429, Some(2)), Answer::Status(503, Some(1))]);
-    let dir = workdir(&[]);
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &http_config(
-            &up.url(),
-            "retry = { initial = \"50ms\", max_delay = \"100ms\" }",
-            "",
-        ),
-    );
-    assert_eq!(
-        post_signed(&hw, "shop", "ra-1", &json!({"n": 1})).status,
-        200
-    );
-    assert!(wait_for(Duration::from_secs(15), || up.accepted().len() == 1));
+    let (_dir, hw) = start_for(&up, FAST_RETRY);
+    post_ok(&hw, "ra-1", &json!({"n": 1}));
+    await_accepted(&up, 1, 15);
     let got = up.received();
     assert_eq!(got.len(), 3);
     let gap1 = got[1].at - got[0].at;
@@ -210,20 +191,8 @@ fn retry_after_is_honoured() {
 fn a_stalled_upstream_times_out_and_is_retried() {
     let up = Upstream::start();
     up.script([Answer::Stall(Duration::from_secs(3))]);
-    let dir = workdir(&[]);
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &http_config(
-            &up.url(),
-            "timeout = \"500ms\"\nretry = { initial = \"50ms\", max_delay = \"100ms\" }",
-            "",
-        ),
-    );
-    assert_eq!(
-        post_signed(&hw, "shop", "st-1", &json!({"n": 1})).status,
-        200
-    );
+    let (_dir, hw) = start_for(&up, &format!("timeout = \"500ms\"\n{FAST_RETRY}"));
+    post_ok(&hw, "st-1", &json!({"n": 1}));
     assert!(wait_for(Duration::from_secs(15), || {
         hw.admin_get("/api/v1/events/st-1").json()["deliveries"][0]["state"] == "delivered"
     }));
@@ -265,7 +234,7 @@ fn a_failing_plugin_fixed_then_replayed_is_delivered_once() {
         post_signed(&hw, "shop", &format!("probe-{probes}"), &json!({})).status == 200
     }));
     let failed_probes = probes - 1;
-    assert!(wait_for(Duration::from_secs(10), || up.accepted().len() == 1));
+    await_accepted(&up, 1, 10);
     let seq = dead_letters(&hw)
         .iter()
         .find(|l| l["event_id"] == "pf-0")
@@ -280,7 +249,7 @@ fn a_failing_plugin_fixed_then_replayed_is_delivered_once() {
         "{out}{err}"
     );
     let total = 4 + failed_probes;
-    assert!(wait_for(Duration::from_secs(10), || up.accepted().len() == total));
+    await_accepted(&up, total, 10);
     std::thread::sleep(Duration::from_millis(300));
     let ids: Vec<String> = up
         .accepted()
@@ -314,12 +283,9 @@ fn a_failing_plugin_fixed_then_replayed_is_delivered_once() {
 fn purge_pause_and_resume() {
     let up = Upstream::start();
     up.answer(Answer::Status(404, None));
-    let dir = workdir(&[]);
-    let hw = Hookwall::start(BIN, dir.path(), &http_config(&up.url(), "", ""));
-    assert_eq!(post_signed(&hw, "shop", "pg-1", &json!({})).status, 200);
-    assert!(wait_for(Duration::from_secs(10), || dead_letters(&hw)
-        .len()
-        == 1));
+    let (_dir, hw) = start_for(&up, "");
+    post_ok(&hw, "pg-1", &json!({}));
+    await_dead_letters(&hw, 1);
     let bad = hw.admin_post(
         "/api/v1/dead-letters/purge",
         &json!({"seq": 1, "all": true}),
@@ -335,13 +301,13 @@ fn purge_pause_and_resume() {
     );
 
     up.answer(Answer::Status(200, None));
-    let r = hw.admin_post("/api/v1/sinks/app/pause", &json!({}));
+    let r = pause_app(&hw, true);
     assert_eq!(r.json(), json!({"sink": "app", "paused": true}));
-    assert_eq!(post_signed(&hw, "shop", "pg-2", &json!({})).status, 200);
+    post_ok(&hw, "pg-2", &json!({}));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(up.accepted().len(), 0, "a paused sink sends nothing");
-    hw.admin_post("/api/v1/sinks/app/resume", &json!({}));
-    assert!(wait_for(Duration::from_secs(10), || up.accepted().len() == 1));
+    pause_app(&hw, false);
+    await_accepted(&up, 1, 10);
     assert_eq!(
         hw.admin_post("/api/v1/sinks/nope/pause", &json!({})).status,
         404
@@ -356,12 +322,10 @@ fn retention_prunes_delivered_events_and_keeps_dead_letters() {
     let text = http_config(&up.url(), "", "")
         .replace("path = \"data\"", "path = \"data\"\nretention = \"1s\"");
     let hw = Hookwall::start(BIN, dir.path(), &text);
-    assert_eq!(post_signed(&hw, "shop", "kept", &json!({})).status, 200);
-    assert!(wait_for(Duration::from_secs(10), || dead_letters(&hw)
-        .len()
-        == 1));
-    assert_eq!(post_signed(&hw, "shop", "pruned", &json!({})).status, 200);
-    assert!(wait_for(Duration::from_secs(10), || up.accepted().len() == 1));
+    post_ok(&hw, "kept", &json!({}));
+    await_dead_letters(&hw, 1);
+    post_ok(&hw, "pruned", &json!({}));
+    await_accepted(&up, 1, 10);
     assert!(
         wait_for(Duration::from_secs(10), || hw
             .admin_get("/api/v1/events/pruned")
@@ -379,16 +343,10 @@ fn retention_prunes_delivered_events_and_keeps_dead_letters() {
 fn an_outage_under_steady_load_delivers_everything_after_recovery() {
     let mut up = Upstream::start();
     up.answer(Answer::Status(503, None));
-    let dir = workdir(&[]);
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &http_config(
-            &up.url(),
-            // The breaker off: this test watches the backoff alone (the breaker has its own).
-            "circuit = { failures = 0 }\nretry = { max_attempts = 1000, initial = \"100ms\", max_delay = \"5s\" }",
-            "",
-        ),
+    let (_dir, hw) = start_for(
+        &up,
+        // The breaker off: this test watches the backoff alone (the breaker has its own).
+        "circuit = { failures = 0 }\nretry = { max_attempts = 1000, initial = \"100ms\", max_delay = \"5s\" }",
     );
     let start = Instant::now();
     let outage = Duration::from_secs(30);
@@ -473,15 +431,9 @@ fn post_event(addr: std::net::SocketAddr, id: &str) -> bool {
 fn a_crash_mid_run_loses_no_acknowledged_event() {
     let up = Upstream::start();
     up.answer(Answer::FailEvery(7));
-    let dir = workdir(&[]);
-    let mut hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &http_config(
-            &up.url(),
-            "retry = { max_attempts = 1000, initial = \"20ms\", max_delay = \"200ms\" }",
-            "",
-        ),
+    let (_dir, mut hw) = start_for(
+        &up,
+        "retry = { max_attempts = 1000, initial = \"20ms\", max_delay = \"200ms\" }",
     );
     const SENDERS: usize = 4;
     const PER_SENDER: usize = 600;
@@ -560,16 +512,10 @@ fn per_key_order_holds_under_concurrency() {
     let up = Upstream::start();
     up.answer(Answer::FailEvery(4));
     up.delay(Duration::from_millis(20));
-    let dir = workdir(&[]);
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &http_config(
-            &up.url(),
-            "concurrency = 8\norder_key = \"json:/order_id\"\ncircuit = { failures = 0 }\n\
+    let (_dir, hw) = start_for(
+        &up,
+        "concurrency = 8\norder_key = \"json:/order_id\"\ncircuit = { failures = 0 }\n\
              retry = { max_attempts = 100, initial = \"30ms\", max_delay = \"200ms\" }",
-            "",
-        ),
     );
     const ORDERS: usize = 6;
     const STEPS: usize = 10;
@@ -619,23 +565,12 @@ fn per_key_order_holds_under_concurrency() {
 fn the_circuit_opens_on_a_dead_app_and_closes_after_a_probe() {
     let up = Upstream::start();
     up.answer(Answer::Status(503, None));
-    let dir = workdir(&[]);
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &http_config(
-            &up.url(),
-            "concurrency = 4\ncircuit = { failures = 3, cooldown = \"1s\", max_cooldown = \"1s\" }\n\
+    let (_dir, hw) = start_for(
+        &up,
+        "concurrency = 4\ncircuit = { failures = 3, cooldown = \"1s\", max_cooldown = \"1s\" }\n\
              retry = { max_attempts = 1000, initial = \"10ms\", max_delay = \"20ms\" }",
-            "",
-        ),
     );
-    for i in 0..40 {
-        assert_eq!(
-            post_signed(&hw, "shop", &format!("cb-{i}"), &json!({"i": i})).status,
-            200
-        );
-    }
+    post_numbered(&hw, "cb", 40);
     let sink = || hw.admin_get("/api/v1/sinks").json()["sinks"][0].clone();
     assert!(wait_for(Duration::from_secs(10), || sink()["circuit_open"] == true));
     let at_open = up.count();
@@ -645,29 +580,21 @@ fn the_circuit_opens_on_a_dead_app_and_closes_after_a_probe() {
     let during = up.count() - at_open;
     assert!(during <= 6, "{during} requests while the circuit was open");
     up.answer(Answer::Status(200, None));
-    assert!(wait_for(Duration::from_secs(10), || up.accepted().len() == 40));
+    await_accepted(&up, 40, 10);
     assert_eq!(sink()["circuit_open"], false);
 }
 
 #[test]
 fn a_sink_rate_spaces_deliveries() {
     let up = Upstream::start();
-    let dir = workdir(&[]);
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &http_config(&up.url(), "rate = \"10/s\"", ""),
-    );
-    hw.admin_post("/api/v1/sinks/app/pause", &json!({}));
+    let (_dir, hw) = start_for(&up, "rate = \"10/s\"");
+    pause_app(&hw, true);
     for i in 0..30 {
-        assert_eq!(
-            post_signed(&hw, "shop", &format!("rt-{i}"), &json!({})).status,
-            200
-        );
+        post_ok(&hw, &format!("rt-{i}"), &json!({}));
     }
     let started = Instant::now();
-    hw.admin_post("/api/v1/sinks/app/resume", &json!({}));
-    assert!(wait_for(Duration::from_secs(20), || up.accepted().len() == 30));
+    pause_app(&hw, false);
+    await_accepted(&up, 30, 20);
     // A burst of 10, then 10/s: the other 20 take about 2 s.
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(1700), "{took:?}");
@@ -676,20 +603,10 @@ fn a_sink_rate_spaces_deliveries() {
 #[test]
 fn batches_go_as_one_request_with_the_documented_envelope() {
     let up = Upstream::start();
-    let dir = workdir(&[]);
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &http_config(&up.url(), "batch = { max_events = 5 }\nconcurrency = 1", ""),
-    );
-    hw.admin_post("/api/v1/sinks/app/pause", &json!({}));
-    for i in 0..12 {
-        assert_eq!(
-            post_signed(&hw, "shop", &format!("b-{i}"), &json!({"i": i})).status,
-            200
-        );
-    }
-    hw.admin_post("/api/v1/sinks/app/resume", &json!({}));
+    let (_dir, hw) = start_for(&up, "batch = { max_events = 5 }\nconcurrency = 1");
+    pause_app(&hw, true);
+    post_numbered(&hw, "b", 12);
+    pause_app(&hw, false);
     assert!(wait_for(Duration::from_secs(10), || {
         up.accepted()
             .iter()
@@ -709,13 +626,6 @@ fn batches_go_as_one_request_with_the_documented_envelope() {
     assert_eq!(item["source"], "shop");
 }
 
-/// Hookwall (no plugins) delivering to `up` through the http sink `app` with `sink_extra`.
-fn start_for(up: &Upstream, sink_extra: &str) -> (tempfile::TempDir, Hookwall) {
-    let dir = workdir(&[]);
-    let hw = Hookwall::start(BIN, dir.path(), &http_config(&up.url(), sink_extra, ""));
-    (dir, hw)
-}
-
 /// Deliveries in one upstream request: the batch's length, or 1 for a single delivery.
 fn deliveries_in(r: &hookwall_testkit::upstream::Received) -> usize {
     serde_json::from_slice::<Value>(&r.body)
@@ -732,12 +642,7 @@ fn max_wait_gathers_a_trickle_into_fewer_requests() {
     let (_dir, hw) = start_for(&up, "batch = { max_events = 50, max_wait = \"2s\" }");
     // A trickle: ten events one by one, each acknowledged before the next is sent.
     let n = 10;
-    for i in 0..n {
-        assert_eq!(
-            post_signed(&hw, "shop", &format!("w-{i}"), &json!({"i": i})).status,
-            200
-        );
-    }
+    post_numbered(&hw, "w", n);
     let delivered = || up.accepted().iter().map(deliveries_in).sum::<usize>();
     assert!(wait_for(Duration::from_secs(20), || delivered() == n));
     let requests = up.accepted().len();
@@ -759,10 +664,7 @@ fn max_wait_gathers_a_trickle_into_fewer_requests() {
     // A lone event is not stranded: it goes once its max_wait is over.
     let before = up.accepted().len();
     let sent = Instant::now();
-    assert_eq!(
-        post_signed(&hw, "shop", "w-lone", &json!({"lone": true})).status,
-        200
-    );
+    post_ok(&hw, "w-lone", &json!({"lone": true}));
     assert!(wait_for(Duration::from_secs(20), || up.accepted().len() > before));
     let lone = up.accepted()[before].clone();
     assert_eq!(lone.header("webhook-id"), Some("w-lone:app:0"));
@@ -781,14 +683,9 @@ fn a_full_batch_does_not_wait_for_max_wait() {
         &up,
         "batch = { max_events = 5, max_wait = \"10m\" }\nconcurrency = 1",
     );
-    for i in 0..5 {
-        assert_eq!(
-            post_signed(&hw, "shop", &format!("f-{i}"), &json!({"i": i})).status,
-            200
-        );
-    }
+    post_numbered(&hw, "f", 5);
     // Far sooner than the 10 minutes a partial batch would wait.
-    assert!(wait_for(Duration::from_secs(30), || up.accepted().len() == 1));
+    await_accepted(&up, 1, 30);
     let batch = &up.accepted()[0];
     assert_eq!(deliveries_in(batch), 5);
     assert_eq!(batch.header("webhook-id"), Some("batch:f-0:app:0+5"));

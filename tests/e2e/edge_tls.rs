@@ -93,6 +93,17 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// [`tls_post`] of `body` as event `id` to the `demo` source, run to completion on `rt`.
+fn post_demo(
+    rt: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    id: &str,
+    body: &[u8],
+) -> Result<TlsReply, String> {
+    rt.block_on(tls_post(addr, config, "/hooks/demo", id, body))
+}
+
 /// What one TLS request saw.
 #[derive(Debug)]
 pub struct TlsReply {
@@ -188,31 +199,16 @@ fn tls_serves_http2_and_http11_and_send_works_over_https() {
     let rt = runtime();
     let body = br#"{"type":"order.created","n":1}"#;
 
-    let h2 = rt
-        .block_on(tls_post(
-            hw.addr,
-            ca.client(b"h2", None),
-            "/hooks/demo",
-            "tls-h2",
-            body,
-        ))
-        .unwrap();
-    assert_eq!(h2.status, 200, "{:?}", h2.body);
-    assert_eq!(h2.version, http::Version::HTTP_2);
-    assert_eq!(h2.alpn.as_deref(), Some(&b"h2"[..]));
-
-    let h1 = rt
-        .block_on(tls_post(
-            hw.addr,
-            ca.client(b"http/1.1", None),
-            "/hooks/demo",
-            "tls-h1",
-            body,
-        ))
-        .unwrap();
-    assert_eq!(h1.status, 200, "{:?}", h1.body);
-    assert_eq!(h1.version, http::Version::HTTP_11);
-    assert_eq!(h1.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    // Each protocol offered alone is the one spoken.
+    for (alpn, id, version) in [
+        (&b"h2"[..], "tls-h2", http::Version::HTTP_2),
+        (&b"http/1.1"[..], "tls-h1", http::Version::HTTP_11),
+    ] {
+        let reply = post_demo(&rt, hw.addr, ca.client(alpn, None), id, body).unwrap();
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        assert_eq!(reply.version, version);
+        assert_eq!(reply.alpn.as_deref(), Some(alpn));
+    }
 
     // Plain HTTP on a TLS port gets no answer.
     assert!(
@@ -261,15 +257,7 @@ fn tls_certificate_rotates_without_restart_and_a_bad_pair_keeps_the_old_one() {
     let rt = runtime();
     let body = br#"{"n":1}"#;
     let seen = |id: &str| {
-        let reply = rt
-            .block_on(tls_post(
-                hw.addr,
-                ca.client(b"http/1.1", None),
-                "/hooks/demo",
-                id,
-                body,
-            ))
-            .unwrap();
+        let reply = post_demo(&rt, hw.addr, ca.client(b"http/1.1", None), id, body).unwrap();
         assert_eq!(reply.status, 200);
         reply.peer_cert
     };
@@ -332,13 +320,13 @@ fn mutual_tls_refuses_clients_without_a_certificate_from_the_client_ca() {
     let rt = runtime();
     let body = br#"{"n":1}"#;
     let post = |identity: Option<&Leaf>, id: &str| {
-        rt.block_on(tls_post(
+        post_demo(
+            &rt,
             hw.addr,
             server_ca.client(b"http/1.1", identity),
-            "/hooks/demo",
             id,
             body,
-        ))
+        )
     };
     let without = post(None, "mtls-none");
     assert!(without.is_err(), "no client certificate: {without:?}");
@@ -358,22 +346,17 @@ fn mutual_tls_refuses_clients_without_a_certificate_from_the_client_ca() {
     std::fs::write(dir.path().join("client.key"), &good.key_pem).unwrap();
     std::fs::write(dir.path().join("event.json"), body).unwrap();
     let d = dir.path();
-    let out = std::process::Command::new(BIN)
-        .args(["send", "--source", "demo", "--id", "mtls-cli", "--config"])
-        .arg(&hw.config_path)
-        .arg("--ca-cert")
-        .arg(d.join("server-ca.pem"))
-        .arg("--client-cert")
-        .arg(d.join("client.pem"))
-        .arg("--client-key")
-        .arg(d.join("client.key"))
-        .arg(d.join("event.json"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    hookwall_testkit::run_ok(
+        std::process::Command::new(BIN)
+            .args(["send", "--source", "demo", "--id", "mtls-cli", "--config"])
+            .arg(&hw.config_path)
+            .arg("--ca-cert")
+            .arg(d.join("server-ca.pem"))
+            .arg("--client-cert")
+            .arg(d.join("client.pem"))
+            .arg("--client-key")
+            .arg(d.join("client.key"))
+            .arg(d.join("event.json")),
     );
     assert!(!hw.log().contains("panicked"));
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use hookwall_testkit::{Hookwall, RedisServer, Reply, read_jsonl, sign_sha256_hex, wait_for};
 use serde_json::{Value, json};
 
-use crate::{BIN, SECRET, workdir};
+use crate::{BIN, SECRET, base_config, hmac_source, workdir};
 
 /// How long deliveries of a few hundred events may take to reach a file sink.
 const DELIVERY_WAIT: Duration = Duration::from_secs(30);
@@ -17,39 +17,36 @@ const DELIVERY_WAIT: Duration = Duration::from_secs(30);
 /// Server, storage, admin and one file sink `out` (at `sink_path`), then `sources`.
 fn config(server_extra: &str, storage_extra: &str, sink_path: &str, sources: &str) -> String {
     format!(
-        r#"
-[server]
-listen = "{{listen}}"
-shutdown_grace = "2s"
-{server_extra}
-
-[storage]
-path = "data"
-{storage_extra}
-
-[admin]
-listen = "{{admin}}"
-
+        r#"{}
 [sinks.out]
 type = "file"
 path = "{sink_path}"
 retry = {{ max_attempts = 100, initial = "50ms", max_delay = "200ms" }}
 {sources}
-"#
+"#,
+        base_config(server_extra, storage_extra, None, "")
     )
+}
+
+/// Hookwall in a fresh work dir (no plugins) with [`config`]`(ARGS…)`.
+fn start(
+    server_extra: &str,
+    storage_extra: &str,
+    sink_path: &str,
+    sources: &str,
+) -> (tempfile::TempDir, Hookwall) {
+    let dir = workdir(&[]);
+    let hw = Hookwall::start(
+        BIN,
+        dir.path(),
+        &config(server_extra, storage_extra, sink_path, sources),
+    );
+    (dir, hw)
 }
 
 /// `[sources.NAME]` at `/hooks/NAME` with HMAC (id in `X-Event-Id`) and `extra` lines.
 fn signed_source(name: &str, extra: &str) -> String {
-    format!(
-        r#"
-[sources.{name}]
-path = "/hooks/{name}"
-verify = {{ scheme = "hmac", header = "X-Signature", prefix = "sha256=", secrets = ["{SECRET}"], id_header = "X-Event-Id" }}
-sinks = ["out"]
-{extra}
-"#
-    )
+    format!("{}{extra}\n", hmac_source(name, "", "out"))
 }
 
 /// `[sources.NAME]` at `/hooks/NAME` without verification and with `extra` lines.
@@ -109,18 +106,13 @@ fn retry_after(r: &Reply) -> u64 {
 
 #[test]
 fn parallel_copies_of_one_event_are_stored_and_delivered_once() {
-    let dir = workdir(&[]);
     // Body hash as the key: every copy gets its own generated id, so only the dedupe mark
     // (committed with the event) can make them one event.
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &config(
-            "",
-            "",
-            "out.jsonl",
-            &open_source("hash", r#"dedupe = { key = "body-sha256" }"#),
-        ),
+    let (dir, hw) = start(
+        "",
+        "",
+        "out.jsonl",
+        &open_source("hash", r#"dedupe = { key = "body-sha256" }"#),
     );
     const COPIES: usize = 200;
     let body = json!({"type": "order.created", "order": 42});
@@ -163,7 +155,6 @@ fn parallel_copies_of_one_event_are_stored_and_delivered_once() {
 
 #[test]
 fn duplicates_are_recognised_after_a_crash_and_marks_expire() {
-    let dir = workdir(&[]);
     let sources = format!(
         "{}{}",
         open_source("hash", r#"dedupe = { key = "json:/delivery" }"#),
@@ -172,7 +163,7 @@ fn duplicates_are_recognised_after_a_crash_and_marks_expire() {
             r#"dedupe = { key = "json:/delivery", ttl = "1s" }"#
         ),
     );
-    let mut hw = Hookwall::start(BIN, dir.path(), &config("", "", "out.jsonl", &sources));
+    let (dir, mut hw) = start("", "", "out.jsonl", &sources);
     let first = post_open(&hw, "hash", &json!({"delivery": "d-1", "n": 1})).json();
     assert_eq!(first["status"], "accepted");
 
@@ -206,12 +197,7 @@ fn duplicates_are_recognised_after_a_crash_and_marks_expire() {
 fn without_fsync_a_crash_loses_at_most_the_last_second() {
     // `fsync = false` skips the fsync per commit, but the writer still makes the store durable
     // within a second: events acknowledged well before a kill -9 survive it.
-    let dir = workdir(&[]);
-    let mut hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &config("", "fsync = false", "out.jsonl", &open_source("lazy", "")),
-    );
+    let (_dir, mut hw) = start("", "fsync = false", "out.jsonl", &open_source("lazy", ""));
     let ids: Vec<String> = (0..20)
         .map(|n| {
             let r = post_open(&hw, "lazy", &json!({"n": n})).json();
@@ -236,18 +222,13 @@ fn without_fsync_a_crash_loses_at_most_the_last_second() {
 
 #[test]
 fn over_the_rate_limit_is_429_with_retry_after_and_bad_signatures_spend_nothing() {
-    let dir = workdir(&[]);
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &config(
-            "",
-            "",
-            "out.jsonl",
-            &signed_source(
-                "demo",
-                r#"rate_limit = { rate = "1/m", burst = 2, by = "client_ip" }"#,
-            ),
+    let (_dir, hw) = start(
+        "",
+        "",
+        "out.jsonl",
+        &signed_source(
+            "demo",
+            r#"rate_limit = { rate = "1/m", burst = 2, by = "client_ip" }"#,
         ),
     );
     // Unauthenticated requests are refused before the limiter: they cost no budget.
@@ -278,17 +259,12 @@ fn over_the_rate_limit_is_429_with_retry_after_and_bad_signatures_spend_nothing(
 
 #[test]
 fn overload_sheds_new_events_with_503_and_keeps_every_accepted_one() {
-    let dir = workdir(&[]);
     // The sink's directory does not exist yet: deliveries pile up as pending retries.
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &config(
-            "overload = { max_pending = 3 }",
-            "",
-            "later/out.jsonl",
-            &signed_source("demo", ""),
-        ),
+    let (dir, hw) = start(
+        "overload = { max_pending = 3 }",
+        "",
+        "later/out.jsonl",
+        &signed_source("demo", ""),
     );
     for i in 0..3 {
         let r = post_signed(&hw, "demo", &format!("e-{i}"), &json!({"n": i}));
@@ -367,17 +343,8 @@ fn two_replicas_on_one_redis_share_dedupe_and_one_rate_limit() {
             &format!(r#"rate_limit = {{ rate = "{RATE}/s", burst = {BURST} }}"#)
         ),
     );
-    let (dir_a, dir_b) = (workdir(&[]), workdir(&[]));
-    let a = Hookwall::start(
-        BIN,
-        dir_a.path(),
-        &config("", &storage, "out.jsonl", &sources),
-    );
-    let b = Hookwall::start(
-        BIN,
-        dir_b.path(),
-        &config("", &storage, "out.jsonl", &sources),
-    );
+    let (dir_a, a) = start("", &storage, "out.jsonl", &sources);
+    let (dir_b, b) = start("", &storage, "out.jsonl", &sources);
 
     // 1000 distinct events, each sent twice at once, the two copies to different replicas.
     const EVENTS: usize = 1000;
@@ -482,12 +449,7 @@ fn a_redis_outage_follows_each_policy_and_loses_no_acknowledged_event() {
             r#"dedupe = { key = "scheme", on_redis_error = "fail_closed" }"#
         ),
     );
-    let dir = workdir(&[]);
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &config("", &storage, "out.jsonl", &sources),
-    );
+    let (dir, hw) = start("", &storage, "out.jsonl", &sources);
     let mut acknowledged = HashSet::new();
     let mut send = |source: &str, id: &str| {
         let r = post_signed(&hw, source, id, &json!({"id": id}));

@@ -109,15 +109,10 @@ fn warm_compile_cache(name: &str, wasm: &Path, manifest: &Path, workdir: &Path) 
         ),
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(warm.join("hookwall.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    hookwall_testkit::run_ok(
+        Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(warm.join("hookwall.toml")),
     );
     std::fs::create_dir_all(workdir.join("data")).unwrap();
     let copy = Command::new("cp")

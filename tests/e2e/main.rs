@@ -44,24 +44,14 @@ pub fn workdir(plugins: &[(&str, &str)]) -> tempfile::TempDir {
 /// A config with one HMAC source per entry of `sources` (`name`, `plugins`), every source
 /// routing to the file sinks `orders` and `other` in the work dir.
 pub fn config(sources: &[(&str, &str)], extra: &str) -> String {
+    let base = base_config(
+        "max_body_bytes = 4096",
+        "",
+        Some("deadline = \"100ms\"\nmax_memory_bytes = 8388608"),
+        "",
+    );
     let mut text = format!(
-        r#"
-[server]
-listen = "{{listen}}"
-max_body_bytes = 4096
-shutdown_grace = "2s"
-
-[storage]
-path = "data"
-
-[plugins]
-dir = "plugins"
-deadline = "100ms"
-max_memory_bytes = 8388608
-
-[admin]
-listen = "{{admin}}"
-
+        r#"{base}
 [sinks.orders]
 type = "file"
 path = "orders.jsonl"
@@ -74,17 +64,54 @@ path = "other.jsonl"
 "#
     );
     for (name, plugins) in sources {
-        text.push_str(&format!(
-            r#"
+        text.push_str(&hmac_source(name, plugins, "orders"));
+    }
+    text
+}
+
+/// The sections every e2e config starts with, each followed by its `*_extra` lines: `[server]`
+/// on the harness's `{listen}` with a 2 s shutdown grace, `[storage]` in `data`, `[plugins]`
+/// from `plugins/` with the `plugins` lines (no such section when `None`), `[admin]` on the
+/// harness's `{admin}`.
+pub fn base_config(
+    server_extra: &str,
+    storage_extra: &str,
+    plugins: Option<&str>,
+    admin_extra: &str,
+) -> String {
+    let plugins = plugins
+        .map(|lines| format!("\n[plugins]\ndir = \"plugins\"\n{lines}\n"))
+        .unwrap_or_default();
+    format!(
+        r#"
+[server]
+listen = "{{listen}}"
+shutdown_grace = "2s"
+{server_extra}
+
+[storage]
+path = "data"
+{storage_extra}
+{plugins}
+[admin]
+listen = "{{admin}}"
+{admin_extra}
+"#
+    )
+}
+
+/// `[sources.NAME]` at `/hooks/NAME`: HMAC-SHA256 with [`SECRET`] in `X-Signature`, the id in
+/// `X-Event-Id`, running `plugins` (TOML list items, e.g. `"\"p\""`) and routing to `sink`.
+pub fn hmac_source(name: &str, plugins: &str, sink: &str) -> String {
+    format!(
+        r#"
 [sources.{name}]
 path = "/hooks/{name}"
 verify = {{ scheme = "hmac", header = "X-Signature", prefix = "sha256=", secrets = ["{SECRET}"], id_header = "X-Event-Id" }}
 plugins = [{plugins}]
-sinks = ["orders"]
+sinks = ["{sink}"]
 "#
-        ));
-    }
-    text
+    )
 }
 
 pub fn post_signed(

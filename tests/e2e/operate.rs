@@ -6,43 +6,22 @@ use std::time::Duration;
 use hookwall_testkit::{Hookwall, Reply, http, read_jsonl, sign_sha256_hex, wait_for, wasm};
 use serde_json::json;
 
-use crate::{BIN, SECRET, post_signed, workdir};
+use crate::{BIN, base_config, hmac_source, post_signed, workdir};
 
 pub const TOKEN: &str = "admin-token-for-tests";
 
 /// Sources: `demo` (no plugins), `broken` (the `fail` plugin), `panicky` (the `panic` plugin),
 /// all to the `orders` file sink. `admin_extra` goes into `[admin]`.
 pub fn operate_config(admin_extra: &str, extra: &str) -> String {
-    let source = |name: &str, plugins: &str| {
-        format!(
-            r#"
-[sources.{name}]
-path = "/hooks/{name}"
-verify = {{ scheme = "hmac", header = "X-Signature", prefix = "sha256=", secrets = ["{SECRET}"], id_header = "X-Event-Id" }}
-plugins = [{plugins}]
-sinks = ["orders"]
-"#
-        )
-    };
+    let source = |name: &str, plugins: &str| hmac_source(name, plugins, "orders");
+    let base = base_config(
+        "max_body_bytes = 4096",
+        "",
+        Some("deadline = \"200ms\""),
+        &format!("token = \"file:admin.token\"\n{admin_extra}"),
+    );
     format!(
-        r#"
-[server]
-listen = "{{listen}}"
-max_body_bytes = 4096
-shutdown_grace = "2s"
-
-[storage]
-path = "data"
-
-[plugins]
-dir = "plugins"
-deadline = "200ms"
-
-[admin]
-listen = "{{admin}}"
-token = "file:admin.token"
-{admin_extra}
-
+        r#"{base}
 [sinks.orders]
 type = "file"
 path = "orders.jsonl"

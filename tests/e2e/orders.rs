@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hookwall_testkit::{Hookwall, RedisServer, read_jsonl, wait_for, wasm};
@@ -435,21 +434,7 @@ fn plugin_test(event: &Value, values: &[&str]) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("event.json");
     std::fs::write(&file, event.to_string()).unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.args(["plugin", "test"])
-        .arg(wasm::ORDER_LIFECYCLE)
-        .arg("--event")
-        .arg(&file);
-    for v in values {
-        cmd.args(["--config", v]);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    hookwall_testkit::plugin_test(BIN, Path::new(wasm::ORDER_LIFECYCLE), &file, values)
 }
 
 /// `margin.alert` leaves with high priority (shown by `hookwall plugin test`, which prints

@@ -8,30 +8,17 @@ use std::time::Duration;
 use hookwall_testkit::{Hookwall, NatsServer, RedisServer, StreamEntry, wait_for};
 use serde_json::json;
 
-use crate::{BIN, SECRET, post_signed, workdir};
+use crate::{BIN, base_config, hmac_source, post_signed, workdir};
 
 fn queue_config(sink: &str) -> String {
     format!(
-        r#"
-[server]
-listen = "{{listen}}"
-shutdown_grace = "2s"
-
-[storage]
-path = "data"
-
-[admin]
-listen = "{{admin}}"
-
+        r#"{}
 [sinks.q]
 {sink}
 retry = {{ max_attempts = 100, initial = "50ms", max_delay = "500ms" }}
-
-[sources.shop]
-path = "/hooks/shop"
-verify = {{ scheme = "hmac", header = "X-Signature", prefix = "sha256=", secrets = ["{SECRET}"], id_header = "X-Event-Id" }}
-sinks = ["q"]
-"#
+{}"#,
+        base_config("", "", None, ""),
+        hmac_source("shop", "", "q")
     )
 }
 

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use hookwall_testkit::{Hookwall, read_jsonl, sign_sha256_hex, wait_for, wasm};
+use hookwall_testkit::{
+    Hookwall, plugin_test, read_jsonl, run_ok, sign_sha256_hex, wait_for, wasm,
+};
 use serde_json::json;
 
 use crate::{BIN, SECRET, config, post_signed, stored, workdir};
@@ -197,17 +199,12 @@ fn a_broken_plugin_keeps_the_previous_version_and_says_why() {
     assert_eq!(read_jsonl(&orders)[0]["headers"]["x-echo-config"], "none");
 
     // The CLI shows the same, through the admin API.
-    let out = Command::new(BIN)
-        .args(["plugins", "--config"])
-        .arg(&hw.config_path)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new(BIN)
+            .args(["plugins", "--config"])
+            .arg(&hw.config_path),
     );
+    let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("not a valid component"), "{text}");
 }
 
@@ -269,23 +266,33 @@ fn calls_header(dir: &Path, n: usize) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn pooled_instances_are_reused_and_a_trapped_one_is_discarded() {
+/// Source `demo` running the `statics` plugin, with `plugins/statics.toml` = `manifest` if given.
+fn start_statics(manifest: Option<&str>) -> (tempfile::TempDir, Hookwall) {
     let dir = workdir(&[("statics", wasm::STATICS)]);
-    std::fs::write(
-        dir.path().join("plugins/statics.toml"),
-        "instances = \"pooled\"\npool_size = 1\n",
-    )
-    .unwrap();
+    if let Some(manifest) = manifest {
+        std::fs::write(dir.path().join("plugins/statics.toml"), manifest).unwrap();
+    }
     let hw = Hookwall::start(BIN, dir.path(), &config(&[("demo", "\"statics\"")], ""));
-    assert_eq!(plugin_status(&hw, "statics")["instances"], "pooled");
+    (dir, hw)
+}
+
+/// Sends events `PREFIX-0` .. `PREFIX-2` (each acknowledged with a 200): the plugin's call
+/// counts they were delivered with.
+fn post_three(hw: &Hookwall, dir: &Path, prefix: &str) -> Vec<String> {
     for i in 0..3 {
         assert_eq!(
-            post_signed(&hw, "demo", &format!("p-{i}"), &json!({})).status,
+            post_signed(hw, "demo", &format!("{prefix}-{i}"), &json!({})).status,
             200
         );
     }
-    assert_eq!(calls_header(dir.path(), 3), ["1", "2", "3"]);
+    calls_header(dir, 3)
+}
+
+#[test]
+fn pooled_instances_are_reused_and_a_trapped_one_is_discarded() {
+    let (dir, hw) = start_statics(Some("instances = \"pooled\"\npool_size = 1\n"));
+    assert_eq!(plugin_status(&hw, "statics")["instances"], "pooled");
+    assert_eq!(post_three(&hw, dir.path(), "p"), ["1", "2", "3"]);
     assert_eq!(
         post_signed(&hw, "demo", "boom", &json!({"panic": true})).status,
         202
@@ -301,16 +308,9 @@ fn pooled_instances_are_reused_and_a_trapped_one_is_discarded() {
 
 #[test]
 fn fresh_instances_share_nothing_between_events() {
-    let dir = workdir(&[("statics", wasm::STATICS)]);
-    let hw = Hookwall::start(BIN, dir.path(), &config(&[("demo", "\"statics\"")], ""));
+    let (dir, hw) = start_statics(None);
     assert_eq!(plugin_status(&hw, "statics")["instances"], "fresh");
-    for i in 0..3 {
-        assert_eq!(
-            post_signed(&hw, "demo", &format!("f-{i}"), &json!({})).status,
-            200
-        );
-    }
-    assert_eq!(calls_header(dir.path(), 3), ["1", "1", "1"]);
+    assert_eq!(post_three(&hw, dir.path(), "f"), ["1", "1", "1"]);
 }
 
 #[test]
@@ -340,21 +340,7 @@ fn plugin_test_runs_a_plugin_once_and_prints_its_action() {
     std::fs::copy(wasm::RUST_ROUTER, &plugin).unwrap();
     let event = dir.path().join("event.json");
     std::fs::write(&event, br#"{"id":"o-1","type":"order.created"}"#).unwrap();
-    let out = Command::new(BIN)
-        .args(["plugin", "test"])
-        .arg(&plugin)
-        .arg("--event")
-        .arg(&event)
-        .args(["--config", "orders_sink=fills"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let action: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let action = plugin_test(BIN, &plugin, &event, &["orders_sink=fills"]);
     assert_eq!(action["action"], "forward");
     assert_eq!(action["deliveries"][0]["sink"], "fills");
     assert_eq!(action["deliveries"][0]["body"]["id"], "o-1");

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use hookwall_testkit::{plugin_test, run_ok};
 use serde_json::Value;
 
 use crate::BIN;
@@ -12,15 +13,10 @@ use crate::BIN;
 fn a_scaffolded_rust_plugin_builds_and_runs() {
     let work = tempfile::tempdir().unwrap();
     let project = work.path().join("tagger");
-    let out = Command::new(BIN)
-        .args(["plugin", "new", "tagger", "--lang", "rust", "--dir"])
-        .arg(&project)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new(BIN)
+            .args(["plugin", "new", "tagger", "--lang", "rust", "--dir"])
+            .arg(&project),
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("build.sh"));
 
@@ -50,21 +46,12 @@ fn a_scaffolded_rust_plugin_builds_and_runs() {
 
     let run = |event: &str, config: &[&str]| -> Value {
         std::fs::write(work.path().join("e.json"), event).unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["plugin", "test"])
-            .arg(project.join("tagger.wasm"))
-            .arg("--event")
-            .arg(work.path().join("e.json"));
-        for c in config {
-            cmd.args(["--config", c]);
-        }
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        plugin_test(
+            BIN,
+            &project.join("tagger.wasm"),
+            &work.path().join("e.json"),
+            config,
+        )
     };
     // The sample event it ships with.
     let sample = std::fs::read_to_string(project.join("event.json")).unwrap();
@@ -90,15 +77,10 @@ fn js_and_python_scaffolds_are_complete() {
     for lang in ["js", "python"] {
         let work = tempfile::tempdir().unwrap();
         let project = work.path().join("p");
-        let out = Command::new(BIN)
-            .args(["plugin", "new", "p", "--lang", lang, "--dir"])
-            .arg(&project)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            Command::new(BIN)
+                .args(["plugin", "new", "p", "--lang", lang, "--dir"])
+                .arg(&project),
         );
         let manifest = std::fs::read_to_string(project.join("p.toml")).unwrap();
         assert!(manifest.contains("instances = \"pooled\""), "{manifest}");

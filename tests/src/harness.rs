@@ -43,6 +43,36 @@ pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Runs `cmd` to completion and asserts it exited successfully (the failure message is its
+/// stdout and stderr); returns its output.
+pub fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("run {:?}: {e}", cmd.get_program()));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `BIN plugin test WASM --event EVENT_FILE --config C…`, asserted to succeed: the action the
+/// plugin returned, as JSON.
+pub fn plugin_test(bin: &str, wasm: &Path, event_file: &Path, config: &[&str]) -> Value {
+    let mut cmd = Command::new(bin);
+    cmd.args(["plugin", "test"])
+        .arg(wasm)
+        .arg("--event")
+        .arg(event_file);
+    for c in config {
+        cmd.args(["--config", c]);
+    }
+    let out = run_ok(&mut cmd);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// The JSON lines of a file sink (empty when the file does not exist yet).
 pub fn read_jsonl(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)

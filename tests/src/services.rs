@@ -33,6 +33,21 @@ impl Drop for Guard {
     }
 }
 
+/// Starts the server binary `name` (found by [`find_binary`]) with the arguments `args` adds,
+/// its output discarded; it is killed when the guard drops.
+fn spawn_server(name: &str, args: impl FnOnce(&mut Command)) -> Guard {
+    let hint = format!("`apt-get install {name}` (Debian) or your platform's package");
+    let mut cmd = Command::new(find_binary(name, &hint));
+    args(&mut cmd);
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {name}: {e}"));
+    Guard(child)
+}
+
 /// A private Redis server.
 pub struct RedisServer {
     pub port: u16,
@@ -61,21 +76,12 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let bin = find_binary(
-            "redis-server",
-            "`apt-get install redis-server` (Debian) or your platform's package",
-        );
-        let child = Command::new(bin)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.process = Some(Guard(child));
+        self.process = Some(spawn_server("redis-server", |cmd| {
+            cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                .arg("--dir")
+                .arg(self.dir.path());
+        }));
         let up = wait_for(Duration::from_secs(10), || {
             self.command(&["PING"])
                 .is_ok_and(|r| r.starts_with("+PONG"))
@@ -132,12 +138,8 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) {
-        let bin = find_binary(
-            "nats-server",
-            "`apt-get install nats-server` (Debian) or your platform's package",
-        );
-        let child = Command::new(bin)
-            .args([
+        self.process = Some(spawn_server("nats-server", |cmd| {
+            cmd.args([
                 "-a",
                 "127.0.0.1",
                 "-p",
@@ -145,13 +147,8 @@ impl NatsServer {
                 "-js",
                 "-sd",
             ])
-            .arg(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nats-server");
-        self.process = Some(Guard(child));
+            .arg(self.dir.path());
+        }));
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let up = wait_for(Duration::from_secs(10), || {
             // The server greets every client with an INFO line once it is ready.
