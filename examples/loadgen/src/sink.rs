@@ -52,6 +52,14 @@ impl SendTimes {
         }
     }
 
+    /// How many pool entries were sent (warm-up included) since the last [`SendTimes::clear`].
+    pub fn sent_count(&self) -> u64 {
+        self.at
+            .iter()
+            .filter(|slot| slot.load(Ordering::Relaxed) != 0)
+            .count() as u64
+    }
+
     /// Microseconds from sending pool entry `index` until `now`.
     fn since(&self, index: usize, now: Instant) -> Option<u64> {
         let sent = self.at.get(index)?.load(Ordering::Relaxed);
