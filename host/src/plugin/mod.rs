@@ -361,6 +361,7 @@ impl PluginHost {
             }
         }
         self.current.store(Arc::new(set));
+        runtime::release_freed_memory();
         errors
     }
 

@@ -548,3 +548,16 @@ impl ResourceLimiter for CallLimiter {
         Ok(desired <= 100_000)
     }
 }
+
+/// Gives memory the compiler freed back to the OS. Cranelift allocates tens of MiB while it
+/// compiles a component, and glibc keeps freed memory in its arenas: without this, a start
+/// that compiles the five bundled plugins idles at ~100 MiB instead of ~50 MiB.
+/// The crate's only `unsafe`: a foreign call; there is no safe binding of `malloc_trim`.
+#[allow(unsafe_code)]
+pub(super) fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions; it only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
