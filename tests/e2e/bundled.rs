@@ -85,6 +85,41 @@ fn json_schema_rejects_with_422_naming_the_failing_field() {
     assert_eq!(r.json()["field"], "/qty");
     // Nothing rejected was stored.
     assert_eq!(hw.admin_get("/api/v1/events/no-qty").status, 404);
+
+    // Editing the schema file is a hot reload: `customer` becomes required.
+    std::fs::write(
+        dir.path().join("schemas/order.json"),
+        json!({"type": "object", "required": ["id", "qty", "customer"]}).to_string(),
+    )
+    .unwrap();
+    let mut n = 0;
+    let mut answer = || {
+        n += 1;
+        post_signed(
+            &hw,
+            "demo",
+            &format!("after-edit-{n}"),
+            &json!({"id": "o-5", "qty": 1}),
+        )
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || answer().status == 422),
+        "the edited schema was not picked up\n{}",
+        hw.log()
+    );
+    let r = answer();
+    assert_eq!(r.status, 422, "{r:?}");
+    assert_eq!(r.json()["field"], "/customer");
+    // An edit that makes the file unreadable keeps the loaded schema.
+    std::fs::remove_file(dir.path().join("schemas/order.json")).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || hw
+            .log()
+            .contains("config `schema_file`: cannot read")),
+        "the failed reload was not logged\n{}",
+        hw.log()
+    );
+    assert_eq!(answer().json()["field"], "/customer");
 }
 
 #[test]

@@ -73,10 +73,12 @@ pub fn plugin_test(bin: &str, wasm: &Path, event_file: &Path, config: &[&str]) -
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// The JSON lines of a file sink (empty when the file does not exist yet).
+/// The JSON lines of a file sink (empty when the file does not exist yet). A last line without
+/// its newline is still being written by the sink: it is left for the next read.
 pub fn read_jsonl(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))

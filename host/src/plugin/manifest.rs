@@ -25,7 +25,7 @@
 //! the plugins directory (manifest). The file is read whenever the plugin (re)loads.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -132,17 +132,18 @@ impl Manifest {
 pub const FILE_SUFFIX: &str = "_file";
 
 /// For each `KEY_file = PATH` in `values`, reads `PATH` (relative to `base`) and sets `KEY` to
-/// its text. Fails naming the key and path when a file cannot be read.
+/// its text; returns the paths read. Fails naming the key and path when a file cannot be read.
 pub fn read_value_files(
     name: &str,
     values: &mut BTreeMap<String, String>,
     base: &Path,
-) -> Result<(), PluginError> {
+) -> Result<Vec<PathBuf>, PluginError> {
     let files: Vec<(String, String)> = values
         .iter()
         .filter_map(|(k, v)| Some((k.strip_suffix(FILE_SUFFIX)?.to_owned(), v.clone())))
         .filter(|(k, _)| !k.is_empty())
         .collect();
+    let mut read = Vec::with_capacity(files.len());
     for (key, path) in files {
         let path = base.join(&path);
         let text = std::fs::read_to_string(&path).map_err(|e| PluginError::ConfigFile {
@@ -152,8 +153,9 @@ pub fn read_value_files(
             reason: e.to_string(),
         })?;
         values.insert(key, text);
+        read.push(path);
     }
-    Ok(())
+    Ok(read)
 }
 
 /// Config values as the `config` import hands them out: strings as they are, anything else as

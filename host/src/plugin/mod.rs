@@ -185,9 +185,12 @@ pub struct LoadedPlugin {
     /// Sources this plugin's manifest attaches it to.
     attach: Vec<String>,
     order: i32,
-    /// SHA-256 of the wasm and manifest, to reuse an unchanged plugin across reloads.
+    /// SHA-256 of the wasm, manifest and config values, to reuse an unchanged plugin across
+    /// reloads.
     digest: [u8; 32],
     config: Arc<HashMap<String, String>>,
+    /// The files its `KEY_file` config values were read from (watched for hot reload).
+    value_files: Vec<PathBuf>,
     pool: Option<InstancePool>,
     pre: PluginPre<CallState>,
 }
@@ -197,6 +200,9 @@ pub struct LoadedPlugin {
 pub struct PluginSet {
     by_name: HashMap<String, Arc<LoadedPlugin>>,
     chains: HashMap<String, Vec<String>>,
+    /// Files plugins read config values from, and those they failed to read: a change to one
+    /// triggers a reload.
+    value_files: Vec<PathBuf>,
 }
 
 impl PluginSet {
@@ -336,12 +342,17 @@ impl PluginHost {
         let mut errors = Vec::new();
         let mut by_name = HashMap::new();
         let mut failed = BTreeMap::new();
+        let mut value_files = Vec::new();
         for (name, wasm, manifest) in scan_dir(&self.settings.dir) {
             match self.load_one(&name, &wasm, &manifest, previous.get(&name)) {
                 Ok(plugin) => {
                     by_name.insert(name, plugin);
                 }
                 Err(e) => {
+                    // Creating the missing file must retry the load.
+                    if let PluginError::ConfigFile { path, .. } = &e {
+                        value_files.push(path.clone());
+                    }
                     // Keep the version that works; report the one that does not.
                     if let Some(old) = previous.get(&name) {
                         by_name.insert(name.clone(), old.clone());
@@ -351,8 +362,13 @@ impl PluginHost {
                 }
             }
         }
+        value_files.extend(by_name.values().flat_map(|p| p.value_files.iter().cloned()));
         let chains = self.chains(&by_name);
-        let set = PluginSet { by_name, chains };
+        let set = PluginSet {
+            by_name,
+            chains,
+            value_files,
+        };
         self.record_status(&set, &failed);
         for (source, chain) in &set.chains {
             for name in chain.iter().filter(|n| set.get(n).is_none()) {
@@ -378,14 +394,22 @@ impl PluginHost {
             reason: e.to_string(),
         })?;
         let manifest_text = std::fs::read(manifest_path).unwrap_or_default();
+        let manifest = Manifest::read(name, manifest_path)?.unwrap_or_default();
+        // Config values are part of the version: editing a `KEY_file` reloads the plugin.
+        let (values, value_files) = self.config_values(name, &manifest)?;
         let mut hasher = sha2::Sha256::new();
         hasher.update(&bytes);
         hasher.update(&manifest_text);
+        for (key, value) in &values {
+            for part in [key, value] {
+                hasher.update((part.len() as u64).to_le_bytes());
+                hasher.update(part);
+            }
+        }
         let digest: [u8; 32] = hasher.finalize().into();
         if let Some(old) = previous.filter(|old| old.digest == digest) {
             return Ok(old.clone());
         }
-        let manifest = Manifest::read(name, manifest_path)?.unwrap_or_default();
         let pre = self.runtime.prepare(name, &bytes)?;
         let limits = CallLimits {
             max_memory_bytes: manifest
@@ -404,13 +428,6 @@ impl PluginHost {
                 name: name.to_string(),
                 reason: f.to_string(),
             })?;
-        let mut values = config_values(&manifest.config);
-        manifest::read_value_files(name, &mut values, &self.settings.dir)?;
-        if let Some(host) = self.settings.host_values.get(name) {
-            let mut host = host.clone();
-            manifest::read_value_files(name, &mut host, &self.settings.config_dir)?;
-            values.extend(host);
-        }
         let values: HashMap<String, String> = values.into_iter().collect();
         let mode = manifest
             .instances
@@ -434,9 +451,31 @@ impl PluginHost {
             order: manifest.order(),
             digest,
             config: Arc::new(values),
+            value_files,
             pool,
             pre,
         }))
+    }
+
+    /// The plugin's config values (its manifest's, then the host config's over them) with
+    /// every `KEY_file` read, and the paths of the files read.
+    fn config_values(
+        &self,
+        name: &str,
+        manifest: &Manifest,
+    ) -> Result<(BTreeMap<String, String>, Vec<PathBuf>), PluginError> {
+        let mut values = config_values(&manifest.config);
+        let mut files = manifest::read_value_files(name, &mut values, &self.settings.dir)?;
+        if let Some(host) = self.settings.host_values.get(name) {
+            let mut host = host.clone();
+            files.extend(manifest::read_value_files(
+                name,
+                &mut host,
+                &self.settings.config_dir,
+            )?);
+            values.extend(host);
+        }
+        Ok((values, files))
     }
 
     /// Each source's chain: host-config list, then manifest-attached plugins by order, name.
@@ -512,6 +551,11 @@ impl PluginHost {
     pub fn status(&self) -> Vec<PluginStatus> {
         let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         status.values().cloned().collect()
+    }
+
+    /// The files the plugins' `KEY_file` config values come from (see [`PluginSet`]).
+    pub fn value_files(&self) -> Vec<PathBuf> {
+        self.plugins().value_files.clone()
     }
 
     /// The plugins directory being served.
