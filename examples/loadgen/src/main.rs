@@ -58,6 +58,10 @@ enum Cmd {
         /// Pre-signed requests to build; each is sent once (unique event ids).
         #[arg(long, default_value_t = 300_000)]
         pool: usize,
+        /// Send exactly N requests, then stop (a fixed count instead of a duration: no warm-up;
+        /// --duration, --warmup and --pool do not apply).
+        #[arg(short = 'n', long, conflicts_with_all = ["duration", "warmup", "pool"])]
+        requests: Option<usize>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -102,8 +106,14 @@ fn main() -> anyhow::Result<()> {
             http2,
             body_bytes,
             pool,
+            requests,
             json,
         } => {
+            // A fixed count is a pool of exactly that many requests, sent until it runs out.
+            let (pool, duration, warmup) = match requests {
+                Some(n) => (n, FIXED_COUNT_TIME_LIMIT, Duration::ZERO),
+                None => (pool, duration, warmup),
+            };
             let target = pool::Target::from_config(&config, &source)?;
             let addr = match addr {
                 Some(a) => a,
@@ -118,7 +128,7 @@ fn main() -> anyhow::Result<()> {
                 .context("the address resolves to nothing")?;
             eprintln!("preparing {pool} signed requests…");
             let tag = uuid::Uuid::new_v4().simple().to_string();
-            let requests = Arc::new(target.prepare(pool, body_bytes, &tag[..8])?);
+            let prepared = Arc::new(target.prepare(pool, body_bytes, &tag[..8])?);
             let spec = client::Spec {
                 addr,
                 path: target.path.clone(),
@@ -129,7 +139,12 @@ fn main() -> anyhow::Result<()> {
                 http2,
                 sent: None,
             };
-            let report = client_runtime()?.block_on(client::run(spec, requests))?;
+            let report = client_runtime()?.block_on(client::run(spec, prepared))?;
+            if report.pool_exhausted && requests.is_none() {
+                eprintln!(
+                    "warning: the request pool ran out before the duration ended; raise --pool"
+                );
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -179,6 +194,9 @@ fn main() -> anyhow::Result<()> {
         }
     }
 }
+
+/// With `--requests`, the run ends when they are all answered; this only bounds a stuck target.
+const FIXED_COUNT_TIME_LIMIT: Duration = Duration::from_secs(24 * 3600);
 
 fn multi_thread() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
