@@ -8,13 +8,13 @@
 
 use std::collections::BTreeSet;
 
-use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable};
 
 use super::records::{
     self, DeadLetter, DeliveryRecord, DeliveryState, EventRecord, EventStatus, NewDelivery,
 };
-use super::writer::{self, Op, Reply};
-use super::{DEAD_LETTERS, DELIVERIES, EVENT_TIMES, EVENTS, Store, StoreError};
+use super::writer::{self, Op, Reply, Tables};
+use super::{DEAD_LETTERS, DELIVERIES, Store, StoreError};
 
 /// Which dead letters an operation applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,7 +124,7 @@ impl Store {
 
 /// Inside the writer's transaction.
 pub(super) fn apply(
-    txn: &WriteTransaction,
+    t: &mut Tables,
     op: &DlqOp,
     next_seq: &mut u64,
     touched: &mut BTreeSet<String>,
@@ -133,16 +133,16 @@ pub(super) fn apply(
         DlqOp::Replay(replays) => {
             let mut n = 0;
             for r in replays {
-                let Some((letter, mut event)) = take_letter(txn, r.letter)? else {
+                let Some((letter, mut event)) = take_letter(t, r.letter)? else {
                     continue;
                 };
                 if let Some(seq) = letter.delivery {
-                    resolve_delivery(txn, seq, format!("replayed (dead letter {})", r.letter))?;
+                    resolve_delivery(t, seq, format!("replayed (dead letter {})", r.letter))?;
                 }
                 event.status = r.status.clone();
-                writer::insert_deliveries(txn, &mut event, &r.deliveries, next_seq, touched)?;
-                writer::plugin_letter(txn, &event, crate::server::now_ms(), next_seq)?;
-                put_event(txn, &event)?;
+                writer::insert_deliveries(t, &mut event, &r.deliveries, next_seq, touched)?;
+                writer::plugin_letter(t, &event, crate::server::now_ms(), next_seq)?;
+                put_event(t, &event)?;
                 n += 1;
             }
             Ok(n)
@@ -150,40 +150,36 @@ pub(super) fn apply(
         DlqOp::Purge(letters) => {
             let mut n = 0;
             for seq in letters {
-                let Some((letter, mut event)) = take_letter(txn, *seq)? else {
+                let Some((letter, mut event)) = take_letter(t, *seq)? else {
                     continue;
                 };
                 match letter.delivery {
-                    Some(d) => resolve_delivery(txn, d, format!("purged (dead letter {seq})"))?,
+                    Some(d) => resolve_delivery(t, d, format!("purged (dead letter {seq})"))?,
                     None => {
                         event.status = EventStatus::Dropped {
                             reason: format!("dead letter {seq} purged: {}", letter.reason),
                         };
-                        put_event(txn, &event)?;
+                        put_event(t, &event)?;
                     }
                 }
                 n += 1;
             }
             Ok(n)
         }
-        DlqOp::Prune { before_ms, limit } => prune(txn, *before_ms, *limit),
+        DlqOp::Prune { before_ms, limit } => prune(t, *before_ms, *limit),
     }
 }
 
 /// Removes letter `seq` from the queue; `None` if it is gone (replayed or purged meanwhile)
 /// or its event is.
-fn take_letter(
-    txn: &WriteTransaction,
-    seq: u64,
-) -> Result<Option<(DeadLetter, EventRecord)>, StoreError> {
-    let mut letters = txn.open_table(DEAD_LETTERS).map_err(StoreError::storage)?;
-    let Some(bytes) = letters.remove(seq).map_err(StoreError::storage)? else {
+fn take_letter(t: &mut Tables, seq: u64) -> Result<Option<(DeadLetter, EventRecord)>, StoreError> {
+    let Some(bytes) = t.dead_letters.remove(seq).map_err(StoreError::storage)? else {
         return Ok(None);
     };
     let letter: DeadLetter = records::decode(bytes.value(), || format!("dead letter {seq}"))?;
     drop(bytes);
-    let events = txn.open_table(EVENTS).map_err(StoreError::storage)?;
-    let event = events
+    let event = t
+        .events
         .get(letter.event_id.as_str())
         .map_err(StoreError::storage)?
         .map(|v| records::decode(v.value(), || format!("event {}", letter.event_id)))
@@ -191,16 +187,15 @@ fn take_letter(
     Ok(event.map(|e| (letter, e)))
 }
 
-fn put_event(txn: &WriteTransaction, event: &EventRecord) -> Result<(), StoreError> {
-    txn.open_table(EVENTS)
-        .map_err(StoreError::storage)?
+fn put_event(t: &mut Tables, event: &EventRecord) -> Result<(), StoreError> {
+    t.events
         .insert(event.id.as_str(), records::encode(event)?.as_slice())
         .map_err(StoreError::storage)?;
     Ok(())
 }
 
-fn resolve_delivery(txn: &WriteTransaction, seq: u64, note: String) -> Result<(), StoreError> {
-    let mut table = txn.open_table(DELIVERIES).map_err(StoreError::storage)?;
+fn resolve_delivery(t: &mut Tables, seq: u64, note: String) -> Result<(), StoreError> {
+    let table = &mut t.deliveries;
     let record = table
         .get(seq)
         .map_err(StoreError::storage)?
@@ -217,10 +212,8 @@ fn resolve_delivery(txn: &WriteTransaction, seq: u64, note: String) -> Result<()
     Ok(())
 }
 
-fn prune(txn: &WriteTransaction, before_ms: u64, limit: usize) -> Result<usize, StoreError> {
-    let mut times = txn.open_table(EVENT_TIMES).map_err(StoreError::storage)?;
-    let mut events = txn.open_table(EVENTS).map_err(StoreError::storage)?;
-    let mut deliveries = txn.open_table(DELIVERIES).map_err(StoreError::storage)?;
+fn prune(t: &mut Tables, before_ms: u64, limit: usize) -> Result<usize, StoreError> {
+    let (times, events, deliveries) = (&mut t.event_times, &mut t.events, &mut t.deliveries);
     let candidates: Vec<(u64, String)> = times
         .range((0u64, "")..(before_ms, ""))
         .map_err(StoreError::storage)?

@@ -11,8 +11,9 @@
 //! - `dedupe_expiry`: (expires ms, source, key) → () — lets the purge find expired marks in
 //!   order without scanning live ones.
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::writer::Tables;
 use super::{Store, StoreError};
 
 pub(super) const DEDUPE: TableDefinition<(&str, &str), (u64, &str)> =
@@ -75,12 +76,12 @@ impl Store {
 
 /// Inside the writer's transaction: the event id holding a live mark, if any.
 pub(super) fn live_mark(
-    txn: &WriteTransaction,
+    t: &Tables,
     mark: &DedupeMark,
     now_ms: u64,
 ) -> Result<Option<String>, StoreError> {
-    let table = txn.open_table(DEDUPE).map_err(StoreError::storage)?;
-    let found = table
+    let found = t
+        .dedupe
         .get((mark.source.as_str(), mark.key.as_str()))
         .map_err(StoreError::storage)?;
     Ok(found.and_then(|v| {
@@ -91,12 +92,11 @@ pub(super) fn live_mark(
 
 /// Inside the writer's transaction: sets the mark for `event_id`, replacing an expired one.
 pub(super) fn put_mark(
-    txn: &WriteTransaction,
+    t: &mut Tables,
     mark: &DedupeMark,
     event_id: &str,
 ) -> Result<(), StoreError> {
-    let mut table = txn.open_table(DEDUPE).map_err(StoreError::storage)?;
-    let mut expiry = txn.open_table(DEDUPE_EXPIRY).map_err(StoreError::storage)?;
+    let (table, expiry) = (&mut t.dedupe, &mut t.dedupe_expiry);
     let key = (mark.source.as_str(), mark.key.as_str());
     let old = table
         .insert(key, (mark.expires_ms, event_id))
@@ -114,13 +114,8 @@ pub(super) fn put_mark(
 }
 
 /// Inside the writer's transaction: deletes up to `limit` marks expired at `now_ms`.
-pub(super) fn purge(
-    txn: &WriteTransaction,
-    now_ms: u64,
-    limit: usize,
-) -> Result<usize, StoreError> {
-    let mut table = txn.open_table(DEDUPE).map_err(StoreError::storage)?;
-    let mut expiry = txn.open_table(DEDUPE_EXPIRY).map_err(StoreError::storage)?;
+pub(super) fn purge(t: &mut Tables, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
+    let (table, expiry) = (&mut t.dedupe, &mut t.dedupe_expiry);
     let expired: Vec<(u64, String, String)> = expiry
         .range((0u64, "", "")..(now_ms, "", ""))
         .map_err(StoreError::storage)?
