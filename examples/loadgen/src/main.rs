@@ -219,20 +219,7 @@ mod tests {
     /// 200s and measure latencies.
     #[test]
     fn smoke_run_against_the_baseline() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("hookwall.toml");
-        std::fs::write(
-            &config,
-            r#"
-[sources.s]
-path = "/hooks/s"
-verify = { scheme = "hmac", header = "X-Signature", secrets = ["k"], id_header = "X-Id" }
-sinks = ["out"]
-[sinks.out]
-type = "stdout"
-"#,
-        )
-        .unwrap();
+        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smoke.toml");
         let target = pool::Target::from_config(&config, "s").unwrap();
         let requests = Arc::new(target.prepare(5_000, 512, "smoke").unwrap());
         assert_eq!(requests[0].body.len(), 512);

@@ -1,6 +1,7 @@
 //! The `loadgen` binary end to end: its bare hyper baseline as the target, `run` against it.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -38,20 +39,7 @@ fn baseline() -> (Killed, SocketAddr) {
 #[test]
 fn a_fixed_count_run_sends_exactly_that_many_requests() {
     let (_server, addr) = baseline();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("hookwall.toml");
-    std::fs::write(
-        &config,
-        r#"
-[sources.s]
-path = "/hooks/s"
-verify = { scheme = "hmac", header = "X-Signature", secrets = ["k"], id_header = "X-Id" }
-sinks = ["out"]
-[sinks.out]
-type = "stdout"
-"#,
-    )
-    .unwrap();
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smoke.toml");
     let out = Command::new(LOADGEN)
         .args(["run", "--source", "s", "-c", "4", "-n", "777", "--json"])
         .arg("--config")
