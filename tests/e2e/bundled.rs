@@ -26,9 +26,14 @@ fn delivered(hw: &Hookwall, dir: &Path, file: &str, n: usize) -> Vec<Value> {
 #[test]
 fn json_schema_rejects_with_422_naming_the_failing_field() {
     let dir = workdir(&[("json-schema", wasm::JSON_SCHEMA)]);
+    // `schemas/order.json` is a symlink to a versioned file, as deployments (and Kubernetes
+    // volumes) do it; the reload steps below edit the target and then swap the link.
     std::fs::create_dir(dir.path().join("schemas")).unwrap();
+    std::fs::create_dir(dir.path().join("versions")).unwrap();
+    std::os::unix::fs::symlink("../versions/v1.json", dir.path().join("schemas/order.json"))
+        .unwrap();
     std::fs::write(
-        dir.path().join("schemas/order.json"),
+        dir.path().join("versions/v1.json"),
         json!({
             "type": "object",
             "required": ["id", "qty"],
@@ -86,9 +91,10 @@ fn json_schema_rejects_with_422_naming_the_failing_field() {
     // Nothing rejected was stored.
     assert_eq!(hw.admin_get("/api/v1/events/no-qty").status, 404);
 
-    // Editing the schema file is a hot reload: `customer` becomes required.
+    // Editing the schema file (here, the link's target in place) is a hot reload: `customer`
+    // becomes required.
     std::fs::write(
-        dir.path().join("schemas/order.json"),
+        dir.path().join("versions/v1.json"),
         json!({"type": "object", "required": ["id", "qty", "customer"]}).to_string(),
     )
     .unwrap();
@@ -110,6 +116,24 @@ fn json_schema_rejects_with_422_naming_the_failing_field() {
     let r = answer();
     assert_eq!(r.status, 422, "{r:?}");
     assert_eq!(r.json()["field"], "/customer");
+    // Swapping the link to a new version (atomically, by renaming a new link over it) too.
+    std::fs::write(
+        dir.path().join("versions/v2.json"),
+        json!({"type": "object", "required": ["id", "qty", "note"]}).to_string(),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("../versions/v2.json", dir.path().join("schemas/.next")).unwrap();
+    std::fs::rename(
+        dir.path().join("schemas/.next"),
+        dir.path().join("schemas/order.json"),
+    )
+    .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || answer().json()["field"]
+            == "/note"),
+        "the swapped schema was not picked up\n{}",
+        hw.log()
+    );
     // An edit that makes the file unreadable keeps the loaded schema.
     std::fs::remove_file(dir.path().join("schemas/order.json")).unwrap();
     assert!(
@@ -119,7 +143,7 @@ fn json_schema_rejects_with_422_naming_the_failing_field() {
         "the failed reload was not logged\n{}",
         hw.log()
     );
-    assert_eq!(answer().json()["field"], "/customer");
+    assert_eq!(answer().json()["field"], "/note");
 }
 
 #[test]

@@ -59,7 +59,8 @@ enum Cmd {
         #[arg(long, default_value_t = 300_000)]
         pool: usize,
         /// Send exactly N requests, then stop (a fixed count instead of a duration: no warm-up;
-        /// --duration, --warmup and --pool do not apply).
+        /// --duration, --warmup and --pool do not apply). All N are signed in advance and held
+        /// in memory (about N × the body size).
         #[arg(short = 'n', long, conflicts_with_all = ["duration", "warmup", "pool"])]
         requests: Option<usize>,
         /// Print the report as JSON.
@@ -140,10 +141,17 @@ fn main() -> anyhow::Result<()> {
                 sent: None,
             };
             let report = client_runtime()?.block_on(client::run(spec, prepared))?;
-            if report.pool_exhausted && requests.is_none() {
-                eprintln!(
+            match requests {
+                // Broken connections end their workers: fewer than N sent is a failed run.
+                Some(n) if report.requests + report.errors < n as u64 => anyhow::bail!(
+                    "only {} of {n} requests were sent ({} connection errors)",
+                    report.requests + report.errors,
+                    report.errors
+                ),
+                None if report.pool_exhausted => eprintln!(
                     "warning: the request pool ran out before the duration ended; raise --pool"
-                );
+                ),
+                _ => {}
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

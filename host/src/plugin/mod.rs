@@ -376,8 +376,16 @@ impl PluginHost {
                     "source uses a plugin that is not loaded; its events will be dead-lettered");
             }
         }
+        // Only after compiling: a rebuild that reused every plugin freed nothing worth trimming.
+        let compiled = set.by_name.iter().any(|(name, plugin)| {
+            previous
+                .get(name)
+                .is_none_or(|old| !Arc::ptr_eq(old, plugin))
+        });
         self.current.store(Arc::new(set));
-        runtime::release_freed_memory();
+        if compiled || !errors.is_empty() {
+            runtime::release_freed_memory();
+        }
         errors
     }
 

@@ -8,8 +8,9 @@
 //! flight keep the set they started with.
 //!
 //! The files plugins read config values from (`schema_file = …`) are watched too, wherever
-//! they live: through their directories, so an editor's write-then-rename is seen, and with the
-//! set updated after every rebuild.
+//! they live: through their directories, so an editor's write-then-rename is seen; through
+//! their symlinks' targets' directories, so editing a linked file or swapping a Kubernetes
+//! volume is seen; with the set updated after every rebuild.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -37,12 +38,26 @@ impl Drop for PluginWatcher {
     }
 }
 
-/// What a change to `path` means: a plugin's `.wasm` or manifest in the plugins directory, or
-/// a file a plugin's config value is read from.
-fn is_plugin_file(path: &Path, dir: &Path, value_files: &HashSet<PathBuf>) -> bool {
+/// What a change to `path` means: a plugin's `.wasm` or manifest in the plugins directory, a
+/// file a plugin's config value is read from (by its name or its symlink's target), or a volume
+/// swap in such a file's directory (Kubernetes renames `..data` over the old one: no event
+/// names the file).
+fn is_plugin_file(path: &Path, dir: &Path, values: &ValueWatch) -> bool {
     let in_dir =
         path.parent() == Some(dir) && path.extension().is_some_and(|e| e == "wasm" || e == "toml");
-    in_dir || value_files.contains(path)
+    let swap = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("..data"))
+        && path.parent().is_some_and(|p| values.dirs.contains(p));
+    in_dir || swap || values.files.contains(path)
+}
+
+/// The value files' paths as events name them, and the directories watched for them.
+#[derive(Default, Clone)]
+struct ValueWatch {
+    files: HashSet<PathBuf>,
+    dirs: HashSet<PathBuf>,
 }
 
 /// Starts watching `host`'s plugins directory and the files its plugins' config values come
@@ -51,22 +66,21 @@ pub fn watch(host: Arc<PluginHost>) -> notify::Result<PluginWatcher> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     // Events name paths under the directory as watched: watch canonical ones, compare those.
     let dir = canonical(host.dir());
-    let value_files = Arc::new(Mutex::new(HashSet::new()));
+    let values = Arc::new(Mutex::new(ValueWatch::default()));
     let mut watcher = {
-        let (dir, value_files) = (dir.clone(), value_files.clone());
+        let (dir, values, tx) = (dir.clone(), values.clone(), tx.clone());
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
-            let files = value_files.lock().unwrap_or_else(|e| e.into_inner());
+            let values = values.lock().unwrap_or_else(|e| e.into_inner());
             let relevant = !matches!(event.kind, EventKind::Access(_))
-                && event.paths.iter().any(|p| is_plugin_file(p, &dir, &files));
+                && event.paths.iter().any(|p| is_plugin_file(p, &dir, &values));
             if relevant {
                 let _ = tx.send(());
             }
         })?
     };
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    let mut watched_dirs = HashSet::from([dir]);
-    watch_value_files(&mut watcher, &host, &value_files, &mut watched_dirs);
+    watch_value_files(&mut watcher, &host, &dir, &values);
     let task = tokio::spawn(async move {
         while rx.recv().await.is_some() {
             // Debounce: wait until the directory has been quiet for DEBOUNCE.
@@ -87,41 +101,66 @@ pub fn watch(host: Arc<PluginHost>) -> notify::Result<PluginWatcher> {
                 }
                 Err(e) => tracing::error!(error = %e, "plugin reload task failed"),
             }
-            watch_value_files(&mut watcher, &host, &value_files, &mut watched_dirs);
+            // A file that became a value file during the rebuild was not watched yet: a change
+            // to it (creating the missing schema) may have gone unseen. Look once more; this
+            // cannot loop, as the next rebuild names the same files.
+            if watch_value_files(&mut watcher, &host, &dir, &values) {
+                let _ = tx.send(());
+            }
         }
     });
     Ok(PluginWatcher { task })
 }
 
-/// Points the watcher at the current plugin set's value files: watches each one's directory
-/// (once) and replaces the set of paths the event filter matches.
+/// Points the watcher at the current plugin set's value files: watches their directories (and
+/// their symlink targets' directories), forgets directories no longer needed, and replaces
+/// what the event filter matches. Returns whether files were added.
 fn watch_value_files(
     watcher: &mut notify::RecommendedWatcher,
     host: &PluginHost,
-    value_files: &Mutex<HashSet<PathBuf>>,
-    watched_dirs: &mut HashSet<PathBuf>,
-) {
-    let mut files = HashSet::new();
+    plugins_dir: &Path,
+    values: &Mutex<ValueWatch>,
+) -> bool {
+    let mut next = ValueWatch::default();
     for file in host.value_files() {
-        let (Some(parent), Some(name)) = (file.parent(), file.file_name()) else {
-            continue;
-        };
-        let parent = canonical(if parent.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            parent
-        });
-        if !watched_dirs.contains(&parent) {
-            if let Err(e) = watcher.watch(&parent, RecursiveMode::NonRecursive) {
-                tracing::warn!(file = %file.display(), error = %e,
-                    "cannot watch a plugin config file; edits to it need a restart");
-                continue;
+        for path in [file.clone(), canonical(&file)] {
+            if let Some((dir, path)) = watchable(&path) {
+                next.dirs.insert(dir);
+                next.files.insert(path);
             }
-            watched_dirs.insert(parent.clone());
         }
-        files.insert(parent.join(name));
     }
-    *value_files.lock().unwrap_or_else(|e| e.into_inner()) = files;
+    // The lock is not held while (un)watching: notify's thread takes it for every event.
+    let current = values.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for gone in current.dirs.difference(&next.dirs) {
+        if gone != plugins_dir {
+            let _ = watcher.unwatch(gone);
+        }
+    }
+    let added: Vec<PathBuf> = next.dirs.difference(&current.dirs).cloned().collect();
+    for dir in added.iter().filter(|d| d.as_path() != plugins_dir) {
+        if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %dir.display(), error = %e,
+                "cannot watch a plugin config file's directory; edits there need a restart");
+            // Not watched: try again at the next rebuild.
+            next.dirs.remove(dir);
+        }
+    }
+    let gained = !next.files.is_subset(&current.files);
+    *values.lock().unwrap_or_else(|e| e.into_inner()) = next;
+    gained
+}
+
+/// A file's directory made canonical, and the file's path in it as events name it.
+fn watchable(file: &Path) -> Option<(PathBuf, PathBuf)> {
+    let name = file.file_name()?;
+    let parent = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = canonical(parent);
+    let path = dir.join(name);
+    Some((dir, path))
 }
 
 /// `path` made absolute with symlinks resolved, or as it is if that fails (e.g. it is gone).
