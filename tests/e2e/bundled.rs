@@ -144,6 +144,30 @@ fn json_schema_rejects_with_422_naming_the_failing_field() {
         hw.log()
     );
     assert_eq!(answer().json()["field"], "/note");
+    // Both directories deleted and made anew (their watches die with them): polling still
+    // sees the new schema, and then an edit of it.
+    let (schemas, versions) = (dir.path().join("schemas"), dir.path().join("versions"));
+    std::fs::remove_dir_all(&schemas).unwrap();
+    std::fs::remove_dir_all(&versions).unwrap();
+    std::fs::create_dir(&schemas).unwrap();
+    std::fs::create_dir(&versions).unwrap();
+    let v3 = versions.join("v3.json");
+    let requiring = |field: &str| json!({"type": "object", "required": [field]}).to_string();
+    std::fs::write(&v3, requiring("ref")).unwrap();
+    std::os::unix::fs::symlink("../versions/v3.json", schemas.join("order.json")).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || answer().json()["field"]
+            == "/ref"),
+        "the recreated schema was not picked up\n{}",
+        hw.log()
+    );
+    std::fs::write(&v3, requiring("tag")).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || answer().json()["field"]
+            == "/tag"),
+        "the edit in the recreated directory was not picked up\n{}",
+        hw.log()
+    );
 }
 
 #[test]

@@ -10,12 +10,15 @@
 //! The files plugins read config values from (`schema_file = …`) are watched too, wherever
 //! they live: through their directories, so an editor's write-then-rename is seen; through
 //! their symlinks' targets' directories, so editing a linked file or swapping a Kubernetes
-//! volume is seen; with the set updated after every rebuild.
+//! volume is seen; with the set updated after every rebuild. They are also polled (inode, size,
+//! mtime every [`VALUE_POLL`]), for what no event reports: a directory deleted and made anew
+//! (its watch died with it), filesystems without inotify (NFS).
 
 use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
@@ -25,6 +28,9 @@ use super::PluginHost;
 /// Quiet time after the last file event before rebuilding. Short, because a rebuild that sees
 /// a partial file is harmless (the old version stays) and the final write triggers another.
 pub const DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// How often the value files are polled for changes no event reported.
+const VALUE_POLL: Duration = Duration::from_secs(2);
 
 /// A running watcher; dropping it stops watching.
 pub struct PluginWatcher {
@@ -82,7 +88,15 @@ pub fn watch(host: Arc<PluginHost>) -> notify::Result<PluginWatcher> {
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     watch_value_files(&mut watcher, &host, &dir, &values);
     let task = tokio::spawn(async move {
-        while rx.recv().await.is_some() {
+        let mut seen = fingerprint(&host.value_files());
+        loop {
+            match tokio::time::timeout(VALUE_POLL, rx.recv()).await {
+                Ok(Some(())) => {}
+                Ok(None) => return,
+                // Nothing reported: rebuild only if a value file changed unseen.
+                Err(_) if fingerprint(&host.value_files()) == seen => continue,
+                Err(_) => {}
+            }
             // Debounce: wait until the directory has been quiet for DEBOUNCE.
             loop {
                 match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
@@ -91,6 +105,9 @@ pub fn watch(host: Arc<PluginHost>) -> notify::Result<PluginWatcher> {
                     Err(_) => break,
                 }
             }
+            // Taken before the rebuild reads the files: a change during it is seen next time.
+            let before = host.value_files();
+            seen = fingerprint(&before);
             let rebuilding = host.clone();
             let errors = tokio::task::spawn_blocking(move || rebuilding.rebuild()).await;
             match errors {
@@ -106,6 +123,10 @@ pub fn watch(host: Arc<PluginHost>) -> notify::Result<PluginWatcher> {
             // cannot loop, as the next rebuild names the same files.
             if watch_value_files(&mut watcher, &host, &dir, &values) {
                 let _ = tx.send(());
+            }
+            let after = host.value_files();
+            if after != before {
+                seen = fingerprint(&after);
             }
         }
     });
@@ -161,6 +182,18 @@ fn watchable(file: &Path) -> Option<(PathBuf, PathBuf)> {
     let dir = canonical(parent);
     let path = dir.join(name);
     Some((dir, path))
+}
+
+/// What polling compares: each value file's inode, size and mtime (through symlinks), or that it
+/// is missing.
+fn fingerprint(files: &[PathBuf]) -> Vec<Option<(u64, u64, Option<SystemTime>)>> {
+    files
+        .iter()
+        .map(|f| {
+            let m = std::fs::metadata(f).ok()?;
+            Some((m.ino(), m.len(), m.modified().ok()))
+        })
+        .collect()
 }
 
 /// `path` made absolute with symlinks resolved, or as it is if that fails (e.g. it is gone).
