@@ -48,7 +48,7 @@ impl Drop for PluginWatcher {
 /// file a plugin's config value is read from (by its name or its symlink's target), or a volume
 /// swap in such a file's directory (Kubernetes renames `..data` over the old one: no event
 /// names the file).
-fn is_plugin_file(path: &Path, dir: &Path, values: &ValueWatch) -> bool {
+fn triggers_reload(path: &Path, dir: &Path, values: &ValueWatch) -> bool {
     let in_dir =
         path.parent() == Some(dir) && path.extension().is_some_and(|e| e == "wasm" || e == "toml");
     let swap = path
@@ -74,12 +74,15 @@ pub fn watch(host: Arc<PluginHost>) -> notify::Result<PluginWatcher> {
     let dir = canonical(host.dir());
     let values = Arc::new(Mutex::new(ValueWatch::default()));
     let mut watcher = {
-        let (dir, values, tx) = (dir.clone(), values.clone(), tx.clone());
+        let (dir, values) = (dir.clone(), values.clone());
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
             let values = values.lock().unwrap_or_else(|e| e.into_inner());
             let relevant = !matches!(event.kind, EventKind::Access(_))
-                && event.paths.iter().any(|p| is_plugin_file(p, &dir, &values));
+                && event
+                    .paths
+                    .iter()
+                    .any(|p| triggers_reload(p, &dir, &values));
             if relevant {
                 let _ = tx.send(());
             }
@@ -105,9 +108,10 @@ pub fn watch(host: Arc<PluginHost>) -> notify::Result<PluginWatcher> {
                     Err(_) => break,
                 }
             }
-            // Taken before the rebuild reads the files: a change during it is seen next time.
-            let before = host.value_files();
-            seen = fingerprint(&before);
+            // Taken before the rebuild reads the files, so a change during it is seen at the
+            // next poll; so is a file that only became a value file in this rebuild (the lists
+            // differ), which may have changed before it was watched.
+            seen = fingerprint(&host.value_files());
             let rebuilding = host.clone();
             let errors = tokio::task::spawn_blocking(move || rebuilding.rebuild()).await;
             match errors {
@@ -118,16 +122,7 @@ pub fn watch(host: Arc<PluginHost>) -> notify::Result<PluginWatcher> {
                 }
                 Err(e) => tracing::error!(error = %e, "plugin reload task failed"),
             }
-            // A file that became a value file during the rebuild was not watched yet: a change
-            // to it (creating the missing schema) may have gone unseen. Look once more; this
-            // cannot loop, as the next rebuild names the same files.
-            if watch_value_files(&mut watcher, &host, &dir, &values) {
-                let _ = tx.send(());
-            }
-            let after = host.value_files();
-            if after != before {
-                seen = fingerprint(&after);
-            }
+            watch_value_files(&mut watcher, &host, &dir, &values);
         }
     });
     Ok(PluginWatcher { task })
@@ -135,13 +130,13 @@ pub fn watch(host: Arc<PluginHost>) -> notify::Result<PluginWatcher> {
 
 /// Points the watcher at the current plugin set's value files: watches their directories (and
 /// their symlink targets' directories), forgets directories no longer needed, and replaces
-/// what the event filter matches. Returns whether files were added.
+/// what the event filter matches.
 fn watch_value_files(
     watcher: &mut notify::RecommendedWatcher,
     host: &PluginHost,
     plugins_dir: &Path,
     values: &Mutex<ValueWatch>,
-) -> bool {
+) {
     let mut next = ValueWatch::default();
     for file in host.value_files() {
         for path in [file.clone(), canonical(&file)] {
@@ -167,9 +162,7 @@ fn watch_value_files(
             next.dirs.remove(dir);
         }
     }
-    let gained = !next.files.is_subset(&current.files);
     *values.lock().unwrap_or_else(|e| e.into_inner()) = next;
-    gained
 }
 
 /// A file's directory made canonical, and the file's path in it as events name it.
