@@ -363,6 +363,9 @@ impl PluginHost {
             }
         }
         value_files.extend(by_name.values().flat_map(|p| p.value_files.iter().cloned()));
+        // In a stable order: the watcher compares lists across rebuilds.
+        value_files.sort();
+        value_files.dedup();
         let chains = self.chains(&by_name);
         let set = PluginSet {
             by_name,
