@@ -72,7 +72,7 @@ fn verifier(text: &str) -> Verifier {
                 .expect("literal")
         })
         .collect();
-    Verifier::new(&config, secrets, &[]).expect("bench verifier builds")
+    Verifier::new(&config, secrets, &Default::default()).expect("bench verifier builds")
 }
 
 /// A JSON event of exactly `BODY_BYTES` bytes, with the ids presets read.

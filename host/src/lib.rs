@@ -19,7 +19,8 @@
 //! - [`sink`]: the destinations (`file`, `stdout`).
 //! - [`pipeline`]: the stages above in order, for one request, without HTTP.
 //!
-//! Beside the flow: [`admin`] (operator API) and [`telemetry`] (logs).
+//! Beside the flow: [`admin`] (operator API, with [`admin::guard`] against browser pages) and
+//! [`telemetry`] (logs).
 
 pub mod admin;
 pub mod config;

@@ -314,7 +314,8 @@ async fn serve(path: &Path, log_format: LogFormat) -> anyhow::Result<()> {
             let mut admin = Admin::new(store.clone(), plugins.clone(), token, &config.sinks)
                 .with_pipeline(pipeline.clone())
                 .with_delivery(delivery.control())
-                .with_public(admin_config.public.clone());
+                .with_public(admin_config.public.clone())
+                .with_listener(listener.local_addr()?, &admin_config.allowed_hosts);
             if let Some(handle) = metrics {
                 admin = admin.with_metrics(handle);
             }

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 
 use crate::config::{Config, ConfigError, OnPluginError, RespondConfig};
 use crate::dedupe::{self, Begin, Claim, Dedupe, DedupeError};
-use crate::plugin::{ChainOutcome, Event, PluginHost, Rejection, Reply, Routed};
+use crate::plugin::{ChainOutcome, Event, PluginBusy, PluginHost, Rejection, Reply, Routed};
 use crate::ratelimit::overload::{Overload, Overloaded};
 use crate::ratelimit::{self, RateLimitError, RateLimiter};
 use crate::server::InboundRequest;
@@ -21,7 +21,7 @@ use crate::store::{
     AcceptOutcome, EventRecord, EventStatus, NewDelivery, NewEvent, Priority, Store, StoreError,
 };
 use crate::telemetry;
-use crate::verify::{Verified, VerifiedRequest, Verifier, VerifyFailure};
+use crate::verify::{ProxyTrust, Verified, VerifiedRequest, Verifier, VerifyFailure};
 use tracing::Instrument as _;
 
 /// A configured source, ready to serve.
@@ -83,6 +83,10 @@ pub enum IngestError {
     /// A plugin rejected the event (its own 4xx).
     #[error("rejected by plugin: {} {}", .0.status, .0.code)]
     Rejected(Rejection),
+    /// A plugin of the chain had no room for another call (503: the sender should retry).
+    /// Nothing is stored and no dedupe mark is held: a capacity limit is not a dead letter.
+    #[error(transparent)]
+    PluginBusy(#[from] PluginBusy),
     /// The event could not be made durable (503: the sender should retry).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -122,11 +126,14 @@ pub fn build_verifier(config: &Config, source: &str) -> Result<Verifier, ConfigE
         .iter()
         .map(|s| s.resolve(&config.base_dir, &key))
         .collect::<Result<Vec<_>, _>>()?;
-    Verifier::new(verify, secrets, &config.server.trusted_proxies).map_err(|reason| {
-        ConfigError::Invalid {
-            key: format!("sources.{source}.verify"),
-            reason,
-        }
+    let proxies = ProxyTrust {
+        trusted: config.server.trusted_proxies.clone(),
+        header: config.server.client_ip_header,
+        hops: config.server.trusted_hops,
+    };
+    Verifier::new(verify, secrets, &proxies).map_err(|reason| ConfigError::Invalid {
+        key: format!("sources.{source}.verify"),
+        reason,
     })
 }
 
@@ -226,6 +233,14 @@ impl Pipeline {
         })
     }
 
+    /// Every configured source's name.
+    pub fn source_names(&self) -> Vec<String> {
+        self.sources_by_path
+            .values()
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
     pub fn source_for_path(&self, path: &str) -> Option<Arc<Source>> {
         self.sources_by_path.get(path).cloned()
     }
@@ -244,6 +259,7 @@ impl Pipeline {
 
     /// Runs `source`'s current plugin chain on `event` (or, without plugins, routes it to the
     /// source's sinks). Used by ingest and by replay, which re-runs the current plugins.
+    /// [`IngestError::PluginBusy`] when a plugin of the chain has no room for the call.
     pub async fn route(&self, source: &Source, event: &Event) -> Result<ChainOutcome, IngestError> {
         // The chain can change at any time (hot reload, manifests): ask the current set.
         Ok(if self.plugins.plugins().chain(&source.name).is_empty() {
@@ -260,22 +276,26 @@ impl Pipeline {
                     .collect(),
             )
         } else {
+            // Room in every plugin of the chain first, waiting here (not on a blocking thread):
+            // a burst beyond the plugins' bounds queues briefly, then is refused with 503.
+            let admission = self.plugins.admit(&source.name).await?;
             // Plugin calls are synchronous (bounded by their deadline) and WASI's blocking calls
             // need a thread outside the async workers: run the chain on the blocking pool, so a
             // slow plugin never stalls other requests' I/O.
-            let (plugins, name, sinks, known) = (
+            let (plugins, sinks, known) = (
                 self.plugins.clone(),
-                source.name.clone(),
                 source.sinks.clone(),
                 self.sinks.clone(),
             );
             let input = event.clone();
             let span = tracing::Span::current();
             tokio::task::spawn_blocking(move || {
-                span.in_scope(|| plugins.run_chain(&name, input, &sinks, |s| known.contains(s)))
+                span.in_scope(|| {
+                    plugins.run_chain(&admission, input, &sinks, |s| known.contains(s))
+                })
             })
             .await
-            .map_err(|e| IngestError::Internal(format!("plugin chain task failed: {e}")))?
+            .map_err(|e| IngestError::Internal(format!("plugin chain task failed: {e}")))??
         })
     }
 
@@ -306,7 +326,10 @@ impl Pipeline {
             }
         };
         if let Some(limiter) = &source.rate_limit {
-            limiter.check(verified.request().remote.ip()).await?;
+            // The client behind a trusted proxy, not the proxy: one budget per real sender.
+            limiter
+                .check(source.verifier.client_ip(verified.request()))
+                .await?;
         }
         let id = verified
             .event_id()
@@ -380,6 +403,14 @@ impl Pipeline {
             }
         };
         let dropped = matches!(status, EventStatus::Dropped { .. });
+        // Under `reject` the sender hears 500 and will send the event again: the failed copy is
+        // kept as a dead letter under an id of its own and holds no dedupe mark, so the retry
+        // is processed afresh instead of being answered `duplicate` (and never delivered).
+        let (id, claim) = if answer == Some(OnPluginError::Reject) {
+            (uuid::Uuid::now_v7().to_string(), None)
+        } else {
+            (id, claim)
+        };
         let new = NewEvent {
             record: EventRecord {
                 id: id.clone(),

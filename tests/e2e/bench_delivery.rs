@@ -82,7 +82,7 @@ fn bench_delivery() {
     let started = Instant::now();
     let acked = load(&hw, "live");
     let live_rps = acked.len() as f64 / RUN.as_secs_f64();
-    let want: HashSet<String> = acked.iter().map(|id| format!("{id}:app:0")).collect();
+    let want: HashSet<String> = acked.iter().map(|id| format!("shop:{id}:app:0")).collect();
     assert!(wait_for(Duration::from_secs(300), || {
         let got: HashSet<String> = up
             .accepted()

@@ -95,8 +95,8 @@ fn a_delivery_is_signed_with_the_sinks_key_and_carries_a_stable_id() {
     assert_eq!(ok.method, "POST");
     assert_eq!(ok.path, "/hook");
     assert_eq!(ok.json(), json!({"n": 1}));
-    assert_eq!(ok.header("webhook-id"), Some("evt-1:app:0"));
-    assert_eq!(ok.header("idempotency-key"), Some("evt-1:app:0"));
+    assert_eq!(ok.header("webhook-id"), Some("shop:evt-1:app:0"));
+    assert_eq!(ok.header("idempotency-key"), Some("shop:evt-1:app:0"));
     assert_eq!(got[0].header("webhook-id"), ok.header("webhook-id"));
     assert_eq!(ok.header("x-tenant"), Some("acme"));
     assert!(standard_webhooks_valid(SINK_SECRET, ok), "{:?}", ok.headers);
@@ -149,7 +149,7 @@ fn a_400_is_dead_lettered_at_once_with_its_attempt() {
         attempts[0]["error"].as_str().unwrap().contains("400"),
         "{shown}"
     );
-    assert_eq!(shown["delivery_id"], "bad-1:app:0");
+    assert_eq!(shown["delivery_id"], "shop:bad-1:app:0");
 
     // Fix the cause, replay through the CLI: delivered exactly once more, same id.
     up.answer(Answer::Status(200, None));
@@ -161,7 +161,10 @@ fn a_400_is_dead_lettered_at_once_with_its_attempt() {
     await_accepted(&up, 1, 10);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(up.accepted().len(), 1, "delivered once");
-    assert_eq!(up.accepted()[0].header("webhook-id"), Some("bad-1:app:0"));
+    assert_eq!(
+        up.accepted()[0].header("webhook-id"),
+        Some("shop:bad-1:app:0")
+    );
     assert!(dead_letters(&hw).is_empty());
     // Nothing left to replay.
     let again = hw
@@ -260,7 +263,7 @@ fn a_failing_plugin_fixed_then_replayed_is_delivered_once() {
     for i in 0..3 {
         assert_eq!(
             ids.iter()
-                .filter(|id| **id == format!("pf-{i}:app:0"))
+                .filter(|id| **id == format!("shop:pf-{i}:app:0"))
                 .count(),
             1,
             "{ids:?}"
@@ -391,7 +394,7 @@ fn an_outage_under_steady_load_delivers_everything_after_recovery() {
             attempts.entry(id).or_default().push(r.at);
         }
     }
-    let first = &attempts["o-0:app:0"];
+    let first = &attempts["shop:o-0:app:0"];
     assert!(first.len() >= 6, "{} attempts", first.len());
     let gaps: Vec<Duration> = first.windows(2).map(|w| w[1] - w[0]).collect();
     let mean = |g: &[Duration]| g.iter().sum::<Duration>() / g.len() as u32;
@@ -475,7 +478,7 @@ fn a_crash_mid_run_loses_no_acknowledged_event() {
         }
     });
     let acked = acked.into_inner().unwrap();
-    let want: HashSet<String> = acked.iter().map(|id| format!("{id}:app:0")).collect();
+    let want: HashSet<String> = acked.iter().map(|id| format!("shop:{id}:app:0")).collect();
     let all = wait_for(Duration::from_secs(120), || {
         let got: HashSet<String> = up
             .accepted()
@@ -618,10 +621,10 @@ fn batches_go_as_one_request_with_the_documented_envelope() {
     assert_eq!(requests.len(), 3, "5 + 5 + 2");
     let first = &requests[0];
     assert!(standard_webhooks_valid(SINK_SECRET, first));
-    assert_eq!(first.header("webhook-id"), Some("batch:b-0:app:0+5"));
+    assert_eq!(first.header("webhook-id"), Some("batch:shop:b-0:app:0+5"));
     let item = &first.json()["batch"][0];
     assert_eq!(item["id"], "b-0");
-    assert_eq!(item["delivery_id"], "b-0:app:0");
+    assert_eq!(item["delivery_id"], "shop:b-0:app:0");
     assert_eq!(item["body"], json!({"i": 0}));
     assert_eq!(item["source"], "shop");
 }
@@ -667,7 +670,7 @@ fn max_wait_gathers_a_trickle_into_fewer_requests() {
     post_ok(&hw, "w-lone", &json!({"lone": true}));
     assert!(wait_for(Duration::from_secs(20), || up.accepted().len() > before));
     let lone = up.accepted()[before].clone();
-    assert_eq!(lone.header("webhook-id"), Some("w-lone:app:0"));
+    assert_eq!(lone.header("webhook-id"), Some("shop:w-lone:app:0"));
     let waited = lone.at - sent;
     println!("max_wait: a lone event arrived after {waited:?}");
     assert!(
@@ -688,5 +691,5 @@ fn a_full_batch_does_not_wait_for_max_wait() {
     await_accepted(&up, 1, 30);
     let batch = &up.accepted()[0];
     assert_eq!(deliveries_in(batch), 5);
-    assert_eq!(batch.header("webhook-id"), Some("batch:f-0:app:0+5"));
+    assert_eq!(batch.header("webhook-id"), Some("batch:shop:f-0:app:0+5"));
 }

@@ -18,6 +18,10 @@ mod queues;
 mod reload;
 mod scaffold;
 mod spine;
+mod trust;
+mod trust_admin;
+mod trust_plugins;
+mod trust_sinks;
 mod verify;
 
 use hookwall_testkit::{Hookwall, sign_sha256_hex};
@@ -131,6 +135,18 @@ pub fn post_signed(
         ],
         &body,
     )
+}
+
+/// The plugin `name` as `GET /api/v1/plugins` lists it (`null` when it is not listed).
+pub fn plugin_status(hw: &Hookwall, name: &str) -> serde_json::Value {
+    let all = hw.admin_get("/api/v1/plugins").json();
+    all["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
 }
 
 pub fn stored(hw: &Hookwall, id: &str) -> serde_json::Value {

@@ -51,7 +51,7 @@ fn redis_stream_entries_carry_the_stable_id_and_survive_an_outage() {
     ) == Some(5)));
     let range = redis.command(&["XRANGE", "hw:events", "-", "+"]).unwrap();
     for i in 0..5 {
-        assert!(range.contains(&format!("r-{i}:q:0")), "{range}");
+        assert!(range.contains(&format!("shop:r-{i}:q:0")), "{range}");
     }
     assert!(range.contains("{\"n\":3}"), "{range}");
 
@@ -116,7 +116,7 @@ fn send_while_down(
     for i in range {
         let r = post_signed(hw, "shop", &format!("n-{i}"), &json!({"n": i}));
         assert_eq!(r.status, 200, "ingest does not depend on the sink");
-        expected.insert(format!("n-{i}:q:0"));
+        expected.insert(format!("shop:n-{i}:q:0"));
     }
     assert!(wait_for(Duration::from_secs(30), || !attempt_errors(
         hw, &first
@@ -157,13 +157,13 @@ fn nats_jetstream_messages_carry_the_stable_id_and_survive_outages() {
     for i in 3..8 {
         let r = post_signed(&hw, "shop", &format!("n-{i}"), &json!({"n": i}));
         assert_eq!(r.status, 200);
-        expected.insert(format!("n-{i}:q:0"));
+        expected.insert(format!("shop:n-{i}:q:0"));
     }
     assert!(wait_for_ids(&nats, &expected));
     let messages = nats.stream_messages("HW").unwrap();
     let m = messages
         .iter()
-        .find(|m| m.header("Nats-Msg-Id") == Some("n-5:q:0"))
+        .find(|m| m.header("Nats-Msg-Id") == Some("shop:n-5:q:0"))
         .expect("n-5's message");
     assert_eq!(m.subject, "hw.events");
     assert_eq!(m.payload, br#"{"n":5}"#);

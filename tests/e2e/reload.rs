@@ -12,7 +12,7 @@ use hookwall_testkit::{
 };
 use serde_json::json;
 
-use crate::{BIN, SECRET, config, post_signed, stored, workdir};
+use crate::{BIN, SECRET, config, plugin_status, post_signed, stored, workdir};
 
 /// Replaces `plugins/NAME.wasm` the way deploy tools do: write a temp file, then rename.
 fn swap_in(dir: &Path, name: &str, bytes: &[u8]) {
@@ -30,17 +30,6 @@ fn slow_copy(dir: &Path, name: &str, bytes: &[u8]) {
     f.flush().unwrap();
     std::thread::sleep(Duration::from_millis(60));
     f.write_all(b).unwrap();
-}
-
-fn plugin_status(hw: &Hookwall, name: &str) -> serde_json::Value {
-    let all = hw.admin_get("/api/v1/plugins").json();
-    all["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .cloned()
-        .unwrap_or(serde_json::Value::Null)
 }
 
 #[test]

@@ -212,7 +212,10 @@ fn plugin_error_can_be_answered_500_by_config() {
     let r = post_signed(&hw, "demo", "f-1", &json!({}));
     assert_eq!(r.status, 500);
     assert_eq!(r.json()["error"], "plugin_failed");
-    assert_eq!(event(&hw, "f-1")["status"], "dead_lettered");
+    // The failed copy is a dead letter under the id the answer names (not the sender's id,
+    // which stays free for the retry).
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(event(&hw, &id)["status"], "dead_lettered");
 }
 
 #[test]

@@ -8,7 +8,9 @@ pub mod wasm {
 pub mod guests;
 mod harness;
 mod services;
+mod tmpfs;
 pub mod upstream;
 
 pub use harness::*;
 pub use services::{NatsServer, RedisServer, StreamEntry};
+pub use tmpfs::Tmpfs;

@@ -1,15 +1,19 @@
 //! A test upstream: the app a sink delivers to. A real hyper server on 127.0.0.1 (HTTP/1.1
 //! and h2c) that records every request it receives and answers as it is told: 2xx, a failing
-//! status (optionally with `Retry-After`), a stall, or not listening at all ("down").
+//! status (optionally with `Retry-After`), a stall, a huge body, or not listening at all
+//! ("down").
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::{Body, Frame};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -24,7 +28,35 @@ pub enum Answer {
     Stall(Duration),
     /// Flaky: every `n`th request is answered 503, the others 200.
     FailEvery(u64),
+    /// This status with a body of this many bytes, streamed in 64 KiB chunks without being
+    /// held in memory (`usize::MAX`: endless, for any practical purpose).
+    Big(u16, usize),
 }
+
+/// A body of `left` bytes of `x`, one shared chunk at a time.
+struct Repeat {
+    chunk: Bytes,
+    left: usize,
+}
+
+impl Body for Repeat {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.left.min(self.chunk.len());
+        self.left -= n;
+        Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
+    }
+}
+
+type AnswerBody = Either<Full<Bytes>, Repeat>;
 
 /// One request the upstream received.
 #[derive(Debug, Clone)]
@@ -208,7 +240,7 @@ impl Drop for Upstream {
 async fn answer(
     state: Arc<Mutex<State>>,
     req: Request<hyper::body::Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<AnswerBody>, Infallible> {
     let at = Instant::now();
     let (parts, body) = req.into_parts();
     let body = body
@@ -229,6 +261,7 @@ async fn answer(
         (next, s.requests, s.delay)
     };
     tokio::time::sleep(delay).await;
+    let mut big = None;
     let (status, retry_after) = match next {
         Answer::Status(status, retry_after) => (status, retry_after),
         Answer::Stall(d) => {
@@ -237,6 +270,10 @@ async fn answer(
         }
         Answer::FailEvery(every) if n % every.max(1) == 0 => (503, None),
         Answer::FailEvery(_) => (200, None),
+        Answer::Big(status, bytes) => {
+            big = Some(bytes);
+            (status, None)
+        }
     };
     let mut s = state.lock().unwrap();
     s.in_flight -= 1;
@@ -258,9 +295,14 @@ async fn answer(
     if let Some(secs) = retry_after {
         resp = resp.header("retry-after", secs.to_string());
     }
-    Ok(resp
-        .body(Full::new(Bytes::from(format!("answer {status}"))))
-        .unwrap())
+    let body = match big {
+        Some(left) => Either::Right(Repeat {
+            chunk: Bytes::from(vec![b'x'; 64 * 1024]),
+            left,
+        }),
+        None => Either::Left(Full::new(Bytes::from(format!("answer {status}")))),
+    };
+    Ok(resp.body(body).unwrap())
 }
 
 /// Checks a Standard Webhooks signature: `webhook-signature: v1,<base64 HMAC-SHA256(key,

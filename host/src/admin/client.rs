@@ -43,17 +43,17 @@ impl AdminClient {
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<serde_json::Value> {
         let url = format!("{}{path}", self.base);
+        // The admin listener refuses a state-changing request that is not JSON, even one
+        // without a body (a browser page cannot send JSON cross-origin without a preflight).
+        let changes_state = method != http::Method::GET && method != http::Method::HEAD;
         let mut req = http::Request::builder().method(method).uri(&url);
         if let Some(token) = &self.token {
             req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let body = match body {
-            Some(v) => {
-                req = req.header(http::header::CONTENT_TYPE, "application/json");
-                Bytes::from(v.to_string())
-            }
-            None => Bytes::new(),
-        };
+        if body.is_some() || changes_state {
+            req = req.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let body = body.map_or_else(Bytes::new, |v| Bytes::from(v.to_string()));
         let client = Client::builder(TokioExecutor::new()).build_http();
         let resp = client
             .request(req.body(Full::new(body))?)

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::{Admin, body_json, query_param};
 use crate::delivery::replay::{self, MAX_REPLAY};
+use crate::pipeline::IngestError;
 use crate::server::respond;
 use crate::store::{DeadLetter, DeliveryState, LetterFilter};
 
@@ -86,6 +87,16 @@ where
                     StatusCode::OK,
                     &json!({"replayed": r.replayed, "skipped": r.skipped}),
                 ),
+                // A plugin at capacity: nothing was replayed; the letters wait for a retry.
+                Err(replay::ReplayError::Pipeline(IngestError::PluginBusy(busy))) => {
+                    tracing::warn!(error = %busy, "replay refused: a plugin is at capacity");
+                    respond::retry_later(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "plugin_busy",
+                        "a plugin is at capacity; nothing was replayed, retry later",
+                        crate::plugin::BUSY_RETRY_AFTER,
+                    )
+                }
                 Err(e) => store_error(e),
             });
         }
@@ -207,7 +218,10 @@ fn show(admin: &Admin, seq: u64) -> Response<Full<Bytes>> {
                 Some(d) => admin.store.delivery(d)?,
                 None => None,
             };
-            let event = admin.store.event(&letter.event_id)?.map(|(e, _)| e);
+            let event = admin
+                .store
+                .event(&letter.source, &letter.event_id)?
+                .map(|(e, _)| e);
             Ok(Some((letter, delivery, event)))
         });
     match found {

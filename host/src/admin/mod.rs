@@ -1,7 +1,8 @@
 //! Admin: the operator's listener, separate from the webhook port.
 //!
 //! - `GET /healthz`: the process is up (never needs a token).
-//! - `GET /api/v1/events/{id}`: one event, its status and every delivery attempt.
+//! - `GET /api/v1/events/{source}/{id}`, or `/api/v1/events/{id}` when one source holds that id
+//!   (409 `ambiguous_event_id` when several do): one event, its status and every attempt.
 //! - `/api/v1/dead-letters…`, `/api/v1/replay`, `/api/v1/sinks/{name}/pause|resume`: the
 //!   dead-letter queue and sink control ([`dlq`]).
 //! - `GET /api/v1/sinks`: each sink with its pending backlog.
@@ -11,7 +12,12 @@
 //! - `/metrics`, `/readyz`, `GET /api/v1/events` and the dashboard: see [`ops`].
 //!
 //! With `[admin] token` set, `/api/*`, `/metrics` and `/readyz` require
-//! `Authorization: Bearer <token>`; `[admin] public = ["/metrics"]` opens `/metrics`.
+//! `Authorization: Bearer <token>` (compared as digests in constant time,
+//! [`crate::verify::secret_eq`]); `[admin] public = ["/metrics"]` opens `/metrics`.
+//!
+//! Before any route, [`guard`] refuses what a browser page could send: without a token, a
+//! `Host` that is not one of the listener's names (421); a state-changing request from another
+//! origin (403) or without `Content-Type: application/json` (415).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,12 +27,12 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
 
 pub mod client;
 mod dlq;
 pub mod dlq_cli;
 pub mod events_cli;
+pub mod guard;
 mod ops;
 
 use crate::config::Secret;
@@ -47,6 +53,8 @@ pub struct Admin {
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Paths served without the token (`[admin] public`).
     public: Vec<String>,
+    /// The listener's own names, for [`guard`].
+    names: guard::Names,
 }
 
 impl Admin {
@@ -65,7 +73,15 @@ impl Admin {
             delivery: DeliveryControl::default(),
             metrics: None,
             public: Vec::new(),
+            names: guard::Names::default(),
         }
+    }
+
+    /// Answers to the names of a listener bound to `bound`, and to `allowed_hosts`
+    /// (`[admin] allowed_hosts`). Without it, a tokenless admin refuses every `Host`.
+    pub fn with_listener(mut self, bound: std::net::SocketAddr, allowed_hosts: &[String]) -> Admin {
+        self.names = guard::Names::new(bound, allowed_hosts);
+        self
     }
 
     /// Serves sink pause/resume through `control`.
@@ -97,6 +113,12 @@ impl Admin {
         B: hyper::body::Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
+        let checked = self
+            .names
+            .check(req.method(), req.headers(), self.token.is_none());
+        if let Err(refusal) = checked {
+            return refusal.response();
+        }
         let path = req.uri().path().to_string();
         if path == "/healthz" {
             return respond::json(StatusCode::OK, &json!({"status": "ok"}));
@@ -140,6 +162,9 @@ impl Admin {
             return respond::error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint");
         };
         match result {
+            Ok(Some(body)) if body.get("error").is_some() => {
+                respond::json(StatusCode::CONFLICT, &body)
+            }
             Ok(Some(body)) => respond::json(StatusCode::OK, &body),
             Ok(None) => respond::error(StatusCode::NOT_FOUND, "not_found", "no such event"),
             Err(e) => {
@@ -163,14 +188,45 @@ impl Admin {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        bool::from(given.as_bytes().ct_eq(token.expose()))
+        crate::verify::secret_eq(given.as_bytes(), token.expose())
     }
 
-    fn event(&self, id: &str) -> Result<Option<Value>, crate::store::StoreError> {
-        Ok(self
-            .store
-            .event(id)?
-            .map(|(event, deliveries)| event_json(&event, &deliveries)))
+    /// `GET /api/v1/events/{source}/{id}`, or `GET /api/v1/events/{id}` when exactly one
+    /// source holds an event with that id. When several do, the answer is 409 naming each
+    /// `/api/v1/events/{source}/{id}`, never one of them picked at random.
+    fn event(&self, path: &str) -> Result<Option<Value>, crate::store::StoreError> {
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        if let Some((source, id)) = path.split_once('/') {
+            let found = self.store.event(&decode(source), &decode(id))?;
+            return Ok(found.map(|(event, deliveries)| event_json(&event, &deliveries)));
+        }
+        let id = decode(path);
+        let sources = self
+            .pipeline
+            .as_ref()
+            .map(|p| p.source_names())
+            .unwrap_or_default();
+        let mut found = Vec::new();
+        for source in sources {
+            if let Some(hit) = self.store.event(&source, &id)? {
+                found.push((source, hit));
+            }
+        }
+        match found.len() {
+            0 => Ok(None),
+            1 => Ok(found.pop().map(|(_, (e, d))| event_json(&e, &d))),
+            n => Ok(Some(json!({
+                "error": "ambiguous_event_id",
+                "message": format!("{n} sources hold an event with id {id:?}; ask for one by source"),
+                "candidates": found.iter()
+                    .map(|(source, _)| format!("/api/v1/events/{source}/{id}"))
+                    .collect::<Vec<_>>(),
+            }))),
+        }
     }
 
     fn sinks(&self) -> Result<Option<Value>, crate::store::StoreError> {

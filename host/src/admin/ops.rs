@@ -3,7 +3,7 @@
 //!
 //! - `GET /metrics`: Prometheus text. Gauges that are cheap to read but not worth updating on
 //!   every change (backlog per sink, dead-letter queue size) are sampled here, at scrape.
-//! - `GET /readyz`: 200 when the store answers, every plugin a source names is loaded, and
+//! - `GET /readyz`: 200 when the store answers and takes writes, every plugin a source names is loaded, and
 //!   Redis (when configured) answers a `PING`; else 503 with each check's result.
 //! - `GET /api/v1/events?source=&status=&since=&until=&cursor=&limit=`: events newest first,
 //!   paged with an opaque cursor.
@@ -62,6 +62,7 @@ impl Admin {
         if let Ok(n) = self.store.dead_letter_count() {
             metrics::gauge!(m::DEAD_LETTERS_QUEUED).set(n as f64);
         }
+        m::store_writable(self.store.write_error().is_none());
         let mut resp = Response::new(Full::new(Bytes::from(handle.render())));
         resp.headers_mut().insert(
             http::header::CONTENT_TYPE,
@@ -71,9 +72,12 @@ impl Admin {
     }
 
     async fn readyz(&self) -> Response<Full<Bytes>> {
-        let store = match self.store.dead_letter_count() {
-            Ok(_) => json!({"ok": true}),
-            Err(e) => json!({"ok": false, "error": e.to_string()}),
+        // Readable is not enough: after a failed write (a full disk) the store refuses every
+        // event until it could be reopened, and a balancer should send traffic elsewhere.
+        let store = match (self.store.write_error(), self.store.dead_letter_count()) {
+            (Some(error), _) => json!({"ok": false, "writable": false, "error": error}),
+            (None, Ok(_)) => json!({"ok": true, "writable": true}),
+            (None, Err(e)) => json!({"ok": false, "error": e.to_string()}),
         };
         let unloaded = self.plugins.plugins().unloaded();
         let plugins = json!({

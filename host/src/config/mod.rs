@@ -127,6 +127,18 @@ pub struct ServerConfig {
     /// are believed when a source checks `allow_ips`. Default: none.
     #[serde(default)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `client_ip_header = "x-forwarded-for"` (default) or `"forwarded"` (RFC 7239): the one
+    /// header the trusted proxies write. Only that header is read; the other is the client's
+    /// own and is ignored, so a forged `Forwarded` cannot ride through a proxy that appends
+    /// `X-Forwarded-For`.
+    #[serde(default)]
+    pub client_ip_header: ClientIpHeader,
+    /// `trusted_hops = 1`: how many entries the trusted proxies append to that header (Envoy's
+    /// `xff_num_trusted_hops`). The client is the entry that many places from the right; a
+    /// request with fewer entries is refused. Unset: walk from the right past every address in
+    /// `trusted_proxies` and take the first other one (nginx's `real_ip_recursive`).
+    #[serde(default)]
+    pub trusted_hops: Option<usize>,
     /// `overload = { max_pending = 100000, max_commit_latency = "2s" }`: answer 503 before
     /// reading a body while the store is behind (off unless set).
     #[serde(default)]
@@ -156,6 +168,8 @@ impl Default for ServerConfig {
             max_body_bytes: default_max_body_bytes(),
             shutdown_grace: default_shutdown_grace(),
             trusted_proxies: Vec::new(),
+            client_ip_header: ClientIpHeader::default(),
+            trusted_hops: None,
             overload: OverloadConfig::default(),
             tls: None,
             limits: LimitsConfig::default(),
@@ -231,6 +245,11 @@ pub struct PluginsConfig {
     /// `deadline = "50ms"`: wall-clock time one plugin call may take.
     #[serde(default = "default_plugin_deadline", with = "humantime_serde")]
     pub deadline: Duration,
+    /// `max_concurrent_calls = 16`: calls of one plugin that may run at once; more wait up to
+    /// the plugin's deadline for a running call to end, then are answered 503. Default: as
+    /// many as the plugin engine's instance pool holds of the largest component (16).
+    #[serde(default)]
+    pub max_concurrent_calls: Option<usize>,
     /// `max_deliveries = 100`: deliveries one plugin call may return.
     #[serde(default = "default_max_deliveries")]
     pub max_deliveries: usize,
@@ -278,6 +297,7 @@ impl Default for PluginsConfig {
             dir: default_plugins_dir(),
             max_memory_bytes: default_plugin_memory(),
             deadline: default_plugin_deadline(),
+            max_concurrent_calls: None,
             max_deliveries: default_max_deliveries(),
             max_output_bytes: default_max_output_bytes(),
             max_headers: default_max_headers(),
@@ -310,10 +330,49 @@ pub struct AdminConfig {
     /// public) and `/metrics` may be listed.
     #[serde(default)]
     pub public: Vec<String>,
+    /// `allowed_hosts = ["hookwall.internal:9090"]`: more names (`host` or `host:port`; without
+    /// a port, any port) the listener answers to besides its bound address and
+    /// `localhost`/`127.0.0.1`/`[::1]` on its port. Without `token`, a request whose `Host` is
+    /// not one of them is refused (DNS rebinding); a state-changing request whose `Origin` is
+    /// not one of them is refused either way.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Admin paths that `[admin] public` may open.
 pub const ADMIN_PUBLIC_ALLOWED: &[&str] = &["/healthz", "/metrics"];
+
+impl AdminConfig {
+    /// The `public` paths are ones that may be opened, and every `allowed_hosts` entry is a
+    /// bare `host[:port]` (no scheme, path or user).
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(bad) = self
+            .public
+            .iter()
+            .find(|p| !ADMIN_PUBLIC_ALLOWED.contains(&p.as_str()))
+        {
+            return Err(invalid(
+                "admin.public",
+                format!("{bad:?} cannot be public; only {ADMIN_PUBLIC_ALLOWED:?} may be"),
+            ));
+        }
+        for name in &self.allowed_hosts {
+            let ok = !name.contains(['@', '/'])
+                && name.parse::<http::uri::Authority>().is_ok_and(|a| {
+                    // A port, when given, is a number (`http` accepts `host:x`).
+                    let port_ok = a.as_str().len() == a.host().len() || a.port_u16().is_some();
+                    !a.host().is_empty() && port_ok
+                });
+            if !ok {
+                return Err(invalid(
+                    "admin.allowed_hosts",
+                    format!("{name:?} is not a `host` or `host:port`"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// `[sources.NAME]`: one webhook endpoint.
 #[derive(Debug, Deserialize)]
@@ -367,6 +426,17 @@ pub struct RespondConfig {
 
 fn default_respond_status() -> u16 {
     200
+}
+
+/// The header trusted proxies put the client's address in (`[server] client_ip_header`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientIpHeader {
+    /// `X-Forwarded-For: client, proxy1, …` (nginx, Envoy, HAProxy, cloud load balancers).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1` (RFC 7239).
+    Forwarded,
 }
 
 /// What the sender hears when a plugin fails.
@@ -451,22 +521,20 @@ impl Config {
         if self.plugins.deadline.is_zero() {
             return Err(invalid("plugins.deadline", "must be greater than 0"));
         }
+        if self.plugins.max_concurrent_calls == Some(0) {
+            return Err(invalid(
+                "plugins.max_concurrent_calls",
+                "must be at least 1",
+            ));
+        }
         intake::validate_overload(&self.server.overload)?;
         edge::validate(
             &self.server.limits,
             self.server.tls.as_ref(),
             self.admin.as_ref(),
         )?;
-        if let Some(admin) = &self.admin
-            && let Some(bad) = admin
-                .public
-                .iter()
-                .find(|p| !ADMIN_PUBLIC_ALLOWED.contains(&p.as_str()))
-        {
-            return Err(invalid(
-                "admin.public",
-                format!("{bad:?} cannot be public; only {ADMIN_PUBLIC_ALLOWED:?} may be"),
-            ));
+        if let Some(admin) = &self.admin {
+            admin.validate()?;
         }
         if !self
             .storage

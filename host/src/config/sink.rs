@@ -8,7 +8,7 @@
 //! ```toml
 //! [sinks.app]
 //! type = "http"
-//! url = "http://127.0.0.1:3000/webhooks"
+//! url = "http://127.0.0.1:3000/webhooks"  # a secret: "env:APP_URL", "file:…" also work
 //! secret = "env:APP_WEBHOOK_SECRET"      # whsec_… (Standard Webhooks)
 //! headers = { "x-tenant" = "acme" }
 //! timeout = "10s"
@@ -204,8 +204,10 @@ pub struct NatsSinkConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSinkConfig {
-    /// `url = "https://app.internal/webhooks"` (`http` or `https`).
-    pub url: String,
+    /// `url = "https://app.internal/webhooks"` (`http` or `https`): a secret reference
+    /// (`env:APP_URL`, `file:…` or a literal), since URLs such as Slack's carry their token in
+    /// the path. Checked at start-up; never printed (errors show only scheme, host and port).
+    pub url: SecretRef,
     /// `method = "POST"` (default), `PUT` or `PATCH`.
     #[serde(default = "default_method")]
     pub method: String,
@@ -441,13 +443,7 @@ pub(super) fn validate(name: &str, sink: &SinkConfig) -> Result<(), ConfigError>
         return Err(invalid(key("subject"), reason));
     }
     if let SinkKind::Http(http) = &sink.kind {
-        let uri: http::Uri = http
-            .url
-            .parse()
-            .map_err(|e| invalid(key("url"), format!("not a URL: {e}")))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-            return Err(invalid(key("url"), "must be an http:// or https:// URL"));
-        }
+        // The URL is a secret, checked once resolved (`check_secrets`).
         if !["POST", "PUT", "PATCH"].contains(&http.method.as_str()) {
             return Err(invalid(key("method"), "must be POST, PUT or PATCH"));
         }
@@ -506,6 +502,11 @@ pub(super) fn check_secrets(
     sink: &SinkConfig,
     base_dir: &std::path::Path,
 ) -> Result<(), ConfigError> {
+    if let SinkKind::Http(http) = &sink.kind {
+        let key = format!("sinks.{name}.url");
+        let url = http.url.resolve(base_dir, &key)?;
+        crate::sink::parse_http_url(&url).map_err(|reason| invalid(key, reason))?;
+    }
     if let SinkKind::Http(HttpSinkConfig {
         secret: Some(secret),
         ..
@@ -585,8 +586,6 @@ mod tests {
         assert!(e.contains("timout"), "{e}");
         let e = err("type = \"file\"\npath = \"x\"\nretry = { max_tries = 3 }");
         assert!(e.contains("max_tries"), "{e}");
-        let e = err("type = \"http\"\nurl = \"ftp://x/\"");
-        assert!(e.contains("sinks.app.url"), "{e}");
         let e = err("type = \"http\"\nurl = \"http://x/\"\nretry_on = [\"6xx\"]");
         assert!(e.contains("sinks.app.retry_on"), "{e}");
         let e = err("type = \"http\"\nurl = \"http://x/\"\nmethod = \"GET\"");
@@ -642,6 +641,39 @@ mod tests {
         .unwrap();
         let e = c.check_secrets().unwrap_err().to_string();
         assert!(e.contains("sinks.app.url") && !e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn the_http_url_is_a_secret_checked_without_being_printed() {
+        let checked = |url: &str| {
+            Config::parse(
+                &with_sink(&format!("type = \"http\"\nurl = \"{url}\"")),
+                Path::new("/"),
+            )
+            .unwrap()
+            .check_secrets()
+            .map_err(|e| e.to_string())
+        };
+        for bad in [
+            "ftp://x/hook-XSECRET",
+            "not a url XSECRET",
+            "/only/a/path/XSECRET",
+        ] {
+            let e = checked(bad).unwrap_err();
+            assert!(
+                e.contains("sinks.app.url") && !e.contains("XSECRET"),
+                "{bad}: {e}"
+            );
+        }
+        checked("https://hooks.example.com/services/T0/B0/XSECRET").unwrap();
+        let e = checked("env:HOOKWALL_TEST_SURELY_UNSET_URL").unwrap_err();
+        assert!(e.contains("HOOKWALL_TEST_SURELY_UNSET_URL"), "{e}");
+        let c = Config::parse(
+            &with_sink("type = \"http\"\nurl = \"https://h/services/XSECRET\""),
+            Path::new("/"),
+        )
+        .unwrap();
+        assert!(!format!("{:?}", c.sinks["app"]).contains("XSECRET"));
     }
 
     #[test]

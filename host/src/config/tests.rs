@@ -20,6 +20,7 @@ fsync = true
 dir = "wasm"
 max_memory_bytes = 33554432
 deadline = "20ms"
+max_concurrent_calls = 8
 
 [plugins.config.router]
 default = "archive"
@@ -28,6 +29,7 @@ rules = [{ name = "orders", json = "/type", prefix = "order.", sink = "orders" }
 [admin]
 listen = "127.0.0.1:19090"
 token = "env:HOOKWALL_ADMIN_TOKEN"
+allowed_hosts = ["hookwall.internal:9090", "ops.example"]
 
 [sources.demo]
 path = "/hooks/demo"
@@ -75,6 +77,7 @@ fn omnibus_parses_and_resolves_paths() {
     assert_eq!(c.storage.path, Path::new("/etc/hookwall/state"));
     assert_eq!(c.plugins.dir, Path::new("/etc/hookwall/wasm"));
     assert_eq!(c.plugins.deadline, Duration::from_millis(20));
+    assert_eq!(c.plugins.max_concurrent_calls, Some(8));
     let SinkKind::File(f) = &c.sinks["archive"].kind else {
         panic!("archive is a file sink")
     };
@@ -151,8 +154,31 @@ fn bad_intake_settings_are_named() {
     let err = parse_err(&OMNIBUS.replace("max_pending = 50000", "max_pending = 0"));
     assert!(err.contains("server.overload.max_pending"), "{err}");
 
+    let err = parse_err(&OMNIBUS.replace("max_concurrent_calls = 8", "max_concurrent_calls = 0"));
+    assert!(err.contains("plugins.max_concurrent_calls"), "{err}");
+
     let err = parse_err(&OMNIBUS.replace("fail_closed\" }\nrate", "fail_shut\" }\nrate"));
     assert!(err.contains("fail_shut"), "{err}");
+}
+
+#[test]
+fn admin_allowed_hosts_are_bare_names() {
+    let c = Config::parse(OMNIBUS, Path::new(".")).unwrap();
+    let admin = c.admin.unwrap();
+    assert_eq!(
+        admin.allowed_hosts,
+        ["hookwall.internal:9090", "ops.example"]
+    );
+    for bad in [
+        "http://ops.example",
+        "ops.example/x",
+        "u@ops.example",
+        "ops.example:x",
+        "",
+    ] {
+        let err = parse_err(&OMNIBUS.replace("\"ops.example\"]", &format!("{bad:?}]")));
+        assert!(err.contains("admin.allowed_hosts"), "{bad}: {err}");
+    }
 }
 
 fn parse_err(text: &str) -> String {

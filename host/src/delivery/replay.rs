@@ -47,7 +47,7 @@ pub async fn replay(
     for (seq, letter) in letters {
         let (Some(source), Some((event, _))) = (
             pipeline.source_named(&letter.source),
-            store.event(&letter.event_id)?,
+            store.event(&letter.source, &letter.event_id)?,
         ) else {
             tracing::warn!(letter = seq, source = %letter.source, event = %letter.event_id,
                 "cannot replay: the source or the event is gone");

@@ -1,8 +1,11 @@
 //! Retention: delivered events are pruned once older than `[storage] retention`.
 //!
 //! Only settled events go (every delivery delivered, or its dead letter replayed or purged);
-//! dead letters and anything pending are kept however old, until replayed or purged. Each
-//! pass deletes a bounded number per commit so it never holds the store's writer for long.
+//! dead letters and anything pending are kept however old, until replayed or purged, and are
+//! stepped over: a pass walks the old events oldest first in bounded steps, and a pass that
+//! reaches its budget leaves a cursor the next one resumes from, so no number of old open
+//! events can stop the pruning of closed ones behind them. Each step deletes a bounded number
+//! per commit so it never holds the store's writer for long.
 
 use std::time::Duration;
 
@@ -10,38 +13,154 @@ use tokio::sync::watch;
 
 use crate::server::now_ms;
 use crate::store::Store;
+use crate::store::dlq::PruneCursor;
 
 /// Events deleted per commit.
 const PRUNE_BATCH: usize = 1000;
+/// Events looked at per step (one read transaction): open ones cost a read each, so a step
+/// over a long run of them stays short.
+const PRUNE_SCAN: usize = 8 * PRUNE_BATCH;
+/// Events looked at per pass at most; a pass that stops here leaves a cursor and the next
+/// resumes from it. Bounds one pass's work however many old events are kept open: a debug
+/// build looks at 8,100 open events in 0.13 s (the unit test below), so a full pass is a few
+/// seconds there and well under that in release.
+const MAX_SCAN_PER_PASS: usize = 200_000;
 /// The longest pause between passes.
 const MAX_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Prunes every `min(keep / 2, 60 s)` until `stopped`.
 pub async fn run(store: Store, keep: Duration, mut stopped: watch::Receiver<bool>) {
     let interval = (keep / 2).clamp(Duration::from_secs(1), MAX_INTERVAL);
+    let mut cursor = None;
     loop {
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             _ = stopped.changed() => return,
         }
         let before_ms = now_ms().saturating_sub(keep.as_millis() as u64);
-        let mut total = 0;
-        loop {
-            match store.prune_settled(before_ms, PRUNE_BATCH).await {
-                Ok(n) => {
-                    total += n;
-                    if n < PRUNE_BATCH {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "retention: cannot prune settled events");
-                    break;
-                }
-            }
-        }
+        let total = pass(&store, before_ms, &mut cursor, MAX_SCAN_PER_PASS).await;
         if total > 0 {
             tracing::info!(pruned = total, "retention: settled events pruned");
         }
+    }
+}
+
+/// One pass: steps from `cursor` until every event before `before_ms` was looked at (the
+/// cursor is then cleared: the next pass starts again from the oldest, whose open events may
+/// have closed) or `budget` events were (the cursor is where the next pass resumes). Returns
+/// how many events were pruned.
+pub async fn pass(
+    store: &Store,
+    before_ms: u64,
+    cursor: &mut Option<PruneCursor>,
+    budget: usize,
+) -> usize {
+    let (mut pruned, mut examined) = (0, 0);
+    loop {
+        match store
+            .prune_settled(before_ms, cursor.as_ref(), PRUNE_BATCH, PRUNE_SCAN)
+            .await
+        {
+            Ok(step) => {
+                pruned += step.pruned;
+                examined += step.examined;
+                *cursor = step.next;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "retention: cannot prune settled events");
+                return pruned;
+            }
+        }
+        if cursor.is_none() || examined >= budget {
+            return pruned;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DeliveryUpdate, NewEvent};
+
+    fn event(id: &str, received_at_ms: u64) -> NewEvent {
+        NewEvent::for_test(id, "s", received_at_ms, &["a"])
+    }
+
+    async fn accept_all(store: &Store, events: Vec<NewEvent>) {
+        for chunk in events.chunks(500) {
+            let commits = chunk.iter().map(|e| store.accept(e.clone()));
+            for outcome in futures_util::future::join_all(commits).await {
+                outcome.unwrap();
+            }
+        }
+    }
+
+    async fn deliver(store: &Store, id: &str) {
+        let (record, _) = store.event("s", id).unwrap().unwrap();
+        let updates = record
+            .deliveries
+            .iter()
+            .map(|&seq| DeliveryUpdate::Delivered { seq, at_ms: 1 })
+            .collect();
+        store.update_deliveries(updates).await.unwrap();
+    }
+
+    /// More old open events than one step looks at (a paused sink's backlog), then closed
+    /// ones: the closed ones are pruned anyway, across passes when the budget is short.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn old_open_events_do_not_stop_pruning_the_closed_ones_behind_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), false).unwrap();
+        let open = PRUNE_SCAN + 100;
+        let old = (0..open).map(|i| event(&format!("open-{i}"), 1_000 + i as u64));
+        accept_all(&store, old.collect()).await;
+        let closed: Vec<String> = (0..20).map(|i| format!("closed-{i}")).collect();
+        let newer = closed.iter().enumerate();
+        accept_all(
+            &store,
+            newer.map(|(i, id)| event(id, 100_000 + i as u64)).collect(),
+        )
+        .await;
+        for id in &closed {
+            deliver(&store, id).await;
+        }
+        let before_ms = 1_000_000;
+
+        // A budget of one step's scan: the first pass sees only open events and leaves a
+        // cursor; the next resumes there and reaches the closed ones.
+        let mut cursor = None;
+        assert_eq!(pass(&store, before_ms, &mut cursor, PRUNE_SCAN).await, 0);
+        assert!(cursor.is_some(), "the pass stopped at its budget");
+        assert_eq!(pass(&store, before_ms, &mut cursor, PRUNE_SCAN).await, 20);
+        assert_eq!(cursor, None, "the range was walked to its end");
+        assert!(
+            closed
+                .iter()
+                .all(|id| store.event("s", id).unwrap().is_none())
+        );
+        assert!(store.event("s", "open-0").unwrap().is_some());
+        assert!(
+            store
+                .event("s", &format!("open-{}", open - 1))
+                .unwrap()
+                .is_some()
+        );
+
+        // An open event that closes later goes on a later pass (the cursor wrapped).
+        deliver(&store, "open-7").await;
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            pass(&store, before_ms, &mut cursor, MAX_SCAN_PER_PASS).await,
+            1
+        );
+        eprintln!(
+            "a pass over {open} open events took {:?}",
+            started.elapsed()
+        );
+        assert!(store.event("s", "open-7").unwrap().is_none());
+        assert_eq!(store.pending_count("a").unwrap(), open as u64 - 1);
+        // Nothing newer than the cutoff goes.
+        deliver(&store, "open-8").await;
+        assert_eq!(pass(&store, 1_000, &mut None, MAX_SCAN_PER_PASS).await, 0);
     }
 }

@@ -5,6 +5,12 @@
 //! (from wasmtime's pooling allocator), a memory limit and an epoch deadline, and no access to
 //! files, network or environment. A trap, a timeout or an `err` fails that event only.
 //!
+//! ## Capacity
+//! Each plugin admits at most `max_concurrent_calls` calls at once ([`PluginHost::admit`]
+//! reserves a permit in every plugin of a chain before it runs, waiting up to the plugin's
+//! deadline). No permit, or no room in the engine's instance pool, is [`PluginBusy`]: the
+//! sender is asked to retry, and the event is neither stored nor dead-lettered.
+//!
 //! The loaded set is built from the whole plugins directory (`NAME.wasm` plus an optional
 //! `NAME.toml` manifest, see [`manifest`]) and lives behind an [`ArcSwap`]: a call takes a
 //! snapshot, so swapping in a new set (hot reload, see [`reload`]) never disturbs calls in
@@ -19,10 +25,13 @@
 //! source's configured `sinks`. A `reject` anywhere rejects the event; `drop` ends that branch.
 
 mod capabilities;
+mod capture;
 pub mod manifest;
 pub mod reload;
 mod runtime;
 pub mod scaffold;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -31,13 +40,14 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use sha2::Digest;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 #[cfg(test)]
 pub(crate) use capabilities::check_kv_contract;
 pub use capabilities::{KvError, KvScope, PluginCounters, PluginKv, check_kv_sizes};
 pub use manifest::{InstanceMode, config_values};
-use manifest::{Manifest, POOL_BY_DEFAULT_ABOVE_BYTES};
-pub use runtime::CallLimits;
+use manifest::{Manifest, POOL_BY_DEFAULT_ABOVE_BYTES, ValueRoot};
+pub use runtime::{CallLimits, DEFAULT_MAX_CONCURRENT_CALLS};
 use runtime::{CallState, Capabilities, InstancePool, Runtime};
 
 use crate::config::Config;
@@ -78,7 +88,8 @@ pub enum PluginError {
         found: String,
         supported: String,
     },
-    /// A `KEY_file` config value names a file that cannot be read.
+    /// A `KEY_file` config value names a file that cannot be read. (A manifest's value that
+    /// leads out of the plugins directory is a [`PluginError::Manifest`] error.)
     #[error("plugin `{name}`: config `{key}`: cannot read {path}: {reason}")]
     ConfigFile {
         name: String,
@@ -119,6 +130,42 @@ pub enum CallFailure {
     /// The plugin's output broke a host rule (e.g. routed to a sink that does not exist).
     #[error("invalid output: {0}")]
     InvalidOutput(String),
+}
+
+/// Why a plugin had no room for a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BusyReason {
+    /// Its `max_concurrent_calls` calls were running and none finished within the wait.
+    #[error("{limit} calls already running (max_concurrent_calls)")]
+    Concurrency { limit: usize },
+    /// The engine's instance pool, shared by all plugins, had no slot for another instance.
+    #[error("the plugin instance pool is exhausted")]
+    PoolExhausted,
+}
+
+/// A plugin had no room for another call. A capacity limit is neither the event's fault nor
+/// the plugin's: the sender is asked to retry (503 with `Retry-After`), nothing is stored, no
+/// dedupe mark is held, and it is never a dead letter.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("plugin `{plugin}` is busy: {reason}")]
+pub struct PluginBusy {
+    pub plugin: String,
+    pub reason: BusyReason,
+}
+
+/// `Retry-After` for a busy plugin: calls last milliseconds, so room frees up soon; a second
+/// spreads the retries of a burst.
+pub const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Why one call of a plugin produced no action.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// The plugin failed on this event: the event becomes a dead letter.
+    #[error(transparent)]
+    Failed(#[from] CallFailure),
+    /// There was no room to run it: the event is refused for a retry, never dead-lettered.
+    #[error("busy: {0}")]
+    Busy(BusyReason),
 }
 
 /// A verified event as plugins see it.
@@ -192,7 +239,35 @@ pub struct LoadedPlugin {
     /// The files its `KEY_file` config values were read from (watched for hot reload).
     value_files: Vec<PathBuf>,
     pool: Option<InstancePool>,
+    /// One permit per call that may run at once (`limits.max_concurrent_calls`).
+    calls: Arc<Semaphore>,
     pre: PluginPre<CallState>,
+}
+
+impl LoadedPlugin {
+    /// A permit to call this plugin once, waiting up to its deadline for a running call to end:
+    /// a call ends within its deadline, so a longer wait means the plugin is saturated.
+    async fn admit(&self) -> Result<OwnedSemaphorePermit, PluginBusy> {
+        let wait = self.calls.clone().acquire_owned();
+        match tokio::time::timeout(self.limits.deadline, wait).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // Timed out (the semaphore is never closed).
+            _ => Err(PluginBusy {
+                plugin: self.name.to_string(),
+                reason: BusyReason::Concurrency {
+                    limit: self.limits.max_concurrent_calls,
+                },
+            }),
+        }
+    }
+}
+
+/// Room reserved for one event in every plugin of a source's chain, with the plugin set the
+/// chain runs on (a reload meanwhile does not change it). Dropping it frees the room.
+pub struct Admission {
+    set: Arc<PluginSet>,
+    source: String,
+    _permits: Vec<OwnedSemaphorePermit>,
 }
 
 /// The set of loaded plugins and each source's chain, swapped as a whole.
@@ -289,6 +364,10 @@ impl PluginHost {
             default_limits: CallLimits {
                 max_memory_bytes: config.plugins.max_memory_bytes,
                 deadline: config.plugins.deadline,
+                max_concurrent_calls: config
+                    .plugins
+                    .max_concurrent_calls
+                    .unwrap_or(DEFAULT_MAX_CONCURRENT_CALLS),
             },
             output: OutputLimits {
                 max_deliveries: config.plugins.max_deliveries,
@@ -431,6 +510,10 @@ impl PluginHost {
                 .limits
                 .deadline
                 .unwrap_or(self.settings.default_limits.deadline),
+            max_concurrent_calls: manifest
+                .limits
+                .max_concurrent_calls
+                .unwrap_or(self.settings.default_limits.max_concurrent_calls),
         };
         let plugin_name: Arc<str> = Arc::from(name);
         self.runtime
@@ -464,26 +547,29 @@ impl PluginHost {
             config: Arc::new(values),
             value_files,
             pool,
+            calls: Arc::new(Semaphore::new(limits.max_concurrent_calls)),
             pre,
         }))
     }
 
     /// The plugin's config values (its manifest's, then the host config's over them) with
-    /// every `KEY_file` read, and the paths of the files read.
+    /// every `KEY_file` read, and the paths of the files read. A manifest's files must lie in
+    /// the plugins directory; the operator's may be anywhere.
     fn config_values(
         &self,
         name: &str,
         manifest: &Manifest,
     ) -> Result<(BTreeMap<String, String>, Vec<PathBuf>), PluginError> {
+        let host = self.settings.host_values.get(name);
         let mut values = config_values(&manifest.config);
-        let mut files = manifest::read_value_files(name, &mut values, &self.settings.dir)?;
-        if let Some(host) = self.settings.host_values.get(name) {
+        // A key the operator sets is not the manifest's to read (an override fixes a bad one).
+        values.retain(|key, _| host.is_none_or(|h| !h.contains_key(key)));
+        let mut files =
+            manifest::read_value_files(name, &mut values, ValueRoot::Confined(&self.settings.dir))?;
+        if let Some(host) = host {
             let mut host = host.clone();
-            files.extend(manifest::read_value_files(
-                name,
-                &mut host,
-                &self.settings.config_dir,
-            )?);
+            let root = ValueRoot::Open(&self.settings.config_dir);
+            files.extend(manifest::read_value_files(name, &mut host, root)?);
             values.extend(host);
         }
         Ok((values, files))
@@ -584,9 +670,31 @@ impl PluginHost {
         self.current.load_full()
     }
 
+    /// Reserves a call permit in every plugin of `source`'s chain, waiting up to each plugin's
+    /// deadline (see [`LoadedPlugin::admit`]). A chain calls its plugins one at a time, so one
+    /// permit per plugin covers all its calls for the event.
+    pub async fn admit(&self, source: &str) -> Result<Admission, PluginBusy> {
+        let set = self.plugins();
+        let mut permits = Vec::new();
+        {
+            // In one global order (by name), so two chains never wait on each other in a cycle.
+            let mut names: Vec<&String> = set.chain(source).iter().collect();
+            names.sort();
+            names.dedup();
+            for plugin in names.into_iter().filter_map(|n| set.get(n)) {
+                permits.push(plugin.admit().await?);
+            }
+        }
+        Ok(Admission {
+            set,
+            source: source.to_string(),
+            _permits: permits,
+        })
+    }
+
     /// Runs one plugin once on `event`, converts its action and checks it against the output
-    /// limits.
-    pub fn call(&self, plugin: &LoadedPlugin, event: &Event) -> Result<Action, CallFailure> {
+    /// limits. Takes no permit: [`PluginHost::run_chain`]'s caller holds them.
+    pub fn call(&self, plugin: &LoadedPlugin, event: &Event) -> Result<Action, CallError> {
         let wit_event = types::Event {
             id: event.id.clone(),
             source: event.source.clone(),
@@ -609,74 +717,120 @@ impl PluginHost {
                 &wit_event,
             )
             .map(Action::from)
-            .and_then(|action| self.settings.output.check(&action).map(|()| action));
-        crate::telemetry::metrics::plugin_call(
-            &plugin.name,
-            started.elapsed(),
-            result.as_ref().err(),
-        );
+            .and_then(|action| {
+                let checked = self.settings.output.check(&action);
+                checked.map(|()| action).map_err(CallError::from)
+            });
+        let failure = match &result {
+            Err(CallError::Failed(failure)) => Some(failure),
+            _ => None,
+        };
+        crate::telemetry::metrics::plugin_call(&plugin.name, started.elapsed(), failure);
         result
     }
 
-    /// Runs `source`'s chain on `event`. `default_sinks` receive unrouted output of the last
-    /// plugin; `sink_exists` checks routed sink names.
+    /// Runs the admitted source's chain on `event`, on the plugin set it was admitted to.
+    /// `default_sinks` receive unrouted output of the last plugin; `sink_exists` checks routed
+    /// sink names. A plugin with no room for a call (its instance could not be allocated) ends
+    /// the chain as [`PluginBusy`]: the event is retried by its sender, not failed.
     pub fn run_chain(
         &self,
-        source: &str,
+        admission: &Admission,
         event: Event,
         default_sinks: &[String],
         sink_exists: impl Fn(&str) -> bool,
-    ) -> ChainOutcome {
-        let set = self.plugins();
-        let names = set.chain(source);
-        let mut inputs = vec![event];
-        let mut routed = Vec::new();
-        let mut last_drop = None;
+    ) -> Result<ChainOutcome, PluginBusy> {
+        let set = &admission.set;
+        let names = set.chain(&admission.source);
+        let mut run = ChainRun {
+            inputs: vec![event],
+            routed: Vec::new(),
+            last_drop: None,
+        };
         for name in names {
             let Some(plugin) = set.get(name) else {
-                return ChainOutcome::Failed {
+                return Ok(ChainOutcome::Failed {
                     plugin: name.clone(),
                     failure: CallFailure::InvalidOutput(format!("plugin `{name}` is not loaded")),
-                };
+                });
             };
             let mut next = Vec::new();
-            for input in inputs {
-                let fail = |failure| ChainOutcome::Failed {
-                    plugin: name.clone(),
-                    failure,
+            for input in std::mem::take(&mut run.inputs) {
+                let action = match self.call(plugin, &input) {
+                    Ok(action) => action,
+                    Err(CallError::Busy(reason)) => {
+                        let plugin = name.clone();
+                        return Err(PluginBusy { plugin, reason });
+                    }
+                    Err(CallError::Failed(failure)) => {
+                        let plugin = name.clone();
+                        return Ok(ChainOutcome::Failed { plugin, failure });
+                    }
                 };
-                match self.call(plugin, &input) {
-                    Err(failure) => return fail(failure),
-                    Ok(Action::Reject(r)) => return ChainOutcome::Rejected(r),
-                    Ok(Action::Respond(r)) => return ChainOutcome::Responded(r),
-                    Ok(Action::Drop(reason)) => last_drop = Some(reason),
-                    Ok(Action::Forward(deliveries)) => {
-                        for d in deliveries {
-                            match d.sink {
-                                Some(sink) if !sink_exists(&sink) => {
-                                    return fail(CallFailure::InvalidOutput(format!(
-                                        "routed to unknown sink `{sink}`"
-                                    )));
-                                }
-                                Some(sink) => routed.push(Routed {
-                                    sink,
-                                    headers: d.headers,
-                                    body: d.body,
-                                    priority: d.priority,
-                                }),
-                                None => next.push(Event {
-                                    headers: d.headers,
-                                    body: d.body,
-                                    ..input.clone()
-                                }),
-                            }
+                if let Some(end) = run.take(name, input, action, &mut next, &sink_exists) {
+                    return Ok(end);
+                }
+            }
+            run.inputs = next;
+        }
+        Ok(run.finish(names, default_sinks))
+    }
+}
+
+/// One event's way through a chain: the next plugin's inputs, and what is routed so far.
+struct ChainRun {
+    inputs: Vec<Event>,
+    routed: Vec<Routed>,
+    last_drop: Option<String>,
+}
+
+impl ChainRun {
+    /// Takes `plugin`'s action on `input`: routed deliveries are final, unrouted ones go to
+    /// `next` (the next plugin's inputs). `Some` ends the chain with that outcome.
+    fn take(
+        &mut self,
+        plugin: &str,
+        input: Event,
+        action: Action,
+        next: &mut Vec<Event>,
+        sink_exists: &impl Fn(&str) -> bool,
+    ) -> Option<ChainOutcome> {
+        match action {
+            Action::Reject(r) => return Some(ChainOutcome::Rejected(r)),
+            Action::Respond(r) => return Some(ChainOutcome::Responded(r)),
+            Action::Drop(reason) => self.last_drop = Some(reason),
+            Action::Forward(deliveries) => {
+                for d in deliveries {
+                    match d.sink {
+                        Some(sink) if !sink_exists(&sink) => {
+                            return Some(ChainOutcome::Failed {
+                                plugin: plugin.to_string(),
+                                failure: CallFailure::InvalidOutput(format!(
+                                    "routed to unknown sink `{sink}`"
+                                )),
+                            });
                         }
+                        Some(sink) => self.routed.push(Routed {
+                            sink,
+                            headers: d.headers,
+                            body: d.body,
+                            priority: d.priority,
+                        }),
+                        None => next.push(Event {
+                            headers: d.headers,
+                            body: d.body,
+                            ..input.clone()
+                        }),
                     }
                 }
             }
-            inputs = next;
         }
-        if !inputs.is_empty() && default_sinks.is_empty() {
+        None
+    }
+
+    /// After the last plugin (`names`): unrouted output goes to each of `default_sinks`.
+    fn finish(mut self, names: &[String], default_sinks: &[String]) -> ChainOutcome {
+        if !self.inputs.is_empty() && default_sinks.is_empty() {
             return ChainOutcome::Failed {
                 plugin: names.last().cloned().unwrap_or_default(),
                 failure: CallFailure::InvalidOutput(
@@ -684,9 +838,9 @@ impl PluginHost {
                 ),
             };
         }
-        for input in inputs {
+        for input in self.inputs {
             for sink in default_sinks {
-                routed.push(Routed {
+                self.routed.push(Routed {
                     sink: sink.clone(),
                     headers: input.headers.clone(),
                     body: input.body.clone(),
@@ -694,9 +848,9 @@ impl PluginHost {
                 });
             }
         }
-        match (routed.is_empty(), last_drop) {
+        match (self.routed.is_empty(), self.last_drop) {
             (true, Some(reason)) => ChainOutcome::Dropped(reason),
-            _ => ChainOutcome::Forward(routed),
+            _ => ChainOutcome::Forward(self.routed),
         }
     }
 }

@@ -8,24 +8,37 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
     Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy,
-    PoolingAllocationConfig, ResourceLimiter, Store, Trap,
+    PoolConcurrencyLimitError, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
 };
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::hookwall::plugin::{clock, host, kv, metrics, types};
 use super::bindings::{Plugin, PluginPre};
 use super::capabilities::{KvScope, PluginCounters, PluginKv, check_kv_sizes};
+use super::capture::Capture;
 use super::manifest::MAX_PLUGIN_MEMORY_BYTES;
-use super::{CallFailure, PluginError};
+use super::{BusyReason, CallError, CallFailure, PluginError};
 
 /// Epoch ticks drive plugin deadlines; a deadline is rounded up to whole ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(2);
-/// Plugin calls that can run at once. Calls are synchronous on the runtime's threads, so this
-/// only needs to exceed the thread count; the pool reserves address space for each slot.
+/// Instances that can exist at once, in calls and in plugins' warm pools, across all plugins.
+/// Each plugin's calls are bounded by its `max_concurrent_calls`; an instance the pool cannot
+/// hold (many plugins busy at once) is answered as busy (503), never as the plugin's failure.
+/// The pool reserves address space for each slot.
 const MAX_CONCURRENT_INSTANCES: u32 = 256;
 /// Core instances per component: Rust guests use one or two; JS and Python guests need dozens.
 const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 64;
+/// Core instances the pool holds per component instance, on average: Rust guests need fewer,
+/// JS and Python ones more (these are the scarcest slots for them).
+const CORE_INSTANCES_PER_INSTANCE: u32 = 4;
+const TOTAL_CORE_INSTANCES: u32 = MAX_CONCURRENT_INSTANCES * CORE_INSTANCES_PER_INSTANCE;
+/// A plugin's `max_concurrent_calls` unless configured: as many instances as the pool holds of
+/// the largest component it admits (1024 core instances / 64 per component = 16), so one
+/// plugin alone can never exhaust the pool, whatever its language. Far more than a Rust or C
+/// plugin's calls (µs each) need on a few cores; a burst waits for a permit (up to the
+/// plugin's deadline) instead of being refused.
+pub const DEFAULT_MAX_CONCURRENT_CALLS: usize =
+    (TOTAL_CORE_INSTANCES / MAX_CORE_INSTANCES_PER_COMPONENT) as usize;
 /// Bytes of a freed linear memory kept resident and reset page by page when PAGEMAP_SCAN is
 /// available: a Rust guest's 1 MiB stack sits below its data and heap, so its dirty pages
 /// all fall within the first 2 MiB.
@@ -34,7 +47,7 @@ const KEEP_RESIDENT: usize = 2 * 1024 * 1024;
 /// flood the host's log.
 const MAX_LOG_LINES_PER_CALL: u32 = 64;
 const MAX_LOG_LINE_BYTES: usize = 2048;
-/// Captured guest stderr (panic messages) kept for the dead-letter reason.
+/// Guest stderr (panic messages) kept per call for the dead-letter reason: the last bytes.
 const STDERR_CAPTURE_BYTES: usize = 2048;
 /// Key-value operations a single call may make; a plugin looping on the store is stopped
 /// with an error instead of hammering it until the deadline.
@@ -45,6 +58,8 @@ const MAX_KV_OPS_PER_CALL: u32 = 256;
 pub struct CallLimits {
     pub max_memory_bytes: usize,
     pub deadline: Duration,
+    /// Calls of the plugin that may run at once; more wait for a permit, then are refused.
+    pub max_concurrent_calls: usize,
 }
 
 /// What host imports reach beyond the call itself.
@@ -66,17 +81,26 @@ impl Runtime {
     /// Builds the engine. `max_memory_bytes` is the largest limit any plugin may be given;
     /// `cache_dir` keeps compiled code across restarts.
     pub fn new(cache_dir: Option<&Path>, caps: Capabilities) -> Result<Runtime, PluginError> {
+        Runtime::with_instances(cache_dir, caps, MAX_CONCURRENT_INSTANCES)
+    }
+
+    /// [`Runtime::new`] with a pool of `instances` (tests exhaust a small one).
+    fn with_instances(
+        cache_dir: Option<&Path>,
+        caps: Capabilities,
+        instances: u32,
+    ) -> Result<Runtime, PluginError> {
         let engine_err = |e: wasmtime::Error| PluginError::Engine(format!("{e:#}"));
         let mut config = Config::new();
         config.wasm_component_model(true);
         // Deadlines: the ticker below bumps the epoch; a call traps when its budget runs out.
         config.epoch_interruption(true);
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(MAX_CONCURRENT_INSTANCES);
-        pool.total_core_instances(MAX_CONCURRENT_INSTANCES * 4);
+        pool.total_component_instances(instances);
+        pool.total_core_instances(instances * CORE_INSTANCES_PER_INSTANCE);
         pool.max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT);
-        pool.total_memories(MAX_CONCURRENT_INSTANCES * 2);
-        pool.total_tables(MAX_CONCURRENT_INSTANCES * 4);
+        pool.total_memories(instances * 2);
+        pool.total_tables(instances * 4);
         // Per-plugin limits are enforced by each store's limiter; this is only the ceiling.
         pool.max_memory_size(MAX_PLUGIN_MEMORY_BYTES);
         // Keeping a little of each freed slot resident saves a page-fault storm on reuse.
@@ -137,8 +161,8 @@ impl Runtime {
         plugin: &Arc<str>,
         config: &Arc<HashMap<String, String>>,
         limits: CallLimits,
-    ) -> (Store<CallState>, MemoryOutputPipe) {
-        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
+    ) -> (Store<CallState>, Capture) {
+        let stderr = Capture::new(STDERR_CAPTURE_BYTES);
         // Deny-by-default WASI: no files, no environment, no network, no args, stdin closed,
         // and clocks frozen at zero: the `clock` import is the one way to read time.
         let wasi = WasiCtx::builder()
@@ -175,16 +199,21 @@ impl Runtime {
         limits: CallLimits,
         pool: Option<&InstancePool>,
         event: &types::Event,
-    ) -> Result<types::Action, CallFailure> {
+    ) -> Result<types::Action, CallError> {
         let slot = pool.and_then(InstancePool::take);
         let mut slot = match slot {
-            Some(slot) => slot,
+            Some(slot) => {
+                // A reused instance: what it wrote for earlier events is not this event's.
+                slot.stderr.clear();
+                slot
+            }
             None => {
                 let (mut store, stderr) = self.new_store(plugin, config, limits);
                 store.set_epoch_deadline(deadline_ticks(limits.deadline));
+                let started = Instant::now();
                 let instance = pre
                     .instantiate(&mut store)
-                    .map_err(|e| classify(e, &store, &stderr, limits, Instant::now()))?;
+                    .map_err(|e| classify_start(e, &store, &stderr, limits, started))?;
                 Slot {
                     store,
                     instance,
@@ -208,10 +237,10 @@ impl Runtime {
                 if let Some(pool) = pool {
                     pool.put_back(slot);
                 }
-                result.map_err(|message| CallFailure::Error(truncate(message, 1024)))
+                result.map_err(|message| CallFailure::Error(truncate(message, 1024)).into())
             }
             // A trapped instance cannot be entered again: it is dropped here, not pooled.
-            Err(e) => Err(classify(e, &slot.store, &slot.stderr, limits, started)),
+            Err(e) => Err(classify(e, &slot.store, &slot.stderr, limits, started).into()),
         }
     }
 
@@ -221,21 +250,37 @@ impl Runtime {
         pre: &PluginPre<CallState>,
         plugin: &Arc<str>,
         limits: CallLimits,
-    ) -> Result<(), CallFailure> {
+    ) -> Result<(), CallError> {
         let (mut store, stderr) = self.new_store(plugin, &Arc::default(), limits);
         store.set_epoch_deadline(deadline_ticks(limits.deadline));
         let started = Instant::now();
         pre.instantiate(&mut store)
             .map(|_| ())
-            .map_err(|e| classify(e, &store, &stderr, limits, started))
+            .map_err(|e| classify_start(e, &store, &stderr, limits, started))
     }
+}
+
+/// Names why an instance could not be made: no room in the engine's pool (a capacity limit,
+/// not the plugin's fault), or the plugin failed while starting.
+fn classify_start(
+    e: wasmtime::Error,
+    store: &Store<CallState>,
+    stderr: &Capture,
+    limits: CallLimits,
+    started: Instant,
+) -> CallError {
+    if e.is::<PoolConcurrencyLimitError>() {
+        tracing::warn!(error = %e, "plugin instance pool exhausted; the call is refused as busy");
+        return CallError::Busy(BusyReason::PoolExhausted);
+    }
+    classify(e, store, stderr, limits, started).into()
 }
 
 /// Names why a call failed, from the error and what the limiter saw.
 fn classify(
     e: wasmtime::Error,
     store: &Store<CallState>,
-    stderr: &MemoryOutputPipe,
+    stderr: &Capture,
     limits: CallLimits,
     started: Instant,
 ) -> CallFailure {
@@ -249,12 +294,9 @@ fn classify(
             elapsed: started.elapsed(),
         }
     } else {
-        let captured = String::from_utf8_lossy(&stderr.contents())
-            .trim()
-            .to_string();
         CallFailure::Trap {
             reason: format!("{}", e.root_cause()),
-            stderr: captured,
+            stderr: stderr.text(),
         }
     }
 }
@@ -263,7 +305,7 @@ fn classify(
 pub struct Slot {
     store: Store<CallState>,
     instance: Plugin,
-    stderr: MemoryOutputPipe,
+    stderr: Capture,
     uses: u64,
 }
 
@@ -559,5 +601,51 @@ pub(super) fn release_freed_memory() {
     // SAFETY: malloc_trim has no preconditions; it only returns free heap pages to the kernel.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> types::Event {
+        types::Event {
+            id: "e".into(),
+            source: "s".into(),
+            received_at_ms: 0,
+            method: "POST".into(),
+            path: "/".into(),
+            query: String::new(),
+            headers: Vec::new(),
+            body: b"{}".to_vec(),
+        }
+    }
+
+    /// A pool with room for one instance, held warm by a pooled plugin: the next instance
+    /// cannot be made, and that is a capacity limit (busy), not the plugin's failure.
+    #[test]
+    fn an_exhausted_instance_pool_is_busy_not_a_failure() {
+        let caps = Capabilities {
+            kv: None,
+            counters: Arc::new(PluginCounters::default()),
+        };
+        let runtime = Runtime::with_instances(None, caps, 1).unwrap();
+        let bytes = std::fs::read(hookwall_testkit::wasm::STATICS).unwrap();
+        let pre = runtime.prepare("statics", &bytes).unwrap();
+        let (name, config) = (Arc::from("statics"), Arc::default());
+        let limits = CallLimits {
+            max_memory_bytes: 16 << 20,
+            deadline: Duration::from_secs(5),
+            max_concurrent_calls: 1,
+        };
+        let warm = InstancePool::new(1, 0);
+        let call = |pool| runtime.call(&pre, &name, &config, limits, pool, &event());
+        assert!(call(Some(&warm)).is_ok());
+        match call(None) {
+            Err(CallError::Busy(BusyReason::PoolExhausted)) => {}
+            other => panic!("expected busy, got {other:?}"),
+        }
+        // The warm instance itself still serves.
+        assert!(call(Some(&warm)).is_ok());
     }
 }

@@ -152,6 +152,16 @@ pub fn ingest_error(source: &str, e: &IngestError) -> Response<Full<Bytes>> {
             }
             json(status, &body)
         }
+        IngestError::PluginBusy(busy) => {
+            tracing::warn!(source, plugin = %busy.plugin, reason = %busy.reason,
+                "plugin at capacity; answered 503, nothing stored");
+            retry_later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "plugin_busy",
+                "a plugin for this source is at capacity; retry after the Retry-After delay",
+                crate::plugin::BUSY_RETRY_AFTER,
+            )
+        }
         IngestError::Internal(reason) => {
             tracing::error!(source, %reason, "internal error; answered 500");
             error(
@@ -211,5 +221,23 @@ pub fn ingest_error(source: &str, e: &IngestError) -> Response<Full<Bytes>> {
                 overload::RETRY_AFTER,
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::{BusyReason, PluginBusy};
+
+    #[test]
+    fn a_busy_plugin_is_a_503_to_retry() {
+        let busy = IngestError::PluginBusy(PluginBusy {
+            plugin: "p".into(),
+            reason: BusyReason::Concurrency { limit: 2 },
+        });
+        let resp = ingest_error("demo", &busy);
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
     }
 }

@@ -13,6 +13,11 @@
 //! A batch is one `application/json` request whose body is
 //! `{"batch": [ENVELOPE, …]}`, each element as [`super::envelope`] describes; its
 //! `webhook-id` is `batch:FIRST_ID+N`.
+//!
+//! The URL is a secret (Slack-style URLs carry their token in the path): it is resolved like
+//! other secrets (`env:`, `file:`), and attempt errors and logs show only its scheme, host and
+//! port ([`redacted`]). The answer's body is read up to [`MAX_ANSWER_BODY_BYTES`] and then the
+//! connection is dropped, so a huge or endless answer costs neither memory nor the timeout.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -38,6 +43,12 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes of an error answer's body kept for the attempt's record.
 const ERROR_BODY_BYTES: usize = 256;
+/// An answer's body is read (and discarded past [`ERROR_BODY_BYTES`]) up to this many bytes, so
+/// a short body is consumed and the connection goes back to the pool; past it the connection is
+/// dropped instead. Bounds what an app can make us read per request: 64 KiB × `concurrency`,
+/// where the whole body used to be collected (an app answering 32 MiB 200s pushed the RSS past
+/// 1 GiB at 16 in flight).
+const MAX_ANSWER_BODY_BYTES: usize = 64 * 1024;
 
 /// Headers that describe one hop or one body, never forwarded from the routed delivery.
 const HOP_HEADERS: &[&str] = &[
@@ -62,6 +73,8 @@ const HOP_HEADERS: &[&str] = &[
 pub struct HttpSink {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     uri: Uri,
+    /// The URL as errors show it: [`redacted`].
+    shown: String,
     method: Method,
     headers: Vec<(HeaderName, HeaderValue)>,
     timeout: Duration,
@@ -80,7 +93,7 @@ impl HttpSink {
             Some(secret) => {
                 let secret = secret.resolve(base_dir, &key("secret"))?;
                 Some(
-                    Verifier::new(&signing_scheme(), vec![secret], &[])
+                    Verifier::new(&signing_scheme(), vec![secret], &Default::default())
                         .map_err(|e| invalid("secret", e))?,
                 )
             }
@@ -110,12 +123,12 @@ impl HttpSink {
                 ))
             })
             .collect::<Result<_, ConfigError>>()?;
+        let uri = parse_url(&c.url.resolve(base_dir, &key("url"))?)
+            .map_err(|reason| invalid("url", reason.to_string()))?;
         Ok(HttpSink {
             client,
-            uri: c
-                .url
-                .parse()
-                .map_err(|e: http::uri::InvalidUri| invalid("url", e.to_string()))?,
+            shown: redacted(&uri),
+            uri,
             method: Method::from_bytes(c.method.as_bytes())
                 .map_err(|e| invalid("method", e.to_string()))?,
             headers,
@@ -207,28 +220,30 @@ impl HttpSink {
 impl Sink for HttpSink {
     async fn deliver(&self, batch: &[DeliveryRecord]) -> Result<(), SinkError> {
         let req = self.request(batch)?;
-        let exchange = async {
-            let resp = self.client.request(req).await.map_err(|e| {
-                SinkError::transient(format!("cannot reach {}: {}", self.uri, error_chain(&e)))
-            })?;
-            let status = resp.status();
-            let retry_after = resp
-                .headers()
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after);
-            // Read the body so the connection can be reused, keeping a little for the record.
-            let body = resp.into_body().collect().await.map(|b| b.to_bytes());
-            Ok::<_, SinkError>((status, retry_after, body.unwrap_or_default()))
-        };
-        let (status, retry_after, body) = tokio::time::timeout(self.timeout, exchange)
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let resp = tokio::time::timeout_at(deadline, self.client.request(req))
             .await
             .map_err(|_| {
                 SinkError::transient(format!(
                     "{} did not answer within {:?}",
-                    self.uri, self.timeout
+                    self.shown, self.timeout
                 ))
-            })??;
+            })?
+            .map_err(|e| {
+                let chain = self.scrub(&error_chain(&e));
+                SinkError::transient(format!("cannot reach {}: {chain}", self.shown))
+            })?;
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        // The status decides. The body is read (until the deadline at most) only so a short one
+        // frees the connection for reuse, and for an excerpt in the attempt's record.
+        let body = tokio::time::timeout_at(deadline, read_capped(resp.into_body()))
+            .await
+            .unwrap_or_default();
         if status.is_success() {
             return Ok(());
         }
@@ -237,9 +252,9 @@ impl Sink for HttpSink {
             .trim()
             .to_string();
         let message = if excerpt.is_empty() {
-            format!("{} answered {status}", self.uri)
+            format!("{} answered {status}", self.shown)
         } else {
-            format!("{} answered {status}: {excerpt}", self.uri)
+            format!("{} answered {status}: {}", self.shown, self.scrub(&excerpt))
         };
         Err(SinkError {
             message,
@@ -250,6 +265,66 @@ impl Sink for HttpSink {
             status: Some(code),
         })
     }
+}
+
+/// Parses a resolved `url` secret. The reason never quotes the URL.
+pub fn parse_url(url: &crate::config::Secret) -> Result<Uri, &'static str> {
+    let uri: Uri = std::str::from_utf8(url.expose())
+        .ok()
+        .and_then(|u| u.parse().ok())
+        .ok_or("not a URL")?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err("must be an http:// or https:// URL");
+    }
+    Ok(uri)
+}
+
+/// The URL as errors and logs show it: scheme, host and port; a path or query (where
+/// Slack-style URLs keep their token) and any user info become `/…`.
+fn redacted(uri: &Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let host = uri.host().unwrap_or_default();
+    let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+    let hidden = uri.path_and_query().is_some_and(|p| p.as_str() != "/")
+        || uri.authority().is_some_and(|a| a.as_str().contains('@'));
+    format!("{scheme}://{host}{port}{}", if hidden { "/…" } else { "" })
+}
+
+impl HttpSink {
+    /// `text` (an error from the client or the app) without the URL's secret parts, should a
+    /// library or the app have echoed them.
+    fn scrub(&self, text: &str) -> String {
+        let mut out = text.replace(&self.uri.to_string(), &self.shown);
+        if let Some(pq) = self.uri.path_and_query().filter(|p| p.as_str().len() > 1) {
+            out = out.replace(pq.as_str(), "/…");
+        }
+        if let Some((userinfo, _)) = self
+            .uri
+            .authority()
+            .and_then(|a| a.as_str().split_once('@'))
+        {
+            out = out.replace(userinfo, "…");
+        }
+        out
+    }
+}
+
+/// Reads up to [`MAX_ANSWER_BODY_BYTES`] of an answer's body and keeps the first
+/// [`ERROR_BODY_BYTES`]; a longer body is left unread (dropping it closes the connection).
+async fn read_capped(mut body: hyper::body::Incoming) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut read = 0usize;
+    while read < MAX_ANSWER_BODY_BYTES {
+        let Some(Ok(frame)) = body.frame().await else {
+            break;
+        };
+        if let Ok(data) = frame.into_data() {
+            read += data.len();
+            let room = ERROR_BODY_BYTES.saturating_sub(kept.len());
+            kept.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    }
+    kept
 }
 
 /// `Retry-After: 120` or `Retry-After: Wed, 21 Oct 2015 07:28:00 GMT`.
@@ -306,6 +381,32 @@ mod tests {
         let later = parse_retry_after("Fri, 01 Jan 2100 00:00:00 GMT").unwrap();
         assert!(later > Duration::from_secs(3600 * 24 * 365));
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn urls_are_shown_without_path_query_or_user_info() {
+        let shown = |url: &str| redacted(&url.parse().unwrap());
+        assert_eq!(
+            shown("https://hooks.slack.com/services/T0/B0/XSECRET"),
+            "https://hooks.slack.com/…"
+        );
+        assert_eq!(shown("http://127.0.0.1:9/"), "http://127.0.0.1:9");
+        assert_eq!(shown("http://127.0.0.1:9"), "http://127.0.0.1:9");
+        assert_eq!(shown("http://h/?token=XSECRET"), "http://h/…");
+        assert_eq!(shown("http://user:XSECRET@h:8080/"), "http://h:8080/…");
+
+        let config: HttpSinkConfig =
+            toml::from_str("url = \"http://u:XPASS@h:1/services/XSECRET?k=XKEY\"").unwrap();
+        let sink = HttpSink::new("app", &config, Path::new("/")).unwrap();
+        let echoed =
+            "error for http://u:XPASS@h:1/services/XSECRET?k=XKEY and /services/XSECRET?k=XKEY";
+        let scrubbed = sink.scrub(echoed);
+        assert!(
+            !["XPASS", "XSECRET", "XKEY"]
+                .iter()
+                .any(|s| scrubbed.contains(s)),
+            "{scrubbed}"
+        );
     }
 
     #[test]

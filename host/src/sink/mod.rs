@@ -2,8 +2,9 @@
 //! folder and its config in `config/sink.rs`.
 //!
 //! A sink confirms a unit (one delivery, or a batch) only when the receiving side has it (for
-//! `file`: written and fsynced; for `http`: a 2xx answer; for `redis`: an entry id per
-//! `XADD`; for `nats`: a JetStream publish ack per message). Until it confirms, the deliveries
+//! `file`: written and fsynced, each checked; for `stdout`: written to the descriptor without
+//! error; for `http`: a 2xx answer; for `redis`: an entry id per `XADD`; for `nats`: a
+//! JetStream publish ack per message), never when the bytes were merely handed to a buffer. Until it confirms, the deliveries
 //! stay pending in the store and are retried, so a sink outage never loses an acknowledged
 //! event; the price is at-least-once delivery, which every delivery's stable id makes safe.
 
@@ -24,7 +25,7 @@ use crate::config::{ConfigError, SinkConfig, SinkKind};
 use crate::store::DeliveryRecord;
 
 pub use file::FileSink;
-pub use http::HttpSink;
+pub use http::{HttpSink, parse_url as parse_http_url};
 pub use nats::{NatsSink, nats_server};
 pub use redis::RedisSink;
 pub use stdout::StdoutSink;
@@ -78,7 +79,7 @@ pub fn build(
 ) -> Result<Arc<dyn Sink>, ConfigError> {
     Ok(match &config.kind {
         SinkKind::File(c) => Arc::new(FileSink::new(c.path.clone())),
-        SinkKind::Stdout(_) => Arc::new(StdoutSink),
+        SinkKind::Stdout(_) => Arc::new(StdoutSink::default()),
         SinkKind::Http(c) => Arc::new(HttpSink::new(name, c, base_dir)?),
         SinkKind::Redis(c) => {
             let key = format!("sinks.{name}.url");

@@ -5,16 +5,22 @@
 //! delivery becomes `Resolved` (or, for a plugin failure, its event gets its new status), so
 //! the queue and the deliveries never disagree. Retention prunes an event only when nothing
 //! about it is open: every delivery delivered or resolved, no dead letter left.
+//!
+//! Pruning walks `event_times` oldest first in bounded steps that resume where the previous
+//! one stopped ([`PruneCursor`]), so old events kept open (dead letters nobody purges, a paused
+//! sink's backlog) are stepped over instead of hiding every closed event behind them. A step
+//! finds candidates in a read transaction (which never holds up the writer) and the writer
+//! re-checks each before deleting it.
 
 use std::collections::BTreeSet;
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 
 use super::records::{
     self, DeadLetter, DeliveryRecord, DeliveryState, EventRecord, EventStatus, NewDelivery,
 };
 use super::writer::{self, Op, Reply, Tables};
-use super::{DEAD_LETTERS, DELIVERIES, Store, StoreError};
+use super::{DEAD_LETTERS, DELIVERIES, EVENT_TIMES, EVENTS, Store, StoreError};
 
 /// Which dead letters an operation applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +54,23 @@ pub struct Replay {
 pub(super) enum DlqOp {
     Replay(Vec<Replay>),
     Purge(Vec<u64>),
-    Prune { before_ms: u64, limit: usize },
+    /// `event_times` keys whose events looked settled (re-checked before deleting).
+    Prune(Vec<PruneCursor>),
+}
+
+/// An `event_times` key (received ms, event id): where a prune step starts.
+pub type PruneCursor = (u64, String);
+
+/// What one prune step did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PruneStep {
+    /// Events deleted.
+    pub pruned: usize,
+    /// Events looked at (open ones included).
+    pub examined: usize,
+    /// Where the next step resumes; `None` once every event received before the cutoff was
+    /// looked at.
+    pub next: Option<PruneCursor>,
 }
 
 impl Store {
@@ -58,7 +80,7 @@ impl Store {
         filter: &LetterFilter,
         limit: usize,
     ) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
-        let txn = self.inner.db.begin_read().map_err(StoreError::storage)?;
+        let txn = self.inner.db.begin_read()?;
         let table = txn.open_table(DEAD_LETTERS).map_err(StoreError::storage)?;
         if let LetterFilter::Seq(seq) = filter {
             return Ok(match table.get(*seq).map_err(StoreError::storage)? {
@@ -86,7 +108,7 @@ impl Store {
 
     /// One delivery by its seq.
     pub fn delivery(&self, seq: u64) -> Result<Option<DeliveryRecord>, StoreError> {
-        let txn = self.inner.db.begin_read().map_err(StoreError::storage)?;
+        let txn = self.inner.db.begin_read()?;
         let table = txn.open_table(DELIVERIES).map_err(StoreError::storage)?;
         table
             .get(seq)
@@ -106,10 +128,65 @@ impl Store {
         self.dlq(DlqOp::Purge(letters)).await
     }
 
-    /// Deletes up to `limit` events received before `before_ms` whose deliveries are all
-    /// settled and that have no dead letter, with their deliveries. Returns how many.
-    pub async fn prune_settled(&self, before_ms: u64, limit: usize) -> Result<usize, StoreError> {
-        self.dlq(DlqOp::Prune { before_ms, limit }).await
+    /// One retention step: looks at the events received before `before_ms`, oldest first from
+    /// `from` (the oldest when `None`), at most `scan` of them, and deletes up to `limit` that
+    /// are settled (every delivery delivered or resolved, no dead letter) with their deliveries.
+    /// Open events are stepped over, never waited for.
+    pub async fn prune_settled(
+        &self,
+        before_ms: u64,
+        from: Option<&PruneCursor>,
+        limit: usize,
+        scan: usize,
+    ) -> Result<PruneStep, StoreError> {
+        let (candidates, examined, next) = self.prune_candidates(before_ms, from, limit, scan)?;
+        let pruned = if candidates.is_empty() {
+            0
+        } else {
+            self.dlq(DlqOp::Prune(candidates)).await?
+        };
+        Ok(PruneStep {
+            pruned,
+            examined,
+            next,
+        })
+    }
+
+    /// The read half of [`Store::prune_settled`]: the keys of settled (or orphaned) events, how
+    /// many events were looked at, and the key to resume from.
+    fn prune_candidates(
+        &self,
+        before_ms: u64,
+        from: Option<&PruneCursor>,
+        limit: usize,
+        scan: usize,
+    ) -> Result<(Vec<PruneCursor>, usize, Option<PruneCursor>), StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let times = txn.open_table(EVENT_TIMES).map_err(StoreError::storage)?;
+        let events = txn.open_table(EVENTS).map_err(StoreError::storage)?;
+        let deliveries = txn.open_table(DELIVERIES).map_err(StoreError::storage)?;
+        let start = from.map_or((0, ""), |(at, id)| (*at, id.as_str()));
+        let mut candidates = Vec::new();
+        let mut examined = 0;
+        for row in times
+            .range(start..(before_ms, ""))
+            .map_err(StoreError::storage)?
+        {
+            let (key, _) = row.map_err(StoreError::storage)?;
+            let (at, id) = key.value();
+            if examined >= scan.max(1) || candidates.len() >= limit.max(1) {
+                return Ok((candidates, examined, Some((at, id.to_string()))));
+            }
+            examined += 1;
+            let closed = match load_event(&events, id)? {
+                None => true,
+                Some(event) => settled(&event, &deliveries)?,
+            };
+            if closed {
+                candidates.push((at, id.to_string()));
+            }
+        }
+        Ok((candidates, examined, None))
     }
 
     async fn dlq(&self, op: DlqOp) -> Result<usize, StoreError> {
@@ -166,7 +243,7 @@ pub(super) fn apply(
             }
             Ok(n)
         }
-        DlqOp::Prune { before_ms, limit } => prune(t, *before_ms, *limit),
+        DlqOp::Prune(candidates) => prune(t, candidates),
     }
 }
 
@@ -178,18 +255,15 @@ fn take_letter(t: &mut Tables, seq: u64) -> Result<Option<(DeadLetter, EventReco
     };
     let letter: DeadLetter = records::decode(bytes.value(), || format!("dead letter {seq}"))?;
     drop(bytes);
-    let event = t
-        .events
-        .get(letter.event_id.as_str())
-        .map_err(StoreError::storage)?
-        .map(|v| records::decode(v.value(), || format!("event {}", letter.event_id)))
-        .transpose()?;
+    let key = super::event_key(&letter.source, &letter.event_id);
+    let event = load_event(&t.events, &key)?;
     Ok(event.map(|e| (letter, e)))
 }
 
 fn put_event(t: &mut Tables, event: &EventRecord) -> Result<(), StoreError> {
+    let key = super::event_key(&event.source, &event.id);
     t.events
-        .insert(event.id.as_str(), records::encode(event)?.as_slice())
+        .insert(key.as_str(), records::encode(event)?.as_slice())
         .map_err(StoreError::storage)?;
     Ok(())
 }
@@ -212,60 +286,59 @@ fn resolve_delivery(t: &mut Tables, seq: u64, note: String) -> Result<(), StoreE
     Ok(())
 }
 
-fn prune(t: &mut Tables, before_ms: u64, limit: usize) -> Result<usize, StoreError> {
-    let (times, events, deliveries) = (&mut t.event_times, &mut t.events, &mut t.deliveries);
-    let candidates: Vec<(u64, String)> = times
-        .range((0u64, "")..(before_ms, ""))
+/// An event by its key ([`super::event_key`]), decoded.
+fn load_event(
+    events: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> Result<Option<EventRecord>, StoreError> {
+    events
+        .get(id)
         .map_err(StoreError::storage)?
-        // Bounded: events kept open (dead letters) must not make one prune read everything.
-        .take(limit.saturating_mul(8))
-        .map(|row| {
-            row.map(|(k, _)| (k.value().0, k.value().1.to_string()))
-                .map_err(StoreError::storage)
-        })
-        .collect::<Result<_, _>>()?;
-    let mut pruned = 0;
-    for (at, id) in candidates {
-        if pruned >= limit {
-            break;
-        }
-        let event: Option<EventRecord> = events
-            .get(id.as_str())
-            .map_err(StoreError::storage)?
-            .map(|v| records::decode(v.value(), || format!("event {id}")))
-            .transpose()?;
-        let Some(event) = event else {
-            times
-                .remove((at, id.as_str()))
-                .map_err(StoreError::storage)?;
-            continue;
-        };
-        if matches!(event.status, EventStatus::DeadLettered { .. }) {
-            continue;
-        }
-        let mut settled = true;
-        for seq in &event.deliveries {
-            if let Some(v) = deliveries.get(*seq).map_err(StoreError::storage)? {
-                let d: DeliveryRecord = records::decode(v.value(), || format!("delivery {seq}"))?;
-                if !matches!(
-                    d.state,
-                    DeliveryState::Delivered { .. } | DeliveryState::Resolved { .. }
-                ) {
-                    settled = false;
-                    break;
-                }
+        .map(|v| records::decode(v.value(), || format!("event {id}")))
+        .transpose()
+}
+
+/// Whether nothing about `event` is open: no plugin dead letter, every delivery delivered or
+/// resolved.
+fn settled(
+    event: &EventRecord,
+    deliveries: &impl ReadableTable<u64, &'static [u8]>,
+) -> Result<bool, StoreError> {
+    if matches!(event.status, EventStatus::DeadLettered { .. }) {
+        return Ok(false);
+    }
+    for seq in &event.deliveries {
+        if let Some(v) = deliveries.get(*seq).map_err(StoreError::storage)? {
+            let d: DeliveryRecord = records::decode(v.value(), || format!("delivery {seq}"))?;
+            if !matches!(
+                d.state,
+                DeliveryState::Delivered { .. } | DeliveryState::Resolved { .. }
+            ) {
+                return Ok(false);
             }
         }
-        if !settled {
+    }
+    Ok(true)
+}
+
+/// Deletes the candidates that are still settled (a replay or a new attempt may have changed
+/// one since it was read), with their deliveries; drops index rows whose event is gone.
+fn prune(t: &mut Tables, candidates: &[PruneCursor]) -> Result<usize, StoreError> {
+    let mut pruned = 0;
+    for (at, id) in candidates {
+        let key = (*at, id.as_str());
+        let Some(event) = load_event(&t.events, id)? else {
+            t.event_times.remove(key).map_err(StoreError::storage)?;
+            continue;
+        };
+        if !settled(&event, &t.deliveries)? {
             continue;
         }
         for seq in &event.deliveries {
-            deliveries.remove(*seq).map_err(StoreError::storage)?;
+            t.deliveries.remove(*seq).map_err(StoreError::storage)?;
         }
-        events.remove(id.as_str()).map_err(StoreError::storage)?;
-        times
-            .remove((at, id.as_str()))
-            .map_err(StoreError::storage)?;
+        t.events.remove(id.as_str()).map_err(StoreError::storage)?;
+        t.event_times.remove(key).map_err(StoreError::storage)?;
         pruned += 1;
     }
     Ok(pruned)

@@ -4,7 +4,6 @@
 //! every other write, so they share group commits and are durable when the call returns.
 //! Values carry their expiry; an expired value reads as absent and is overwritten freely.
 
-use redb::ReadableDatabase;
 use tokio::sync::oneshot;
 
 use super::writer::{Job, KvOp, Op, Reply};
@@ -60,11 +59,7 @@ fn expiry(now_ms: u64, ttl_ms: Option<u64>) -> Option<u64> {
 
 impl PluginKv for Store {
     fn get(&self, scope: KvScope<'_>, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        let txn = self
-            .inner
-            .db
-            .begin_read()
-            .map_err(|e| backend(StoreError::storage(e)))?;
+        let txn = self.inner.db.begin_read().map_err(backend)?;
         let table = txn
             .open_table(PLUGIN_KV)
             .map_err(|e| backend(StoreError::storage(e)))?;

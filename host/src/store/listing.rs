@@ -7,7 +7,7 @@
 //! the index, or events pruned without it), so the index never has to be trusted blindly:
 //! entries whose event is gone are skipped.
 
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use super::records::{self, DeliveryRecord, DeliveryState, EventRecord, EventStatus};
 use super::{DEAD_LETTERS, DELIVERIES, EVENT_TIMES as EVENTS_BY_TIME, EVENTS, Store, StoreError};
@@ -104,7 +104,7 @@ impl Store {
         after: Option<(u64, String)>,
         limit: usize,
     ) -> Result<EventPage, StoreError> {
-        let txn = self.inner.db.begin_read().map_err(StoreError::storage)?;
+        let txn = self.inner.db.begin_read()?;
         let index = txn
             .open_table(EVENTS_BY_TIME)
             .map_err(StoreError::storage)?;
@@ -126,10 +126,11 @@ impl Store {
             let (key, _) = row.map_err(StoreError::storage)?;
             let (ms, id) = key.value();
             if page.events.len() >= limit {
+                // The index is keyed by `SOURCE:ID` ([`super::event_key`]), not the bare id.
                 page.next = page
                     .events
                     .last()
-                    .map(|(e, _, _)| (e.received_at_ms, e.id.clone()));
+                    .map(|(e, _, _)| (e.received_at_ms, super::event_key(&e.source, &e.id)));
                 break;
             }
             if scanned >= MAX_SCAN {
@@ -160,7 +161,7 @@ impl Store {
 
     /// Entries in the dead-letter queue (redb keeps table lengths: no scan).
     pub fn dead_letter_count(&self) -> Result<u64, StoreError> {
-        let txn = self.inner.db.begin_read().map_err(StoreError::storage)?;
+        let txn = self.inner.db.begin_read()?;
         let table = txn.open_table(DEAD_LETTERS).map_err(StoreError::storage)?;
         table.len().map_err(StoreError::storage)
     }
@@ -194,30 +195,11 @@ pub(super) fn rebuild_index(txn: &WriteTransaction) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{NewEvent, Priority, records::NewDelivery};
+    use super::super::NewEvent;
     use super::*;
 
     fn event(id: &str, source: &str, at: u64) -> NewEvent {
-        NewEvent {
-            record: EventRecord {
-                id: id.into(),
-                source: source.into(),
-                received_at_ms: at,
-                method: "POST".into(),
-                path: "/".into(),
-                query: String::new(),
-                headers: Vec::new(),
-                body: b"{}".to_vec(),
-                status: EventStatus::Forwarded,
-                deliveries: Vec::new(),
-            },
-            deliveries: vec![NewDelivery {
-                sink: "s".into(),
-                headers: Vec::new(),
-                body: Vec::new(),
-                priority: Priority::Normal,
-            }],
-        }
+        NewEvent::for_test(id, source, at, &["s"])
     }
 
     fn ids(page: &EventPage) -> Vec<&str> {

@@ -5,6 +5,7 @@
 //! took. It also marks when a commit starts, so a commit that hangs (a stalled disk) shows up
 //! as latency while it is still running, not only once it ends.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,9 @@ pub(super) struct Gauges {
     last_latency_us: AtomicU64,
     /// µs since `epoch` when the last commit ended.
     last_end_us: AtomicU64,
+    /// Why the store cannot be written, while it cannot (a failed commit, until a reopen
+    /// succeeds).
+    write_error: Mutex<Option<String>>,
 }
 
 impl Gauges {
@@ -42,6 +46,7 @@ impl Gauges {
             started_us: AtomicU64::new(0),
             last_latency_us: AtomicU64::new(0),
             last_end_us: AtomicU64::new(0),
+            write_error: Mutex::new(None),
         }
     }
 
@@ -71,6 +76,12 @@ impl Gauges {
         }
     }
 
+    /// Records whether the store takes writes (`None`) or why not.
+    pub(super) fn set_write_error(&self, error: Option<String>) {
+        crate::telemetry::metrics::store_writable(error.is_none());
+        *self.write_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+    }
+
     fn snapshot(&self) -> StoreLoad {
         let now = self.now_us();
         let running = match self.started_us.load(Ordering::Relaxed) {
@@ -94,6 +105,17 @@ impl Store {
     /// The current backlog and commit latency; a few atomic loads.
     pub fn load(&self) -> StoreLoad {
         self.inner.gauges.snapshot()
+    }
+
+    /// Why the store cannot take writes right now (the last commit failed and the database
+    /// could not be reopened yet), or `None` when it can.
+    pub fn write_error(&self) -> Option<String> {
+        self.inner
+            .gauges
+            .write_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 

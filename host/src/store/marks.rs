@@ -11,7 +11,7 @@
 //! - `dedupe_expiry`: (expires ms, source, key) → () — lets the purge find expired marks in
 //!   order without scanning live ones.
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 
 use super::writer::Tables;
 use super::{Store, StoreError};
@@ -38,7 +38,7 @@ impl Store {
         key: &str,
         now_ms: u64,
     ) -> Result<Option<String>, StoreError> {
-        let txn = self.inner.db.begin_read().map_err(StoreError::storage)?;
+        let txn = self.inner.db.begin_read()?;
         let table = txn.open_table(DEDUPE).map_err(StoreError::storage)?;
         let found = table.get((source, key)).map_err(StoreError::storage)?;
         Ok(found.and_then(|v| {
@@ -68,7 +68,7 @@ impl Store {
     /// Number of dedupe marks kept (expired ones included until purged).
     pub fn mark_count(&self) -> Result<u64, StoreError> {
         use redb::ReadableTableMetadata as _;
-        let txn = self.inner.db.begin_read().map_err(StoreError::storage)?;
+        let txn = self.inner.db.begin_read()?;
         let table = txn.open_table(DEDUPE).map_err(StoreError::storage)?;
         table.len().map_err(StoreError::storage)
     }

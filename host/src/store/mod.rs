@@ -6,12 +6,13 @@
 //! each. Reads run concurrently from any thread on MVCC snapshots.
 //!
 //! Tables:
-//! - `events`: event id → [`EventRecord`] (the raw request, what the plugins decided);
+//! - `events`: [`event_key`] (`SOURCE:ID`) → [`EventRecord`] (the raw request, what the
+//!   plugins decided);
 //! - `deliveries`: delivery seq → [`DeliveryRecord`] (one message for one sink, its attempts);
 //! - `pending`: (sink, priority rank, due ms, seq) → () — the delivery schedule. Retries are
 //!   rows here, not sleeping tasks, so a million pending retries cost disk, not timers;
 //! - `dead_letters`: seq → [`DeadLetter`] (plugin failures and deliveries that gave up);
-//! - `event_times`: (received ms, event id) → () — the retention order ([`dlq`]);
+//! - `event_times`: (received ms, event key) → () — the retention order ([`dlq`]);
 //! - `dedupe`, `dedupe_expiry`: dedupe marks with their expiry ([`marks`]);
 //! - `plugin_kv`: (plugin, key) → expiry + value, the plugins' key-value store (one replica;
 //!   with `[storage] redis` the plugins' state lives in Redis instead, [`redis_kv`]).
@@ -19,11 +20,13 @@
 //! Invariant: an event, all of its deliveries and its dedupe mark are committed in one
 //! transaction.
 
+mod cell;
 pub mod dlq;
 mod kv;
 mod listing;
 mod load;
 pub mod marks;
+mod migrate;
 mod records;
 pub mod redis;
 pub mod redis_kv;
@@ -33,7 +36,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use dlq::{LetterFilter, Replay};
@@ -54,6 +57,9 @@ const EVENT_TIMES: TableDefinition<(u64, &str), ()> = TableDefinition::new("even
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const PLUGIN_KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("plugin_kv");
 
+/// The database file inside the store's directory.
+const DB_FILE: &str = "hookwall.redb";
+
 /// Jobs queued for the writer beyond this make callers wait: back-pressure instead of memory.
 const WRITE_QUEUE_DEPTH: usize = 4096;
 
@@ -72,12 +78,23 @@ pub enum StoreError {
     /// The store is shutting down and takes no more writes.
     #[error("store is closed")]
     Closed,
+    /// The database is being reopened after a failed write (e.g. the disk was full).
+    #[error("store is being reopened after a write failure")]
+    Unavailable,
 }
 
 impl StoreError {
     fn storage(e: impl std::fmt::Display) -> StoreError {
         StoreError::Storage(e.to_string())
     }
+}
+
+/// The key an event is stored under: `SOURCE:ID`. An event's id is the sender's (from the
+/// verify scheme) or a generated UUIDv7, and a sender's id is unique only within its source (two
+/// in-house producers may both count from 1), so the store, the time index and the delivery ids
+/// (`SOURCE:ID:SINK:N`) scope it by source. The event itself keeps the id as the sender gave it.
+pub(crate) fn event_key(source: &str, id: &str) -> String {
+    format!("{source}:{id}")
 }
 
 /// What committing a new event did.
@@ -97,7 +114,7 @@ pub struct Store {
 }
 
 struct Inner {
-    db: Arc<Database>,
+    db: Arc<cell::DbCell>,
     jobs: mpsc::Sender<writer::Job>,
     wakers: Arc<Wakers>,
     gauges: Arc<load::Gauges>,
@@ -136,8 +153,7 @@ impl Store {
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        let db =
-            Database::create(dir.join("hookwall.redb")).map_err(|e| open_err(e.to_string()))?;
+        let db = Database::create(dir.join(DB_FILE)).map_err(|e| open_err(e.to_string()))?;
         let (next_seq, pending) = {
             let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
             let next = {
@@ -151,6 +167,7 @@ impl Store {
                 txn.open_table(marks::DEDUPE_EXPIRY)
                     .map_err(StoreError::storage)?;
                 txn.open_table(PLUGIN_KV).map_err(StoreError::storage)?;
+                migrate::upgrade(&txn)?;
                 listing::rebuild_index(&txn)?;
                 let meta = txn.open_table(META).map_err(StoreError::storage)?;
                 meta.get("next_seq")
@@ -166,7 +183,7 @@ impl Store {
             txn.commit().map_err(StoreError::storage)?;
             (next, pending)
         };
-        let db = Arc::new(db);
+        let db = Arc::new(cell::DbCell::new(&dir.join(DB_FILE), db));
         let wakers = Arc::new(Wakers::default());
         let gauges = Arc::new(load::Gauges::new(pending));
         let (jobs, rx) = mpsc::channel(WRITE_QUEUE_DEPTH);
@@ -256,7 +273,7 @@ impl Store {
         limit: usize,
         except: &HashSet<u64>,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
-        let txn = self.inner.db.begin_read().map_err(StoreError::storage)?;
+        let txn = self.inner.db.begin_read()?;
         let pending = txn.open_table(PENDING).map_err(StoreError::storage)?;
         let deliveries = txn.open_table(DELIVERIES).map_err(StoreError::storage)?;
         let mut out = Vec::new();
@@ -294,7 +311,7 @@ impl Store {
         sink: &str,
         except: &HashSet<u64>,
     ) -> Result<Option<u64>, StoreError> {
-        let txn = self.inner.db.begin_read().map_err(StoreError::storage)?;
+        let txn = self.inner.db.begin_read()?;
         let pending = txn.open_table(PENDING).map_err(StoreError::storage)?;
         let mut next: Option<u64> = None;
         for rank in [Priority::High.rank(), Priority::Normal.rank()] {
@@ -314,7 +331,7 @@ impl Store {
 
     /// Number of deliveries waiting for `sink` (due now or later).
     pub fn pending_count(&self, sink: &str) -> Result<u64, StoreError> {
-        let txn = self.inner.db.begin_read().map_err(StoreError::storage)?;
+        let txn = self.inner.db.begin_read()?;
         let pending = txn.open_table(PENDING).map_err(StoreError::storage)?;
         let range = pending
             .range((sink, 0u8, 0u64, 0u64)..=(sink, u8::MAX, u64::MAX, u64::MAX))
@@ -322,14 +339,16 @@ impl Store {
         Ok(range.count() as u64)
     }
 
-    /// One event and its deliveries.
+    /// The event `id` of `source`, and its deliveries.
     pub fn event(
         &self,
+        source: &str,
         id: &str,
     ) -> Result<Option<(EventRecord, Vec<DeliveryRecord>)>, StoreError> {
-        let txn = self.inner.db.begin_read().map_err(StoreError::storage)?;
+        let txn = self.inner.db.begin_read()?;
         let events = txn.open_table(EVENTS).map_err(StoreError::storage)?;
-        let Some(bytes) = events.get(id).map_err(StoreError::storage)? else {
+        let key = event_key(source, id);
+        let Some(bytes) = events.get(key.as_str()).map_err(StoreError::storage)? else {
             return Ok(None);
         };
         let event: EventRecord = records::decode(bytes.value(), || format!("event {id}"))?;
@@ -347,7 +366,7 @@ impl Store {
 
     /// The newest `limit` dead letters, newest first.
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
-        let txn = self.inner.db.begin_read().map_err(StoreError::storage)?;
+        let txn = self.inner.db.begin_read()?;
         let table = txn.open_table(DEAD_LETTERS).map_err(StoreError::storage)?;
         let mut out = Vec::new();
         for row in table.iter().map_err(StoreError::storage)?.rev().take(limit) {

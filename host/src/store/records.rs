@@ -61,6 +61,41 @@ pub struct NewEvent {
     pub deliveries: Vec<NewDelivery>,
 }
 
+#[cfg(test)]
+impl NewEvent {
+    /// A forwarded `{}` event of `source` with one delivery to each of `sinks` (for tests).
+    pub(crate) fn for_test(
+        id: &str,
+        source: &str,
+        received_at_ms: u64,
+        sinks: &[&str],
+    ) -> NewEvent {
+        NewEvent {
+            record: EventRecord {
+                id: id.into(),
+                source: source.into(),
+                received_at_ms,
+                method: "POST".into(),
+                path: format!("/hooks/{source}"),
+                query: String::new(),
+                headers: Vec::new(),
+                body: b"{}".to_vec(),
+                status: EventStatus::Forwarded,
+                deliveries: Vec::new(),
+            },
+            deliveries: sinks
+                .iter()
+                .map(|sink| NewDelivery {
+                    sink: sink.to_string(),
+                    headers: Vec::new(),
+                    body: b"{}".to_vec(),
+                    priority: Priority::Normal,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// One routed message before it has a sequence number.
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
@@ -101,7 +136,7 @@ pub enum DeliveryState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeliveryRecord {
     pub seq: u64,
-    /// Stable across retries, restarts and replays (`EVENT:SINK:N`, N counting the event's
+    /// Stable across retries, restarts and replays (`SOURCE:EVENT:SINK:N`, N counting the event's
     /// deliveries to that sink): the `webhook-id` / `Idempotency-Key` a receiver dedupes on.
     pub id: String,
     pub event_id: String,

@@ -42,14 +42,14 @@ async fn event_and_deliveries_commit_together_and_survive_reopen() {
     drop(store);
 
     let store = Store::open(dir.path()).unwrap();
-    let (record, deliveries) = store.event("e1").unwrap().unwrap();
+    let (record, deliveries) = store.event("demo", "e1").unwrap().unwrap();
     assert_eq!(record.deliveries.len(), 2);
     assert_eq!(deliveries.len(), 2);
     assert_eq!(store.due_deliveries("a", 1_000, 10).unwrap().len(), 1);
     assert_eq!(store.due_deliveries("a", 999, 10).unwrap().len(), 0);
     // Sequence numbers keep growing after a reopen.
     store.accept(event("e2", &["a"])).await.unwrap();
-    let (e2, _) = store.event("e2").unwrap().unwrap();
+    let (e2, _) = store.event("demo", "e2").unwrap().unwrap();
     assert!(e2.deliveries[0] > deliveries[1].seq);
 }
 
@@ -106,7 +106,7 @@ async fn retries_reschedule_and_dead_letters_are_listed() {
     let letters = store.dead_letters(10).unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].1.delivery, Some(seq));
-    let (_, deliveries) = store.event("e1").unwrap().unwrap();
+    let (_, deliveries) = store.event("demo", "e1").unwrap().unwrap();
     assert_eq!(deliveries[0].attempts.len(), 2);
     assert!(matches!(deliveries[0].state, DeliveryState::Dead { .. }));
 }
@@ -143,7 +143,7 @@ async fn without_fsync_a_clean_close_still_persists() {
     store.close().await;
     drop(store);
     let store = Store::open(dir.path()).unwrap();
-    assert!(store.event("e1").unwrap().is_some());
+    assert!(store.event("demo", "e1").unwrap().is_some());
 }
 
 fn mark(key: &str, expires_ms: u64) -> DedupeMark {
@@ -257,4 +257,50 @@ async fn an_expired_mark_no_longer_makes_a_duplicate_and_is_replaced() {
     // The replaced mark's old expiry entry is gone: nothing to purge at 5_000.
     assert_eq!(store.purge_expired_marks(5_000, 10).await.unwrap(), 0);
     assert_eq!(store.mark_count().unwrap(), 1);
+}
+
+/// A store written before events were keyed by source (no `schema` in `meta`) is upgraded at
+/// open: events move to `SOURCE:ID`, so another source's event with the same id is stored.
+#[tokio::test]
+async fn an_old_store_gets_its_events_keyed_by_source() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.accept(event("42", &["a"])).await.unwrap();
+        store.close().await;
+    }
+    {
+        // Make it look like a store from before schema 2: the event under its bare id.
+        let db = Database::create(dir.path().join(DB_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.remove("schema").unwrap();
+            let mut events = txn.open_table(EVENTS).unwrap();
+            let bytes = events.remove("demo:42").unwrap().unwrap().value().to_vec();
+            events.insert("42", bytes.as_slice()).unwrap();
+            let mut times = txn.open_table(EVENT_TIMES).unwrap();
+            times.remove((1_000, "demo:42")).unwrap();
+            times.insert((1_000, "42"), ()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let (record, deliveries) = store.event("demo", "42").unwrap().unwrap();
+    assert_eq!(record.id, "42");
+    assert_eq!(deliveries[0].event_id, "42");
+    // The delivery id a receiver may have seen already is kept.
+    assert_eq!(deliveries[0].id, "demo:42:a:0");
+    let page = store
+        .list_events(&EventFilter::default(), None, 10)
+        .unwrap();
+    assert_eq!(page.events.len(), 1, "the time index follows the move");
+    // The same id from another source is a new event.
+    let mut other = event("42", &["a"]);
+    other.record.source = "other".into();
+    assert_eq!(store.accept(other).await.unwrap(), AcceptOutcome::Stored);
+    assert_eq!(
+        store.accept(event("42", &["a"])).await.unwrap(),
+        AcceptOutcome::Duplicate { id: "42".into() }
+    );
 }

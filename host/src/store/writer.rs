@@ -9,9 +9,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
+use redb::{Durability, ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
+use super::cell::DbCell;
 use super::load::Gauges;
 use super::marks::{self, DedupeMark};
 use super::records::{
@@ -27,6 +28,17 @@ use super::{
 const MAX_BATCH: usize = 512;
 /// With `fsync = false`, the longest a commit stays non-durable (what a crash can lose).
 pub(super) const LAZY_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// After a failed commit, how often the writer tries to reopen the database while no job
+/// comes (so `/readyz` turns ready again once space is back, even without traffic).
+const RECOVER_INTERVAL: Duration = Duration::from_secs(1);
+/// The process's exit status when the writer thread panics (`EX_SOFTWARE`): every
+/// acknowledged event is already on disk, so the supervisor's restart loses nothing, while a
+/// process without a writer would answer 503 forever.
+pub const EXIT_WRITER_PANIC: i32 = 70;
+/// `HOOKWALL_FAILPOINT=store-writer-panic` makes the writer panic at its first accept: how
+/// the end-to-end tests check that a writer panic ends the process. Read once at start.
+const FAILPOINT_ENV: &str = "HOOKWALL_FAILPOINT";
+const FAILPOINT_WRITER_PANIC: &str = "store-writer-panic";
 
 pub(super) enum Op {
     Accept(Box<NewEvent>, Option<DedupeMark>),
@@ -131,120 +143,189 @@ impl<'t> Tables<'t> {
 }
 
 pub(super) fn spawn(
-    db: Arc<Database>,
+    db: Arc<DbCell>,
     rx: mpsc::Receiver<Job>,
     next_seq: u64,
     wakers: Arc<Wakers>,
     gauges: Arc<Gauges>,
     fsync: bool,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let panic_at_accept = std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == FAILPOINT_WRITER_PANIC);
     std::thread::Builder::new()
         .name("hookwall-store-writer".into())
-        .spawn(move || run(&db, rx, next_seq, &wakers, &gauges, fsync))
+        .spawn(move || {
+            let writer = Writer {
+                db: &db,
+                wakers: &wakers,
+                gauges: &gauges,
+                panic_at_accept,
+            };
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                writer.run(rx, next_seq, fsync)
+            }));
+            if ran.is_err() {
+                tracing::error!(
+                    exit = EXIT_WRITER_PANIC,
+                    "the store writer panicked; exiting so that the supervisor restarts the \
+                     process (every acknowledged event is on disk)"
+                );
+                std::process::exit(EXIT_WRITER_PANIC);
+            }
+        })
 }
 
-fn run(
-    db: &Database,
-    mut rx: mpsc::Receiver<Job>,
-    mut next_seq: u64,
-    wakers: &Wakers,
-    gauges: &Gauges,
-    fsync: bool,
-) {
-    // Only to wait for the next job with a timeout while a lazy sync is due.
-    let timer = match tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-    {
-        Ok(rt) => Some(rt),
-        Err(e) => {
-            tracing::warn!(error = %e, "no timer for lazy syncs: every commit is made durable");
-            None
+/// What the writer thread works with.
+struct Writer<'a> {
+    db: &'a DbCell,
+    wakers: &'a Wakers,
+    gauges: &'a Gauges,
+    panic_at_accept: bool,
+}
+
+impl Writer<'_> {
+    /// After a failed commit: reopens the database and proves it writable with an empty
+    /// durable commit; true when the store takes writes again.
+    fn recover(&self) -> bool {
+        let recovered = self
+            .db
+            .reopen()
+            .and_then(|()| self.db.begin_write()?.commit().map_err(StoreError::storage));
+        match recovered {
+            Ok(()) => {
+                tracing::info!("store is writable again");
+                self.gauges.set_write_error(None);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "store still not writable");
+                false
+            }
         }
-    };
-    let fsync = fsync || timer.is_none();
-    // When the oldest commit that is not yet durable was made.
-    let mut unsynced_since: Option<Instant> = None;
-    loop {
-        let first = match (unsynced_since, &timer) {
-            (Some(since), Some(timer)) => {
-                let left = LAZY_SYNC_INTERVAL.saturating_sub(since.elapsed());
-                // The timeout is built inside `block_on`: it needs the runtime's timer.
-                match timer.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
-                    Ok(job) => job,
-                    Err(_) => {
-                        if sync(db) {
-                            unsynced_since = None;
+    }
+
+    fn run(&self, mut rx: mpsc::Receiver<Job>, mut next_seq: u64, fsync: bool) {
+        let (db, wakers, gauges) = (self.db, self.wakers, self.gauges);
+        // Only to wait for the next job with a timeout while a lazy sync or a recovery is due.
+        let timer = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => Some(rt),
+            Err(e) => {
+                tracing::warn!(error = %e, "no timer for lazy syncs: every commit is made durable");
+                None
+            }
+        };
+        let fsync = fsync || timer.is_none();
+        // When the oldest commit that is not yet durable was made.
+        let mut unsynced_since: Option<Instant> = None;
+        // A commit failed: the database must be reopened before it takes writes again.
+        let mut broken = false;
+        loop {
+            let wait = if broken {
+                Some(RECOVER_INTERVAL)
+            } else {
+                unsynced_since.map(|since| LAZY_SYNC_INTERVAL.saturating_sub(since.elapsed()))
+            };
+            let first = match (wait, &timer) {
+                (Some(left), Some(timer)) => {
+                    // The timeout is built inside `block_on`: it needs the runtime's timer.
+                    match timer.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
+                        Ok(job) => job,
+                        Err(_) if broken => {
+                            broken = !self.recover();
+                            continue;
                         }
-                        continue;
+                        Err(_) => {
+                            if sync(db) {
+                                unsynced_since = None;
+                            }
+                            continue;
+                        }
+                    }
+                }
+                _ => rx.blocking_recv(),
+            };
+            let Some(first) = first else {
+                break;
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let stop = batch.iter().any(|j| matches!(j.op, Op::Stop));
+            if self.panic_at_accept && batch.iter().any(|j| matches!(j.op, Op::Accept(..))) {
+                panic!("{FAILPOINT_ENV}={FAILPOINT_WRITER_PANIC}: the store writer panics");
+            }
+            if broken {
+                broken = !self.recover();
+            }
+            let mut touched = BTreeSet::new();
+            let seq_before = next_seq;
+            // The last commit before stopping is always durable, so `fsync = false` loses data
+            // only on a crash, and then at most LAZY_SYNC_INTERVAL of it.
+            let durable =
+                fsync || stop || unsynced_since.is_some_and(|s| s.elapsed() >= LAZY_SYNC_INTERVAL);
+            gauges.commit_started();
+            let committed = if broken {
+                Err(StoreError::Unavailable)
+            } else {
+                commit(db, &batch, &mut next_seq, &mut touched, durable)
+            };
+            gauges.commit_ended(committed.as_ref().ok().map(|(_, pending)| *pending));
+            match committed {
+                Ok((replies, _)) => {
+                    if durable {
+                        unsynced_since = None;
+                    } else {
+                        unsynced_since.get_or_insert_with(Instant::now);
+                    }
+                    for (job, reply) in batch.into_iter().zip(replies) {
+                        let _ = job.reply.send(Ok(reply));
+                    }
+                    for sink in &touched {
+                        wakers.wake(sink);
+                    }
+                }
+                Err(e) => {
+                    next_seq = seq_before;
+                    if !broken {
+                        tracing::error!(error = %e, jobs = batch.len(),
+                            "store commit failed; the store is reopened once it can be written");
+                        gauges.set_write_error(Some(e.to_string()));
+                        broken = true;
+                    }
+                    for job in batch {
+                        let _ = job.reply.send(Err(match &e {
+                            StoreError::Unavailable => StoreError::Unavailable,
+                            other => StoreError::Storage(other.to_string()),
+                        }));
                     }
                 }
             }
-            _ => rx.blocking_recv(),
-        };
-        let Some(first) = first else {
-            break;
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+            if stop {
+                rx.close();
+                // Anything still queued after Stop is refused rather than silently dropped.
+                while let Ok(job) = rx.try_recv() {
+                    let _ = job.reply.send(Err(StoreError::Closed));
+                }
+                return;
             }
         }
-        let stop = batch.iter().any(|j| matches!(j.op, Op::Stop));
-        let mut touched = BTreeSet::new();
-        let seq_before = next_seq;
-        // The last commit before stopping is always durable, so `fsync = false` loses data
-        // only on a crash, and then at most LAZY_SYNC_INTERVAL of it.
-        let durable =
-            fsync || stop || unsynced_since.is_some_and(|s| s.elapsed() >= LAZY_SYNC_INTERVAL);
-        gauges.commit_started();
-        let committed = commit(db, &batch, &mut next_seq, &mut touched, durable);
-        gauges.commit_ended(committed.as_ref().ok().map(|(_, pending)| *pending));
-        match committed {
-            Ok((replies, _)) => {
-                if durable {
-                    unsynced_since = None;
-                } else {
-                    unsynced_since.get_or_insert_with(Instant::now);
-                }
-                for (job, reply) in batch.into_iter().zip(replies) {
-                    let _ = job.reply.send(Ok(reply));
-                }
-                for sink in &touched {
-                    wakers.wake(sink);
-                }
-            }
-            Err(e) => {
-                next_seq = seq_before;
-                tracing::error!(error = %e, jobs = batch.len(), "store commit failed");
-                for job in batch {
-                    let _ = job.reply.send(Err(StoreError::Storage(e.to_string())));
-                }
-            }
+        // Every handle is gone without a Stop: still leave the store durable.
+        if unsynced_since.is_some() {
+            sync(db);
         }
-        if stop {
-            rx.close();
-            // Anything still queued after Stop is refused rather than silently dropped.
-            while let Ok(job) = rx.try_recv() {
-                let _ = job.reply.send(Err(StoreError::Closed));
-            }
-            return;
-        }
-    }
-    // Every handle is gone without a Stop: still leave the store durable.
-    if unsynced_since.is_some() {
-        sync(db);
     }
 }
 
 /// Makes every earlier non-durable commit durable (an empty durable commit); false if it failed.
-fn sync(db: &Database) -> bool {
-    let commit = || -> Result<(), redb::Error> {
-        db.begin_write()?.commit()?;
-        Ok(())
-    };
+fn sync(db: &DbCell) -> bool {
+    let commit =
+        || -> Result<(), StoreError> { db.begin_write()?.commit().map_err(StoreError::storage) };
     let result = commit();
     if let Err(e) = &result {
         tracing::error!(error = %e, "store sync failed");
@@ -253,13 +334,13 @@ fn sync(db: &Database) -> bool {
 }
 
 fn commit(
-    db: &Database,
+    db: &DbCell,
     batch: &[Job],
     next_seq: &mut u64,
     touched: &mut BTreeSet<String>,
     durable: bool,
 ) -> Result<(Vec<Reply>, u64), StoreError> {
-    let mut txn = db.begin_write().map_err(StoreError::storage)?;
+    let mut txn = db.begin_write()?;
     if !durable {
         txn.set_durability(Durability::None)
             .map_err(StoreError::storage)?;
@@ -315,8 +396,9 @@ fn accept(
     {
         return Ok(AcceptOutcome::Duplicate { id });
     }
+    let key = super::event_key(&event.record.source, &event.record.id);
     if t.events
-        .get(event.record.id.as_str())
+        .get(key.as_str())
         .map_err(StoreError::storage)?
         .is_some()
     {
@@ -332,17 +414,18 @@ fn accept(
     insert_deliveries(t, &mut record, &event.deliveries, next_seq, touched)?;
     plugin_letter(t, &record, record.received_at_ms, next_seq)?;
     t.events
-        .insert(record.id.as_str(), records::encode(&record)?.as_slice())
+        .insert(key.as_str(), records::encode(&record)?.as_slice())
         .map_err(StoreError::storage)?;
     t.event_times
-        .insert((record.received_at_ms, record.id.as_str()), ())
+        .insert((record.received_at_ms, key.as_str()), ())
         .map_err(StoreError::storage)?;
     Ok(AcceptOutcome::Stored)
 }
 
 /// Adds `new` as pending deliveries of `record` (appending their seqs to it). Each gets the
-/// stable id `EVENT:SINK:N`, N counting `new`'s deliveries to that sink, so routing the same
-/// event the same way again (a replay) yields the same ids.
+/// stable id `SOURCE:EVENT:SINK:N`, N counting `new`'s deliveries to that sink, so routing the
+/// same event the same way again (a replay) yields the same ids, and two sources' events with
+/// the same id never share one (a receiver dedupes on it).
 pub(super) fn insert_deliveries(
     t: &mut Tables,
     record: &mut EventRecord,
@@ -354,12 +437,13 @@ pub(super) fn insert_deliveries(
     // Due at receipt: a new event's place in its sink's order; a replayed one is due at once
     // and keeps its place among the events of its time.
     let due_ms = record.received_at_ms;
+    let key = super::event_key(&record.source, &record.id);
     for d in new {
         let seq = take_seq(next_seq);
         let n = per_sink.entry(d.sink.as_str()).or_default();
         let delivery = DeliveryRecord {
             seq,
-            id: format!("{}:{}:{n}", record.id, d.sink),
+            id: format!("{key}:{}:{n}", d.sink),
             event_id: record.id.clone(),
             source: record.source.clone(),
             received_at_ms: record.received_at_ms,

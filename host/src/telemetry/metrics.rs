@@ -34,6 +34,9 @@ pub const PLUGIN_FAILURES: &str = "hookwall_plugin_failures_total";
 pub const PLUGIN_LOAD_ERRORS: &str = "hookwall_plugin_load_errors_total";
 /// `hookwall_store_commit_seconds`: one group commit of the store's writer.
 pub const STORE_COMMIT: &str = "hookwall_store_commit_seconds";
+/// `hookwall_store_writable`: 1 while the store takes writes, 0 after a failed commit until
+/// the database is reopened (e.g. the disk was full and space is back).
+pub const STORE_WRITABLE: &str = "hookwall_store_writable";
 /// `hookwall_sink_backlog{sink}`: deliveries pending for a sink, sampled at scrape.
 pub const SINK_BACKLOG: &str = "hookwall_sink_backlog";
 /// `hookwall_dead_letters`: entries in the dead-letter queue, sampled at scrape.
@@ -80,6 +83,10 @@ fn describe() {
         "Deliveries pending for a sink (due now or later)."
     );
     describe_gauge!(DEAD_LETTERS_QUEUED, "Entries in the dead-letter queue.");
+    describe_gauge!(
+        STORE_WRITABLE,
+        "1 while the store takes writes, 0 while a failed write keeps it read-only."
+    );
 }
 
 /// The `outcome` label of a request answered by the pipeline.
@@ -113,6 +120,7 @@ pub fn request_failed(source: &str, error: &IngestError) {
         IngestError::Rejected(_) => return request_rejected(source, "plugin"),
         IngestError::RateLimited(RateLimitError::Limited { .. }) => "rate_limited",
         IngestError::Overloaded(_) => "overloaded",
+        IngestError::PluginBusy(_) => "plugin_busy",
         IngestError::Dedupe(DedupeError::InFlight) => "duplicate_in_flight",
         IngestError::RateLimited(RateLimitError::Unavailable(_))
         | IngestError::Dedupe(DedupeError::Unavailable(_)) => "unavailable",
@@ -157,6 +165,11 @@ pub fn plugin_load_error(plugin: &str) {
 }
 
 /// Records one store commit's duration.
+/// Whether the store takes writes (see [`STORE_WRITABLE`]).
+pub fn store_writable(writable: bool) {
+    metrics::gauge!(STORE_WRITABLE).set(if writable { 1.0 } else { 0.0 });
+}
+
 pub fn store_commit(elapsed: Duration) {
     metrics::histogram!(STORE_COMMIT).record(elapsed);
 }

@@ -89,6 +89,12 @@ pub struct VerifyConfig {
     /// (403 `ip_not_allowed` otherwise). See `[server] trusted_proxies`.
     #[serde(default)]
     pub allow_ips: Vec<IpNet>,
+    /// `forward_credentials = true` (`bearer`, `basic`, `api-key` only): keep the header that
+    /// carried the verified credential (`Authorization`, or the api-key header) on the event.
+    /// By default it is removed once verified, before plugins, the store and sinks see the
+    /// event, so the sender's token never lands on disk, in sinks or in admin answers.
+    #[serde(default)]
+    pub forward_credentials: bool,
 }
 
 /// `scheme = "..."`.
@@ -288,6 +294,7 @@ impl VerifyConfig {
             ("public_url", self.public_url.is_some()),
             ("handshake", self.handshake.is_some()),
             ("username", self.username.is_some()),
+            ("forward_credentials", self.forward_credentials),
         ];
         knobs
             .into_iter()
@@ -309,9 +316,10 @@ impl VerifyConfig {
         let hmac_knobs = [HMAC_ONLY, PRESET_OVERRIDES].concat();
         let allowed: &[&str] = match self.scheme {
             SchemeName::Hmac => &hmac_knobs,
-            SchemeName::Bearer | SchemeName::None => &["id_header"],
-            SchemeName::Basic => &["username", "id_header"],
-            SchemeName::ApiKey => &["header", "id_header"],
+            SchemeName::Bearer => &["id_header", "forward_credentials"],
+            SchemeName::None => &["id_header"],
+            SchemeName::Basic => &["username", "id_header", "forward_credentials"],
+            SchemeName::ApiKey => &["header", "id_header", "forward_credentials"],
             SchemeName::Twilio => &["public_url", "id_header", "id_json"],
             _ if self.preset().is_some_and(|p| p.timestamp.is_some()) => {
                 &["tolerance", "id_header", "id_json"]

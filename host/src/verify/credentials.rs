@@ -47,6 +47,14 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
+/// Whether `given` equals the secret `expected`, in time that reveals neither the secret's
+/// content nor its length: both sides are hashed to 32 bytes first, then the digests are
+/// compared in constant time. The one compare for a single secret outside the schemes (the
+/// admin token).
+pub fn secret_eq(given: &[u8], expected: &[u8]) -> bool {
+    bool::from(digest(given).ct_eq(&digest(expected)))
+}
+
 impl CredentialVerifier {
     /// `secrets` is non-empty (config validation requires it).
     pub(crate) fn new(kind: Kind, secrets: &[Secret]) -> CredentialVerifier {
@@ -75,15 +83,20 @@ impl CredentialVerifier {
         hit
     }
 
+    /// The (lowercase) header the credential is read from.
+    pub(crate) fn header(&self) -> &str {
+        match &self.kind {
+            Kind::ApiKey { header } => header.as_str(),
+            _ => AUTHORIZATION,
+        }
+    }
+
     pub(crate) fn check(
         &self,
         request: &InboundRequest,
         diag: &mut Diagnostic,
     ) -> Result<(), VerifyError> {
-        let header = match &self.kind {
-            Kind::ApiKey { header } => header.as_str(),
-            _ => AUTHORIZATION,
-        };
+        let header = self.header();
         diag.header = Some(header.to_string());
         let value = request
             .header(header)
@@ -133,5 +146,19 @@ impl CredentialVerifier {
             ),
             Kind::ApiKey { header } => (header.clone(), secret),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::secret_eq;
+
+    #[test]
+    fn secret_eq_matches_only_the_same_bytes_whatever_the_lengths() {
+        assert!(secret_eq(b"s3cret-admin", b"s3cret-admin"));
+        assert!(!secret_eq(b"s3cret-admiN", b"s3cret-admin"));
+        assert!(!secret_eq(b"s3cret", b"s3cret-admin"));
+        assert!(!secret_eq(b"", b"s3cret-admin"));
+        assert!(secret_eq(b"", b""));
     }
 }

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 
 use super::config::{Delimiter, SchemeName, SignatureEncoding};
-use super::{Signed, Verifier, VerifyConfig, client_ip, parse};
+use super::{ProxyTrust, Signed, Verifier, VerifyConfig, client_ip, parse};
 use crate::config::Secret;
 use crate::server::InboundRequest;
 
@@ -46,7 +46,12 @@ fn verifier(line: &str) -> Verifier {
                 .expect("literal")
         })
         .collect::<Vec<Secret>>();
-    Verifier::new(&config, secrets, &["10.0.0.0/8".parse().expect("net")]).expect("builds")
+    Verifier::new(
+        &config,
+        secrets,
+        &ProxyTrust::proxies(vec!["10.0.0.0/8".parse().expect("net")]),
+    )
+    .expect("builds")
 }
 
 /// One verifier per HMAC preset, and a generic one with every knob.
@@ -234,15 +239,24 @@ pub fn forwarded(data: &[u8]) {
     let _ = parse::forwarded_for(&text);
     let hops = parse::x_forwarded_for(&text);
     assert_eq!(hops.len(), text.split(',').count());
-    let trusted = ["10.0.0.0/8".parse().expect("net")];
+    let trusted = ProxyTrust::proxies(vec!["10.0.0.0/8".parse().expect("net")]);
     let headers = vec![
         ("forwarded".to_string(), text.to_string()),
         ("x-forwarded-for".to_string(), text.to_string()),
     ];
     let stranger: IpAddr = [192, 0, 2, 1].into();
     assert_eq!(client_ip(stranger, &headers, &trusted), Some(stranger));
-    if let Some(ip) = client_ip([10, 0, 0, 1].into(), &headers, &trusted) {
-        let _ = ip.is_loopback();
+    for trust in [
+        trusted.clone(),
+        ProxyTrust {
+            header: crate::config::ClientIpHeader::Forwarded,
+            hops: Some(2),
+            ..trusted
+        },
+    ] {
+        if let Some(ip) = client_ip([10, 0, 0, 1].into(), &headers, &trust) {
+            let _ = ip.is_loopback();
+        }
     }
 }
 

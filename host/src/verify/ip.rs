@@ -1,25 +1,54 @@
-//! Sender allowlists: `allow_ips` per source, with the client address taken from
-//! `Forwarded` / `X-Forwarded-For` only when the direct peer is a trusted proxy.
+//! Sender allowlists: `allow_ips` per source, with the client address taken from the one
+//! forwarding header the trusted proxies write, and only when the direct peer is one of them.
 //!
 //! Forwarding headers are written by whoever sent the request, so they are believed only as
-//! far as trusted proxies appended to them: the chain is walked from the right (the hop
-//! nearest to us), skipping trusted proxies; the first other hop is the client. A hop that is
-//! not an address (`unknown`, an obfuscated node, garbage) means the client cannot be known,
-//! and the request is refused rather than guessed at.
+//! far as trusted proxies appended to them. A proxy appends to the header it writes
+//! (`X-Forwarded-For` by default, `Forwarded` with `client_ip_header = "forwarded"`) and passes
+//! the other through untouched, so only the configured header is read: a client's own
+//! `Forwarded: for=<allowed address>` behind a proxy that appends `X-Forwarded-For` is ignored.
+//! The chain is read from the right (the hop nearest to us): with `trusted_hops = N` the client
+//! is the entry N places from the right (Envoy's `xff_num_trusted_hops`), else the first entry
+//! that is not a trusted proxy (nginx's `real_ip_recursive`). A hop that is not an address
+//! (`unknown`, an obfuscated node, garbage, an element with two `for=`), or fewer entries than
+//! `trusted_hops`, means the client cannot be known, and the request is refused rather than
+//! guessed at.
 
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
 use super::{Diagnostic, VerifyError, parse};
+use crate::config::ClientIpHeader;
 use crate::server::InboundRequest;
 
+/// Which peers' forwarding headers are believed, and how (`[server] trusted_proxies`,
+/// `client_ip_header`, `trusted_hops`).
+#[derive(Debug, Clone, Default)]
+pub struct ProxyTrust {
+    pub trusted: Vec<IpNet>,
+    pub header: ClientIpHeader,
+    pub hops: Option<usize>,
+}
+
+impl ProxyTrust {
+    /// Trusts `trusted`'s `X-Forwarded-For`, walking past every trusted hop.
+    pub fn proxies(trusted: Vec<IpNet>) -> ProxyTrust {
+        ProxyTrust {
+            trusted,
+            ..ProxyTrust::default()
+        }
+    }
+
+    fn is_trusted(&self, ip: &IpAddr) -> bool {
+        self.trusted.iter().any(|net| net.contains(ip))
+    }
+}
+
 /// The client address of a request that arrived from `peer` with `headers`.
-/// `None` when a trusted proxy forwarded a client address that cannot be parsed.
-pub fn client_ip(peer: IpAddr, headers: &[(String, String)], trusted: &[IpNet]) -> Option<IpAddr> {
+/// `None` when a trusted proxy forwarded a chain the client cannot be read from.
+pub fn client_ip(peer: IpAddr, headers: &[(String, String)], trust: &ProxyTrust) -> Option<IpAddr> {
     let peer = peer.to_canonical();
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-    if !is_trusted(&peer) {
+    if !trust.is_trusted(&peer) {
         return Some(peer);
     }
     let values = |name: &'static str| {
@@ -28,20 +57,25 @@ pub fn client_ip(peer: IpAddr, headers: &[(String, String)], trusted: &[IpNet]) 
             .filter(move |(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     };
-    // RFC 7239 `Forwarded` when present; else the de-facto `X-Forwarded-For`. Repeated
-    // headers are one list, in order.
-    let mut hops: Vec<Option<IpAddr>> =
-        values("forwarded").flat_map(parse::forwarded_for).collect();
-    if hops.is_empty() {
-        hops = values("x-forwarded-for")
+    // Repeated headers are one list, in order.
+    let hops: Vec<Option<IpAddr>> = match trust.header {
+        ClientIpHeader::XForwardedFor => values("x-forwarded-for")
             .flat_map(parse::x_forwarded_for)
-            .collect();
+            .collect(),
+        ClientIpHeader::Forwarded => values("forwarded").flat_map(parse::forwarded_for).collect(),
+    };
+    if let Some(n) = trust.hops {
+        return match n {
+            0 => Some(peer),
+            n if n > hops.len() => None,
+            n => hops[hops.len() - n],
+        };
     }
     let mut client = peer;
     for hop in hops.iter().rev() {
         match hop {
             None => return None,
-            Some(ip) if is_trusted(ip) => client = *ip,
+            Some(ip) if trust.is_trusted(ip) => client = *ip,
             Some(ip) => return Some(*ip),
         }
     }
@@ -52,7 +86,7 @@ pub fn client_ip(peer: IpAddr, headers: &[(String, String)], trusted: &[IpNet]) 
 #[derive(Debug, Clone)]
 pub(crate) struct IpPolicy {
     pub allow: Vec<IpNet>,
-    pub trusted: Vec<IpNet>,
+    pub trust: ProxyTrust,
 }
 
 impl IpPolicy {
@@ -61,7 +95,7 @@ impl IpPolicy {
         request: &InboundRequest,
         diag: &mut Diagnostic,
     ) -> Result<(), VerifyError> {
-        let client = client_ip(request.remote.ip(), &request.headers, &self.trusted);
+        let client = client_ip(request.remote.ip(), &request.headers, &self.trust);
         diag.client_ip = client.map(|ip| ip.to_string());
         match client {
             Some(ip) if self.allow.iter().any(|net| net.contains(&ip)) => Ok(()),
@@ -69,7 +103,9 @@ impl IpPolicy {
                 client: ip.to_string(),
             }),
             None => Err(VerifyError::IpNotAllowed {
-                client: "unknown (a trusted proxy forwarded an unparseable address)".into(),
+                client:
+                    "unknown (a trusted proxy forwarded a chain the client cannot be read from)"
+                        .into(),
             }),
         }
     }
@@ -90,10 +126,13 @@ mod tests {
             .collect()
     }
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn forwarding_headers_count_only_from_trusted_proxies() {
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let trusted = nets(&["10.0.0.0/8"]);
+        let trusted = ProxyTrust::proxies(nets(&["10.0.0.0/8"]));
         let xff = h(&[("x-forwarded-for", "198.51.100.1, 203.0.113.9, 10.0.0.2")]);
         // An untrusted peer's headers are ignored.
         assert_eq!(
@@ -104,15 +143,6 @@ mod tests {
         assert_eq!(
             client_ip(ip("10.0.0.3"), &xff, &trusted),
             Some(ip("203.0.113.9"))
-        );
-        let fwd = h(&[
-            ("forwarded", "for=198.51.100.1"),
-            ("forwarded", "for=\"[2001:db8::7]:1234\";proto=https"),
-            ("x-forwarded-for", "192.0.2.200"),
-        ]);
-        assert_eq!(
-            client_ip(ip("10.0.0.3"), &fwd, &trusted),
-            Some(ip("2001:db8::7"))
         );
         let broken = h(&[("x-forwarded-for", "203.0.113.9, unknown")]);
         assert_eq!(client_ip(ip("10.0.0.3"), &broken, &trusted), None);
@@ -125,5 +155,61 @@ mod tests {
             client_ip(ip("::ffff:10.0.0.3"), &[], &trusted),
             Some(ip("10.0.0.3"))
         );
+    }
+
+    #[test]
+    fn only_the_configured_header_is_read() {
+        // The bypass: the proxy appends X-Forwarded-For and passes the client's own
+        // Forwarded through. The Forwarded value must not be believed.
+        let forged = h(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("forwarded", "for=192.0.2.5"),
+        ]);
+        let xff = ProxyTrust::proxies(nets(&["127.0.0.1/32"]));
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &forged, &xff),
+            Some(ip("203.0.113.9"))
+        );
+        let fwd = ProxyTrust {
+            header: ClientIpHeader::Forwarded,
+            ..ProxyTrust::proxies(nets(&["10.0.0.0/8"]))
+        };
+        let both = h(&[
+            ("forwarded", "for=198.51.100.1"),
+            ("forwarded", "for=\"[2001:db8::7]:1234\";proto=https"),
+            ("x-forwarded-for", "192.0.2.200"),
+        ]);
+        assert_eq!(
+            client_ip(ip("10.0.0.3"), &both, &fwd),
+            Some(ip("2001:db8::7"))
+        );
+        // An element naming two clients is ambiguous: refused.
+        let twice = h(&[("forwarded", "for=192.0.2.5;for=198.51.100.1")]);
+        assert_eq!(client_ip(ip("10.0.0.3"), &twice, &fwd), None);
+    }
+
+    #[test]
+    fn trusted_hops_count_entries_from_the_right() {
+        let trust = |hops| ProxyTrust {
+            hops: Some(hops),
+            ..ProxyTrust::proxies(nets(&["127.0.0.1/32"]))
+        };
+        let chain = h(&[("x-forwarded-for", "192.0.2.5, 203.0.113.9, 198.51.100.7")]);
+        // One proxy in front: it appended the address it saw, the rightmost entry.
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &chain, &trust(1)),
+            Some(ip("198.51.100.7"))
+        );
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &chain, &trust(2)),
+            Some(ip("203.0.113.9"))
+        );
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &chain, &trust(0)),
+            Some(ip("127.0.0.1"))
+        );
+        // Fewer entries than trusted proxies wrote: something is wrong, refuse.
+        assert_eq!(client_ip(ip("127.0.0.1"), &chain, &trust(4)), None);
+        assert_eq!(client_ip(ip("127.0.0.1"), &[], &trust(1)), None);
     }
 }

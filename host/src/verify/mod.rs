@@ -32,15 +32,15 @@ mod template;
 
 use std::fmt;
 
-use ipnet::IpNet;
 use serde::Serialize;
 
 pub use self::config::{
     Delimiter, Handshake, HmacAlgorithm, SchemeName, SecretEncoding, SignatureEncoding,
     TimestampUnit, VerifyConfig,
 };
+pub use self::credentials::secret_eq;
 pub use self::hmac::mac;
-pub use self::ip::client_ip;
+pub use self::ip::{ProxyTrust, client_ip};
 use crate::config::Secret;
 use crate::server::InboundRequest;
 
@@ -267,8 +267,14 @@ pub struct Verifier {
     scheme: Scheme,
     id: Option<IdSource>,
     ips: Option<ip::IpPolicy>,
+    /// Whose forwarding headers name the client (for `allow_ips` and per-client limits).
+    proxies: ProxyTrust,
     explain: bool,
     secrets: usize,
+    /// The header that carried a verified credential, removed from the verified request
+    /// (`None` for signature schemes, whose headers are no credential, and with
+    /// `forward_credentials = true`).
+    strip: Option<String>,
 }
 
 impl fmt::Debug for Verifier {
@@ -287,11 +293,11 @@ impl fmt::Debug for Verifier {
 
 impl Verifier {
     /// Builds a verifier from a validated config, its resolved secrets (in config order) and
-    /// the server's trusted proxies. The error names what is wrong, never a secret's value.
+    /// the server's proxy trust. The error names what is wrong, never a secret's value.
     pub fn new(
         config: &VerifyConfig,
         secrets: Vec<Secret>,
-        trusted_proxies: &[IpNet],
+        proxies: &ProxyTrust,
     ) -> Result<Verifier, String> {
         let id_header = || {
             config
@@ -318,18 +324,33 @@ impl Verifier {
                 (Scheme::Hmac(hmac::HmacVerifier::new(spec, &secrets)?), id)
             }
         };
+        let strip = match &scheme {
+            Scheme::Credentials(c) if !config.forward_credentials => Some(c.header().to_string()),
+            _ => None,
+        };
         let ips = (!config.allow_ips.is_empty()).then(|| ip::IpPolicy {
             allow: config.allow_ips.clone(),
-            trusted: trusted_proxies.to_vec(),
+            trust: proxies.clone(),
         });
         Ok(Verifier {
             name: config.scheme,
             scheme,
             id,
             ips,
+            proxies: proxies.clone(),
             explain: config.explain,
             secrets: secrets.len(),
+            strip,
         })
+    }
+
+    /// The client address of `request`: the one `allow_ips` checks, read from the trusted
+    /// proxies' forwarding header when the peer is one of them. When that chain cannot be read
+    /// (which `allow_ips` refuses), the peer itself: per-client rate limits then count the
+    /// proxy, never an address the client chose.
+    pub fn client_ip(&self, request: &InboundRequest) -> std::net::IpAddr {
+        client_ip(request.remote.ip(), &request.headers, &self.proxies)
+            .unwrap_or_else(|| request.remote.ip().to_canonical())
     }
 
     pub fn scheme(&self) -> SchemeName {
@@ -376,6 +397,12 @@ impl Verifier {
             .id
             .as_ref()
             .and_then(|id| id.extract(&request, &mut json));
+        let mut request = request;
+        if let Some(header) = &self.strip {
+            // The credential has done its job: nothing after this stage (plugins, the store,
+            // sinks, the admin API) needs the sender's token, and each could leak it.
+            request.headers.retain(|(name, _)| name != header);
+        }
         Ok(Verified::Event(VerifiedRequest { request, event_id }))
     }
 

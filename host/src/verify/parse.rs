@@ -196,16 +196,20 @@ pub fn x_forwarded_for(value: &str) -> Vec<Option<IpAddr>> {
 }
 
 /// The `for=` of each element of a `Forwarded` value (RFC 7239), client first. An element
-/// without `for=`, or with an obfuscated or unknown node, is `None`.
+/// without exactly one `for=`, or with an obfuscated or unknown node, is `None`.
 pub fn forwarded_for(value: &str) -> Vec<Option<IpAddr>> {
     split_outside_quotes(value, ',')
         .into_iter()
         .map(|element| {
-            split_outside_quotes(element, ';')
+            let mut fors = split_outside_quotes(element, ';')
                 .into_iter()
                 .filter_map(|pair| pair.split_once('='))
-                .find(|(k, _)| k.trim().eq_ignore_ascii_case("for"))
-                .and_then(|(_, v)| node_address(v))
+                .filter(|(k, _)| k.trim().eq_ignore_ascii_case("for"));
+            // Two `for=` in one element name two clients: ambiguous, so no address.
+            match (fors.next(), fors.next()) {
+                (Some((_, v)), None) => node_address(v),
+                _ => None,
+            }
         })
         .collect()
 }

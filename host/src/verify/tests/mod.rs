@@ -35,7 +35,11 @@ pub(super) fn try_verifier(toml_text: &str) -> Result<Verifier, String> {
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
-    Verifier::new(&config, secrets, &["10.0.0.0/8".parse().unwrap()])
+    Verifier::new(
+        &config,
+        secrets,
+        &ProxyTrust::proxies(vec!["10.0.0.0/8".parse().unwrap()]),
+    )
 }
 
 pub(super) fn request(headers: &[(&str, &str)], body: &[u8]) -> InboundRequest {

@@ -105,6 +105,45 @@ fn bearer_basic_and_api_key_compare_every_secret() {
 }
 
 #[test]
+fn a_verified_credential_header_is_dropped_unless_forwarded() {
+    let headers = |v: &Verifier, r: InboundRequest| -> Vec<String> {
+        let e = event(v, r, NOW);
+        e.request().headers.iter().map(|(k, _)| k.clone()).collect()
+    };
+    let bearer = verifier("scheme = \"bearer\"\nsecrets = [\"tok\"]");
+    let sent = [("Authorization", "Bearer tok"), ("X-Other", "kept")];
+    assert_eq!(headers(&bearer, request(&sent, b"{}")), ["x-other"]);
+    let basic = verifier("scheme = \"basic\"\nusername = \"u\"\nsecrets = [\"tok\"]");
+    assert_eq!(
+        headers(&basic, signed(&basic, b"{}", "i", NOW)),
+        Vec::<String>::new()
+    );
+    let key = verifier("scheme = \"api-key\"\nheader = \"X-Api-Key\"\nsecrets = [\"k\"]");
+    let sent = [
+        ("X-Api-Key", "k"),
+        ("x-api-key", "k2"),
+        ("Authorization", "x"),
+    ];
+    assert_eq!(headers(&key, request(&sent, b"{}")), ["authorization"]);
+
+    let forwarding =
+        verifier("scheme = \"bearer\"\nsecrets = [\"tok\"]\nforward_credentials = true");
+    let sent = [("Authorization", "Bearer tok")];
+    assert_eq!(
+        headers(&forwarding, request(&sent, b"{}")),
+        ["authorization"]
+    );
+    // Signature headers are no credential: they stay.
+    let v = verifier(LEGACY);
+    let r = signed(&v, b"{}", "e-1", NOW);
+    assert!(headers(&v, r).contains(&"x-signature".to_string()));
+    // The option means nothing for other schemes, and says so.
+    let e = try_verifier("scheme = \"github\"\nsecrets = [\"s\"]\nforward_credentials = true")
+        .unwrap_err();
+    assert!(e.contains("verify.forward_credentials"), "{e}");
+}
+
+#[test]
 fn allow_ips_checks_the_client_behind_trusted_proxies_first() {
     let v = verifier(
         "scheme = \"bearer\"\nsecrets = [\"t\"]\nallow_ips = [\"203.0.113.0/24\", \"2001:db8::/32\"]",
@@ -127,8 +166,13 @@ fn allow_ips_checks_the_client_behind_trusted_proxies_first() {
         "ip_not_allowed"
     );
     event(&v, from([10, 1, 2, 3], &[auth, xff]), NOW);
+    // Only the header the proxies write (X-Forwarded-For by default) names the client: a
+    // `Forwarded` alone is the client's own claim, so the client is the proxy itself.
     let fwd = ("Forwarded", "for=\"[2001:db8::5]:443\"");
-    event(&v, from([10, 1, 2, 3], &[auth, fwd]), NOW);
+    assert_eq!(
+        code(&v, from([10, 1, 2, 3], &[auth, fwd]), NOW),
+        "ip_not_allowed"
+    );
     let spoofed = ("X-Forwarded-For", "203.0.113.9, 198.51.100.1");
     assert_eq!(
         code(&v, from([10, 1, 2, 3], &[auth, spoofed]), NOW),

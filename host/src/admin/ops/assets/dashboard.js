@@ -23,6 +23,9 @@ class Unauthorized extends Error {}
 async function api(path, options = {}) {
   const headers = Object.assign({}, options.headers || {});
   if (token) headers.Authorization = "Bearer " + token;
+  // The admin listener refuses a state-changing request that is not JSON, even without a body.
+  const method = (options.method || "GET").toUpperCase();
+  if (method !== "GET" && method !== "HEAD") headers["Content-Type"] = "application/json";
   const resp = await fetch(path, Object.assign({}, options, { headers }));
   if (resp.status === 401) throw new Unauthorized();
   return resp;
@@ -243,7 +246,6 @@ async function replay(seq, button) {
   try {
     const resp = await api("/api/v1/replay", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ seq }),
     });
     const body = await resp.json();

@@ -1,0 +1,80 @@
+//! The open database, replaceable: after a failed write (a full disk, an I/O error) redb
+//! refuses every later transaction ("a previous I/O error occurred"), so the only way back is
+//! to close the file and open it again. The writer thread does that ([`DbCell::reopen`]) once
+//! space is back; readers take a short-lived handle per read and see
+//! [`StoreError::Unavailable`] while the file is being reopened.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use redb::{Database, ReadTransaction, ReadableDatabase, WriteTransaction};
+
+use super::StoreError;
+
+/// How long a reopen waits for in-flight reads to let go of the old database.
+const REOPEN_WAIT: Duration = Duration::from_secs(2);
+
+/// The store's database, shared by the writer and every reader.
+pub(super) struct DbCell {
+    path: PathBuf,
+    db: RwLock<Option<Arc<Database>>>,
+}
+
+impl DbCell {
+    pub(super) fn new(path: &Path, db: Database) -> DbCell {
+        DbCell {
+            path: path.to_path_buf(),
+            db: RwLock::new(Some(Arc::new(db))),
+        }
+    }
+
+    /// The database, or `Unavailable` while it is being reopened.
+    pub(super) fn get(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StoreError::Unavailable)
+    }
+
+    pub(super) fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
+        self.get()?.begin_read().map_err(StoreError::storage)
+    }
+
+    pub(super) fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
+        self.get()?.begin_write().map_err(StoreError::storage)
+    }
+
+    /// Closes the database and opens the file again (redb repairs it if the last commit did
+    /// not finish). Called by the writer thread only, so no write runs meanwhile.
+    pub(super) fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = slot.take() {
+            // Readers hold clones for the length of one read; wait for them to finish.
+            let deadline = Instant::now() + REOPEN_WAIT;
+            let mut old = old;
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(still_shared) if Instant::now() < deadline => {
+                        old = still_shared;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(still_shared) => {
+                        *slot = Some(still_shared);
+                        return Err(StoreError::Storage(
+                            "cannot reopen the store: reads still hold it".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        let db = Database::create(&self.path).map_err(StoreError::storage)?;
+        *slot = Some(Arc::new(db));
+        Ok(())
+    }
+}
