@@ -73,7 +73,7 @@ fn bench(c: &mut Criterion) {
             };
             let signed: Vec<(String, String)> = build_verifier(&config, "bench")
                 .unwrap()
-                .sign(unsigned, "", hookwall::server::now_ms())
+                .sign(unsigned, "", hookwall::clock::now_ms())
                 .headers;
             let next = Arc::new(AtomicU64::new(0));
             let request = {
@@ -91,7 +91,7 @@ fn bench(c: &mut Criterion) {
                         headers,
                         body: body.clone(),
                         remote: SocketAddr::from(([127, 0, 0, 1], 1)),
-                        received_at_ms: hookwall::server::now_ms(),
+                        received_at_ms: hookwall::clock::now_ms(),
                     }
                 }
             };

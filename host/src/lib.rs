@@ -23,6 +23,7 @@
 //! [`telemetry`] (logs).
 
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod dedupe;
 pub mod delivery;

@@ -17,12 +17,12 @@ use hookwall::config::Config;
 use hookwall::delivery::Delivery;
 use hookwall::pipeline::{Pipeline, build_verifier};
 use hookwall::plugin::{PluginHost, PluginKv};
-use hookwall::server;
 use hookwall::store::Store;
 use hookwall::store::redis::SharedRedis;
 use hookwall::store::redis_kv::RedisKv;
 use hookwall::telemetry::{self, LogFormat};
 use hookwall::verify::Signed;
+use hookwall::{clock, server};
 
 /// Exit code for a bad config or command line (sysexits' EX_USAGE).
 const EXIT_USAGE: u8 = 64;
@@ -463,7 +463,7 @@ fn plugin_test(
     let event = hookwall::plugin::Event {
         id: uuid::Uuid::now_v7().to_string(),
         source: "test".into(),
-        received_at_ms: server::now_ms(),
+        received_at_ms: clock::now_ms(),
         method: "POST".into(),
         path: "/test".into(),
         query: String::new(),
@@ -552,7 +552,7 @@ async fn send(
         body,
         ..Signed::default()
     };
-    let signed = verifier.sign(unsigned, &id, server::now_ms());
+    let signed = verifier.sign(unsigned, &id, clock::now_ms());
     // The signer may add to the query (Twilio's `bodySHA256` for JSON bodies).
     let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
     let scheme = uri.scheme_str().unwrap_or("http");

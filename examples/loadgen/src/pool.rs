@@ -67,7 +67,7 @@ impl Target {
                 body,
                 ..Signed::default()
             };
-            let signed = verifier.sign(unsigned, &id, hookwall::server::now_ms());
+            let signed = verifier.sign(unsigned, &id, hookwall::clock::now_ms());
             if !signed.query.is_empty() {
                 bail!(
                     "source `{}` signs the query (Twilio's bodySHA256), which loadgen does not send",

@@ -31,8 +31,8 @@ use std::time::Duration;
 use ::redis::Script;
 use sha2::{Digest, Sha256};
 
+use crate::clock::now_ms;
 use crate::config::{DedupeConfig, DedupeKey, OnRedisError};
-use crate::server::now_ms;
 use crate::store::redis::{RedisError, SharedRedis};
 use crate::store::{DedupeMark, Store, StoreError};
 use crate::verify::VerifiedRequest;

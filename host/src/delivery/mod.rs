@@ -34,8 +34,8 @@ use rand::Rng;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::clock::now_ms;
 use crate::config::{CircuitConfig, ConfigError, Rate, RetryConfig, SinkConfig, SinkKind};
-use crate::server::now_ms;
 use crate::sink::{self, Sink, SinkError};
 use crate::store::{DeliveryRecord, DeliveryState, DeliveryUpdate, Priority, Store};
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::server::now_ms;
+use crate::clock::now_ms;
 use crate::store::Store;
 use crate::store::dlq::PruneCursor;
 

@@ -483,7 +483,7 @@ impl CallState {
 }
 
 fn now_ms() -> u64 {
-    crate::server::now_ms()
+    crate::clock::now_ms()
 }
 
 impl clock::Host for CallState {

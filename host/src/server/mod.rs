@@ -17,7 +17,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -52,14 +52,6 @@ impl InboundRequest {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Handles one webhook request end to end. Never fails: every outcome is a response.
@@ -153,7 +145,7 @@ where
         headers,
         body,
         remote,
-        received_at_ms: now_ms(),
+        received_at_ms: crate::clock::now_ms(),
     };
     // A bug in a stage must cost one request a 500, not the connection or the process.
     match AssertUnwindSafe(pipeline.ingest(&source, request))

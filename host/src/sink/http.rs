@@ -178,7 +178,7 @@ impl HttpSink {
                 body,
                 ..Signed::default()
             };
-            let signed = signer.sign(unsigned, &id, crate::server::now_ms());
+            let signed = signer.sign(unsigned, &id, crate::clock::now_ms());
             for (k, v) in &signed.headers {
                 if let (Ok(k), Ok(v)) = (
                     HeaderName::from_bytes(k.as_bytes()),

@@ -218,7 +218,7 @@ pub(super) fn apply(
                 }
                 event.status = r.status.clone();
                 writer::insert_deliveries(t, &mut event, &r.deliveries, next_seq, touched)?;
-                writer::plugin_letter(t, &event, crate::server::now_ms(), next_seq)?;
+                writer::plugin_letter(t, &event, crate::clock::now_ms(), next_seq)?;
                 put_event(t, &event)?;
                 n += 1;
             }
