@@ -19,11 +19,12 @@ use std::time::Instant;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use hookwall::config::{Config, Secret};
-use hookwall::pipeline::{Ingested, Pipeline, build_verifier};
+use hookwall::pipeline::{Ingested, Pipeline};
 use hookwall::plugin::PluginHost;
+use hookwall::redis::SharedRedis;
 use hookwall::server::InboundRequest;
 use hookwall::store::Store;
-use hookwall::store::redis::SharedRedis;
+use hookwall::verify::Verifier;
 use hookwall_testkit::RedisServer;
 
 /// Requests in flight in the concurrent runs.
@@ -71,7 +72,7 @@ fn bench(c: &mut Criterion) {
                 body: body.to_vec(),
                 ..hookwall::verify::Signed::default()
             };
-            let signed: Vec<(String, String)> = build_verifier(&config, "bench")
+            let signed: Vec<(String, String)> = Verifier::for_source(&config, "bench")
                 .unwrap()
                 .sign(unsigned, "", hookwall::clock::now_ms())
                 .headers;

@@ -9,11 +9,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use hookwall::pipeline::{Ingested, Pipeline, build_verifier};
+use hookwall::pipeline::{Ingested, Pipeline};
 use hookwall::plugin::PluginHost;
 use hookwall::server::InboundRequest;
 use hookwall::store::Store;
 use hookwall::verify::Signed;
+use hookwall::verify::Verifier;
 use hookwall_testkit::wasm;
 
 fn bench(c: &mut Criterion) {
@@ -42,7 +43,7 @@ fn bench(c: &mut Criterion) {
         let pipeline = Pipeline::new(&config, host, store).unwrap();
         let source = pipeline.source_for_path("/hooks/bench").unwrap();
         let body = Bytes::from(common::body_1k());
-        let verifier = build_verifier(&config, "bench").unwrap();
+        let verifier = Verifier::for_source(&config, "bench").unwrap();
         let unsigned = Signed {
             path: "/hooks/bench".into(),
             body: body.to_vec(),

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hookwall::config::Secret;
+use hookwall::plugin::kv::{EmbeddedKv, RedisKv};
 use hookwall::plugin::{PluginHost, PluginKv};
+use hookwall::redis::SharedRedis;
 use hookwall::store::Store;
-use hookwall::store::redis::SharedRedis;
-use hookwall::store::redis_kv::RedisKv;
 use hookwall_testkit::{RedisServer, guests, wasm};
 
 fn ms(d: Duration) -> f64 {
@@ -160,7 +160,10 @@ fn kv_costs() {
     let config = setup(dir.path(), "order-lifecycle", wasm::ORDER_LIFECYCLE, None);
     let store = Store::open_with(&config.storage.path, true).unwrap();
     let backends: [(&str, Arc<dyn PluginKv>); 2] = [
-        ("embedded (fsync on, the default)", Arc::new(store.clone())),
+        (
+            "embedded (fsync on, the default)",
+            Arc::new(EmbeddedKv::new(store.clone())),
+        ),
         (
             "Redis (loopback, no persistence)",
             Arc::new(RedisKv::new(redis, runtime.handle().clone())),

@@ -1,6 +1,8 @@
 //! End-to-end tests: each starts the real `hookwall` binary in a temp dir on free loopback
 //! ports, with plugins built from source by the test kit's build script.
 
+#![allow(clippy::disallowed_methods)] // The tests sign as senders do, with the machine's clock.
+
 mod bench_delivery;
 mod bundled;
 mod cli;

@@ -85,6 +85,12 @@ pub fn read_jsonl(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// Polls the file sink at `path` until it holds exactly `n` complete lines or `timeout`
+/// passes; returns whether it did.
+pub fn wait_for_lines(path: &Path, n: usize, timeout: Duration) -> bool {
+    wait_for(timeout, || read_jsonl(path).len() == n)
+}
+
 /// An HTTP response as the tests need it.
 #[derive(Debug)]
 pub struct Reply {
@@ -324,22 +330,32 @@ impl Hookwall {
         http(self.addr, "POST", path, headers, body).expect("request to hookwall")
     }
 
+    /// Sends any request to the admin listener, with exactly these headers (a token, a
+    /// foreign `Origin` or `Host`, …).
+    pub fn admin_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Reply {
+        http(self.admin, method, path, headers, body).expect("request to hookwall admin")
+    }
+
     /// GETs an admin API path (no token).
     pub fn admin_get(&self, path: &str) -> Reply {
-        http(self.admin, "GET", path, &[], b"").expect("request to hookwall admin")
+        self.admin_request("GET", path, &[], b"")
     }
 
     /// POSTs JSON to an admin API path (no token).
     pub fn admin_post(&self, path: &str, body: &Value) -> Reply {
         let body = serde_json::to_vec(body).unwrap();
-        http(
-            self.admin,
-            "POST",
-            path,
-            &[("Content-Type", "application/json")],
-            &body,
-        )
-        .expect("request to hookwall admin")
+        self.admin_request("POST", path, &[("Content-Type", "application/json")], &body)
+    }
+
+    /// `GET /api/v1/events/{id}` (no token), whatever it answers.
+    pub fn event(&self, id: &str) -> Reply {
+        self.admin_get(&format!("/api/v1/events/{id}"))
     }
 
     /// The child's resident set size in KiB (Linux `/proc/PID/status`), if it is running.

@@ -3,7 +3,7 @@
 //! status (optionally with `Retry-After`), a stall, a huge body, or not listening at all
 //! ("down").
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -224,6 +224,20 @@ impl Upstream {
             .filter(|r| (200..300).contains(&r.status))
             .collect()
     }
+
+    /// The distinct `webhook-id`s of the requests answered 2xx (see [`webhook_ids`]).
+    pub fn accepted_ids(&self) -> HashSet<String> {
+        webhook_ids(&self.accepted())
+    }
+}
+
+/// The distinct `webhook-id` headers of `requests` (a request without one adds nothing): what
+/// the app saw, with redeliveries counted once.
+pub fn webhook_ids(requests: &[Received]) -> HashSet<String> {
+    requests
+        .iter()
+        .filter_map(|r| r.header("webhook-id").map(str::to_string))
+        .collect()
 }
 
 impl Drop for Upstream {

@@ -4,6 +4,8 @@
 //! - `loadgen baseline`: a bare hyper server, the HTTP stack's limit.
 //! - `loadgen compare`: start each server itself and compare them in one run.
 
+#![allow(clippy::disallowed_types)] // A tool at the edge: anyhow is its error type (clippy.toml).
+
 mod baseline;
 mod client;
 mod compare;

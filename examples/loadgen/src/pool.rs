@@ -11,7 +11,6 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
 use hookwall::config::Config;
-use hookwall::pipeline::build_verifier;
 use hookwall::verify::Signed;
 
 /// One ready-to-send request.
@@ -47,7 +46,7 @@ impl Target {
         body_bytes: usize,
         run_tag: &str,
     ) -> anyhow::Result<Vec<Prepared>> {
-        let verifier = build_verifier(&self.config, &self.source)
+        let verifier = hookwall::verify::Verifier::for_source(&self.config, &self.source)
             .with_context(|| format!("source `{}`", self.source))?;
         let mut out = Vec::with_capacity(count);
         for i in 0..count {

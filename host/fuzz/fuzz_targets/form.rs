@@ -1,4 +1,4 @@
 #![no_main]
-//! See `hookwall::verify::fuzzing::form`: the same entry point the corpus replay test calls.
+//! See `hookwall::fuzzing::verify::form`: the same entry point the corpus replay test calls.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| hookwall::verify::fuzzing::form(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hookwall::fuzzing::verify::form(data));

@@ -1,4 +1,4 @@
 #![no_main]
-//! See `hookwall::verify::fuzzing::forwarded`: the same entry point the corpus replay test calls.
+//! See `hookwall::fuzzing::verify::forwarded`: the same entry point the corpus replay test calls.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| hookwall::verify::fuzzing::forwarded(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hookwall::fuzzing::verify::forwarded(data));

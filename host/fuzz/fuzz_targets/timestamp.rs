@@ -1,4 +1,4 @@
 #![no_main]
-//! See `hookwall::verify::fuzzing::timestamp`: the same entry point the corpus replay test calls.
+//! See `hookwall::fuzzing::verify::timestamp`: the same entry point the corpus replay test calls.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| hookwall::verify::fuzzing::timestamp(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hookwall::fuzzing::verify::timestamp(data));

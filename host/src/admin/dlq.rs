@@ -15,8 +15,8 @@ use hyper::body::Body;
 use serde_json::{Value, json};
 
 use super::{Admin, body_json, query_param};
-use crate::delivery::replay::{self, MAX_REPLAY};
 use crate::pipeline::IngestError;
+use crate::pipeline::replay::{self, MAX_REPLAY};
 use crate::server::respond;
 use crate::store::{DeadLetter, DeliveryState, LetterFilter};
 
@@ -47,31 +47,17 @@ where
 {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
-    let ours = path == "/api/v1/dead-letters"
-        || path.starts_with("/api/v1/dead-letters/")
-        || path == "/api/v1/replay"
-        || (path.starts_with("/api/v1/sinks/")
-            && (path.ends_with("/pause") || path.ends_with("/resume")));
-    if !ours {
+    if !is_ours(&path) {
         return Err(req);
     }
-    let expect = |m: Method| -> Option<Response<Full<Bytes>>> {
-        (method != m).then(|| {
-            respond::error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                &format!("this endpoint accepts {m} only"),
-            )
-        })
-    };
     if path == "/api/v1/dead-letters" {
-        if let Some(r) = expect(Method::GET) {
+        if let Some(r) = expect(&method, Method::GET) {
             return Ok(r);
         }
         return Ok(list(admin, req.uri().query()));
     }
     if path == "/api/v1/dead-letters/purge" || path == "/api/v1/replay" {
-        if let Some(r) = expect(Method::POST) {
+        if let Some(r) = expect(&method, Method::POST) {
             return Ok(r);
         }
         let filter = match read_selector(req).await {
@@ -79,46 +65,12 @@ where
             Err(r) => return Ok(r),
         };
         if path == "/api/v1/replay" {
-            let Some(pipeline) = &admin.pipeline else {
-                return Ok(bad_request("replay needs the running pipeline"));
-            };
-            return Ok(match replay::replay(pipeline, &filter).await {
-                Ok(r) => respond::json(
-                    StatusCode::OK,
-                    &json!({"replayed": r.replayed, "skipped": r.skipped}),
-                ),
-                // A plugin at capacity: nothing was replayed; the letters wait for a retry.
-                Err(replay::ReplayError::Pipeline(IngestError::PluginBusy(busy))) => {
-                    tracing::warn!(error = %busy, "replay refused: a plugin is at capacity");
-                    respond::retry_later(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "plugin_busy",
-                        "a plugin is at capacity; nothing was replayed, retry later",
-                        crate::plugin::BUSY_RETRY_AFTER,
-                    )
-                }
-                Err(e) => store_error(e),
-            });
+            return Ok(replay_letters(admin, &filter).await);
         }
-        let purged = async {
-            let seqs = admin
-                .store
-                .dead_letters_matching(&filter, MAX_REPLAY)?
-                .into_iter()
-                .map(|(seq, _)| seq)
-                .collect();
-            admin.store.purge_letters(seqs).await
-        };
-        return Ok(match purged.await {
-            Ok(n) => {
-                tracing::info!(purged = n, ?filter, "dead letters purged");
-                respond::json(StatusCode::OK, &json!({ "purged": n }))
-            }
-            Err(e) => store_error(e),
-        });
+        return Ok(purge_letters(admin, &filter).await);
     }
     if let Some(seq) = path.strip_prefix("/api/v1/dead-letters/") {
-        if let Some(r) = expect(Method::GET) {
+        if let Some(r) = expect(&method, Method::GET) {
             return Ok(r);
         }
         let Ok(seq) = seq.parse::<u64>() else {
@@ -127,16 +79,85 @@ where
         return Ok(show(admin, seq));
     }
     // /api/v1/sinks/{name}/pause|resume
-    if let Some(r) = expect(Method::POST) {
+    if let Some(r) = expect(&method, Method::POST) {
         return Ok(r);
     }
-    let rest = &path["/api/v1/sinks/".len()..];
+    Ok(set_paused(admin, &path["/api/v1/sinks/".len()..]))
+}
+
+/// Whether `path` is one of this module's endpoints (whatever the method).
+fn is_ours(path: &str) -> bool {
+    path == "/api/v1/dead-letters"
+        || path.starts_with("/api/v1/dead-letters/")
+        || path == "/api/v1/replay"
+        || (path.starts_with("/api/v1/sinks/")
+            && (path.ends_with("/pause") || path.ends_with("/resume")))
+}
+
+/// `None` when the request's `method` is the one the endpoint takes, else the 405 answer.
+fn expect(method: &Method, want: Method) -> Option<Response<Full<Bytes>>> {
+    (*method != want).then(|| {
+        respond::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            &format!("this endpoint accepts {want} only"),
+        )
+    })
+}
+
+/// `POST /api/v1/replay`: re-runs the current plugins on the letters `filter` selects.
+async fn replay_letters(admin: &Admin, filter: &LetterFilter) -> Response<Full<Bytes>> {
+    let Some(pipeline) = &admin.pipeline else {
+        return bad_request("replay needs the running pipeline");
+    };
+    match replay::replay(pipeline, filter).await {
+        Ok(r) => respond::json(
+            StatusCode::OK,
+            &json!({"replayed": r.replayed, "skipped": r.skipped}),
+        ),
+        // A plugin at capacity: nothing was replayed; the letters wait for a retry.
+        Err(replay::ReplayError::Pipeline(IngestError::PluginBusy(busy))) => {
+            tracing::warn!(error = %busy, "replay refused: a plugin is at capacity");
+            respond::retry_later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "plugin_busy",
+                "a plugin is at capacity; nothing was replayed, retry later",
+                crate::plugin::BUSY_RETRY_AFTER,
+            )
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+/// `POST /api/v1/dead-letters/purge`: deletes the letters `filter` selects (at most
+/// [`MAX_REPLAY`]).
+async fn purge_letters(admin: &Admin, filter: &LetterFilter) -> Response<Full<Bytes>> {
+    let purged = async {
+        let seqs = admin
+            .store
+            .dead_letters_matching(filter, MAX_REPLAY)?
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect();
+        admin.store.purge_letters(seqs).await
+    };
+    match purged.await {
+        Ok(n) => {
+            tracing::info!(purged = n, ?filter, "dead letters purged");
+            respond::json(StatusCode::OK, &json!({ "purged": n }))
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+/// `POST /api/v1/sinks/{name}/pause|resume`, given `{name}/pause|resume`.
+fn set_paused(admin: &Admin, rest: &str) -> Response<Full<Bytes>> {
     let (name, action) = rest.rsplit_once('/').unwrap_or((rest, ""));
     let paused = action == "pause";
-    Ok(match admin.delivery.set_paused(name, paused) {
+    match admin.delivery.set_paused(name, paused) {
         Some(()) => respond::json(StatusCode::OK, &json!({"sink": name, "paused": paused})),
         None => respond::error(StatusCode::NOT_FOUND, "not_found", "no such sink"),
-    })
+    }
 }
 
 async fn read_selector<B>(req: Request<B>) -> Result<LetterFilter, Response<Full<Bytes>>>

@@ -28,10 +28,8 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{Value, json};
 
-pub mod client;
 mod dlq;
-pub mod dlq_cli;
-pub mod events_cli;
+
 pub mod guard;
 mod ops;
 
@@ -42,6 +40,8 @@ use crate::plugin::PluginHost;
 use crate::server::respond;
 use crate::store::{DeliveryRecord, DeliveryState, EventRecord, EventStatus, Store};
 
+/// The admin listener's request handler: the routes listed in the module docs, behind the
+/// [`guard`] checks and the optional bearer token.
 pub struct Admin {
     store: Store,
     plugins: Arc<PluginHost>,
@@ -58,6 +58,9 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// An admin over `store` and `plugins`, guarded by `token` (`[admin] token`; `None` leaves
+    /// `/api/*` open), listing the names of `sinks`. Metrics, pause/resume, the intake report
+    /// and public paths are off until the `with_*` builders add them.
     pub fn new(
         store: Store,
         plugins: Arc<PluginHost>,
@@ -108,6 +111,8 @@ impl Admin {
         self
     }
 
+    /// Answers one admin request: runs the [`guard`] and token checks, then routes it; never
+    /// fails, every refusal or store error is a JSON error response.
     pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Response<Full<Bytes>>
     where
         B: hyper::body::Body<Data = Bytes>,

@@ -126,7 +126,9 @@ impl RateLimitConfig {
 #[derive(Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct Rate {
+    /// Requests allowed per period (at least 1; the `100` of `100/s`).
     pub count: u32,
+    /// The period: one second, minute or hour (`/s`, `/m`, `/h`).
     pub per: Duration,
 }
 

@@ -24,6 +24,7 @@ mod edge;
 mod intake;
 mod secret;
 mod sink;
+pub mod verify;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -43,8 +44,7 @@ pub use sink::{
     RedisSinkConfig, RetryConfig, SinkConfig, SinkKind, StatusMatch, StdoutSinkConfig,
     signing_scheme,
 };
-// The `verify` table belongs to the verify stage; it is part of the file format all the same.
-pub use crate::verify::config::{
+pub use verify::{
     Delimiter, Handshake, HmacAlgorithm, SchemeName, SecretEncoding, SignatureEncoding,
     TimestampUnit, VerifyConfig,
 };
@@ -55,20 +55,35 @@ pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// The config file's path.
         path: PathBuf,
+        /// The read error.
         source: std::io::Error,
     },
     /// The file is not valid TOML or does not match the schema (unknown key, wrong type).
     #[error("invalid config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The config file's path (empty when [`Config::parse`] was given text).
+        path: PathBuf,
+        /// What is wrong, prefixed with its line and column when known.
+        message: String,
+    },
     /// A value is well-formed but not acceptable.
     #[error("invalid config: `{key}`: {reason}")]
-    Invalid { key: String, reason: String },
+    Invalid {
+        /// The offending key, dotted (`server.max_body_bytes`).
+        key: String,
+        /// Why its value is refused.
+        reason: String,
+    },
     /// A secret reference could not be resolved. Never includes the secret's value.
     #[error("invalid config: `{key}`: cannot resolve secret {reference}: {reason}")]
     Secret {
+        /// The key that names the secret (`admin.token`).
         key: String,
+        /// The reference as written (`env:NAME`, `file:PATH`; a literal is redacted).
         reference: String,
+        /// Why it could not be resolved.
         reason: String,
     },
 }
@@ -98,7 +113,7 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// `[telemetry]`: metrics on/off, body logging.
     #[serde(default)]
-    pub telemetry: crate::telemetry::TelemetryConfig,
+    pub telemetry: TelemetryConfig,
     /// `[sources.NAME]`: one per webhook endpoint.
     #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
@@ -310,11 +325,50 @@ impl Default for PluginsConfig {
 impl PluginsConfig {
     /// The host config's `config` import values for plugin `name`.
     pub fn values_for(&self, name: &str) -> BTreeMap<String, String> {
-        self.config
-            .get(name)
-            .map(crate::plugin::config_values)
-            .unwrap_or_default()
+        self.config.get(name).map(config_values).unwrap_or_default()
     }
+}
+
+/// `[telemetry]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `metrics = true`: record metrics and serve them at the admin listener's `/metrics`.
+    /// `false` installs no recorder (every metric macro becomes a no-op).
+    #[serde(default = "default_metrics")]
+    pub metrics: bool,
+    /// `log_bodies = false`: with `true`, request bodies are logged at `trace` level (they may
+    /// hold personal data; off by default).
+    #[serde(default)]
+    pub log_bodies: bool,
+}
+
+fn default_metrics() -> bool {
+    true
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            metrics: default_metrics(),
+            log_bodies: false,
+        }
+    }
+}
+
+/// Config values as a plugin's `config` import hands them out: strings as they are, anything
+/// else as JSON text.
+pub fn config_values(table: &BTreeMap<String, toml::Value>) -> BTreeMap<String, String> {
+    table
+        .iter()
+        .map(|(k, v)| {
+            let text = match v {
+                toml::Value::String(s) => s.clone(),
+                other => serde_json::to_string(other).unwrap_or_default(),
+            };
+            (k.clone(), text)
+        })
+        .collect()
 }
 
 /// `[admin]`
@@ -443,8 +497,10 @@ pub enum ClientIpHeader {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnPluginError {
+    /// `"accept"`: answer 202, so the provider does not retry.
     #[default]
     Accept,
+    /// `"reject"`: answer 500, so the provider retries.
     Reject,
 }
 
@@ -512,21 +568,7 @@ impl Config {
         if self.server.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes", "must be greater than 0"));
         }
-        if self.plugins.max_memory_bytes < 1024 * 1024 {
-            return Err(invalid(
-                "plugins.max_memory_bytes",
-                "must be at least 1 MiB",
-            ));
-        }
-        if self.plugins.deadline.is_zero() {
-            return Err(invalid("plugins.deadline", "must be greater than 0"));
-        }
-        if self.plugins.max_concurrent_calls == Some(0) {
-            return Err(invalid(
-                "plugins.max_concurrent_calls",
-                "must be at least 1",
-            ));
-        }
+        Self::validate_plugin_limits(&self.plugins)?;
         intake::validate_overload(&self.server.overload)?;
         edge::validate(
             &self.server.limits,
@@ -547,58 +589,107 @@ impl Config {
                 "use printable ASCII without spaces",
             ));
         }
+        self.validate_sources()?;
+        self.validate_sinks()
+    }
+
+    /// `[plugins]`: the per-call limits leave a plugin room to run.
+    fn validate_plugin_limits(plugins: &PluginsConfig) -> Result<(), ConfigError> {
+        if plugins.max_memory_bytes < 1024 * 1024 {
+            return Err(invalid(
+                "plugins.max_memory_bytes",
+                "must be at least 1 MiB",
+            ));
+        }
+        if plugins.deadline.is_zero() {
+            return Err(invalid("plugins.deadline", "must be greater than 0"));
+        }
+        if plugins.max_concurrent_calls == Some(0) {
+            return Err(invalid(
+                "plugins.max_concurrent_calls",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every `[sources.NAME]`, in name order; no two sources share a path.
+    fn validate_sources(&self) -> Result<(), ConfigError> {
         let mut paths = HashSet::new();
         for (name, source) in &self.sources {
-            let key = |field: &str| format!("sources.{name}.{field}");
-            check_name(name, &format!("sources.{name}"))?;
-            if !source.path.starts_with('/') {
-                return Err(invalid(key("path"), "must start with '/'"));
-            }
-            if !paths.insert(source.path.as_str()) {
-                return Err(invalid(
-                    key("path"),
-                    format!("{} is used by another source", source.path),
-                ));
-            }
-            source.verify.validate(&key("verify"))?;
-            if let Some(respond) = &source.respond {
-                if ![200, 202, 204].contains(&respond.status) {
-                    return Err(invalid(key("respond.status"), "must be 200, 202 or 204"));
-                }
-                if respond.status == 204 && respond.body.is_some() {
-                    return Err(invalid(key("respond.body"), "a 204 answer has no body"));
-                }
-                if respond.content_type.is_some() && respond.body.is_none() {
-                    return Err(invalid(key("respond.content_type"), "needs `body`"));
-                }
-                if let Some(ct) = &respond.content_type
-                    && http::HeaderValue::from_str(ct).is_err()
-                {
-                    return Err(invalid(key("respond.content_type"), "not a header value"));
-                }
-            }
-            for plugin in &source.plugins {
-                check_name(plugin, &key("plugins"))?;
-            }
-            for sink in &source.sinks {
-                if !self.sinks.contains_key(sink) {
-                    return Err(invalid(
-                        key("sinks"),
-                        format!("no sink named `{sink}` in [sinks]"),
-                    ));
-                }
-            }
-            if source.sinks.is_empty() && source.plugins.is_empty() {
-                return Err(invalid(
-                    key("sinks"),
-                    "a source without plugins needs at least one sink",
-                ));
-            }
-            if source.max_body_bytes == Some(0) {
-                return Err(invalid(key("max_body_bytes"), "must be greater than 0"));
-            }
-            intake::validate_source(source, &key)?;
+            self.validate_source(name, source, &mut paths)?;
         }
+        Ok(())
+    }
+
+    /// One `[sources.NAME]`: its name, path (not in `paths`, which it joins), verify, respond,
+    /// plugin names and sinks (each one defined in `[sinks]`).
+    fn validate_source<'a>(
+        &self,
+        name: &str,
+        source: &'a SourceConfig,
+        paths: &mut HashSet<&'a str>,
+    ) -> Result<(), ConfigError> {
+        let key = |field: &str| format!("sources.{name}.{field}");
+        check_name(name, &format!("sources.{name}"))?;
+        if !source.path.starts_with('/') {
+            return Err(invalid(key("path"), "must start with '/'"));
+        }
+        if !paths.insert(source.path.as_str()) {
+            return Err(invalid(
+                key("path"),
+                format!("{} is used by another source", source.path),
+            ));
+        }
+        source.verify.validate(&key("verify"))?;
+        if let Some(respond) = &source.respond {
+            Self::validate_respond(respond, &key)?;
+        }
+        for plugin in &source.plugins {
+            check_name(plugin, &key("plugins"))?;
+        }
+        if let Some(sink) = source.sinks.iter().find(|s| !self.sinks.contains_key(*s)) {
+            return Err(invalid(
+                key("sinks"),
+                format!("no sink named `{sink}` in [sinks]"),
+            ));
+        }
+        if source.sinks.is_empty() && source.plugins.is_empty() {
+            return Err(invalid(
+                key("sinks"),
+                "a source without plugins needs at least one sink",
+            ));
+        }
+        if source.max_body_bytes == Some(0) {
+            return Err(invalid(key("max_body_bytes"), "must be greater than 0"));
+        }
+        intake::validate_source(source, &key)
+    }
+
+    /// A source's `respond`: an answer a webhook provider accepts, whose parts fit together.
+    fn validate_respond(
+        respond: &RespondConfig,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<(), ConfigError> {
+        if ![200, 202, 204].contains(&respond.status) {
+            return Err(invalid(key("respond.status"), "must be 200, 202 or 204"));
+        }
+        if respond.status == 204 && respond.body.is_some() {
+            return Err(invalid(key("respond.body"), "a 204 answer has no body"));
+        }
+        if respond.content_type.is_some() && respond.body.is_none() {
+            return Err(invalid(key("respond.content_type"), "needs `body`"));
+        }
+        if let Some(ct) = &respond.content_type
+            && http::HeaderValue::from_str(ct).is_err()
+        {
+            return Err(invalid(key("respond.content_type"), "not a header value"));
+        }
+        Ok(())
+    }
+
+    /// Every `[sinks.NAME]`: a safe name, then the kind's own checks.
+    fn validate_sinks(&self) -> Result<(), ConfigError> {
         for (name, sink) in &self.sinks {
             check_name(name, &format!("sinks.{name}"))?;
             sink::validate(name, sink)?;

@@ -61,6 +61,7 @@ impl SecretRef {
 pub struct Secret(Vec<u8>);
 
 impl Secret {
+    /// A secret holding `bytes` as they are (no resolution, no trimming).
     pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
         Secret(bytes.into())
     }

@@ -148,6 +148,7 @@ pub enum SinkKind {
 }
 
 impl SinkKind {
+    /// The kind's `type` value: `"file"`, `"stdout"`, `"http"`, `"redis"` or `"nats"`.
     pub fn name(&self) -> &'static str {
         match self {
             SinkKind::File(_) => "file",
@@ -253,8 +254,10 @@ fn default_retry_on() -> Vec<StatusMatch> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Http2Mode {
+    /// `"auto"`: HTTP/2 when TLS negotiates it (ALPN), else HTTP/1.1.
     #[default]
     Auto,
+    /// `"prior-knowledge"`: always HTTP/2, without negotiating it (h2c over cleartext).
     PriorKnowledge,
 }
 
@@ -262,11 +265,14 @@ pub enum Http2Mode {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
 pub enum StatusMatch {
+    /// One status code, `503` (100 to 599).
     Code(u16),
+    /// A class of codes, `"5xx"` (`1xx` to `5xx`).
     Class(String),
 }
 
 impl StatusMatch {
+    /// Whether `status` is this code, or falls in this class.
     pub fn matches(&self, status: u16) -> bool {
         match self {
             StatusMatch::Code(c) => *c == status,
@@ -294,10 +300,13 @@ impl StatusMatch {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
+    /// `max_attempts = 12`: attempts in all, the first included (at least 1).
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// `initial = "500ms"`: the first retry's delay, and the floor of every later one.
     #[serde(default = "default_retry_initial", with = "humantime_serde")]
     pub initial: Duration,
+    /// `max_delay = "5m"`: the cap on the doubling delay between retries.
     #[serde(default = "default_retry_max_delay", with = "humantime_serde")]
     pub max_delay: Duration,
     /// No retry is scheduled past this age (time since the event was received).
@@ -335,8 +344,11 @@ impl Default for RetryConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
+    /// `max_events = 100`: the most deliveries in one batch (at least 1).
     #[serde(default = "default_batch_events")]
     pub max_events: usize,
+    /// `max_bytes = 1048576` (1 MiB): the most body bytes in one batch; a delivery larger than
+    /// this goes alone.
     #[serde(default = "default_batch_bytes")]
     pub max_bytes: usize,
     /// A partial batch of normal-priority deliveries is held until its oldest delivery has
@@ -362,10 +374,13 @@ fn default_batch_bytes() -> usize {
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitConfig {
+    /// `failures = 5`: consecutive failed units that open the circuit; `0` turns it off.
     #[serde(default = "default_circuit_failures")]
     pub failures: u32,
+    /// `cooldown = "5s"`: the first pause before a probe.
     #[serde(default = "default_circuit_cooldown", with = "humantime_serde")]
     pub cooldown: Duration,
+    /// `max_cooldown = "1m"`: the cap on the pause, which doubles per failed probe.
     #[serde(default = "default_circuit_max_cooldown", with = "humantime_serde")]
     pub max_cooldown: Duration,
 }
@@ -502,10 +517,10 @@ pub(super) fn check_secrets(
     sink: &SinkConfig,
     base_dir: &std::path::Path,
 ) -> Result<(), ConfigError> {
+    // A URL's shape is the sink kind's to check (`sink::build`, before any port is bound);
+    // here only that each secret resolves.
     if let SinkKind::Http(http) = &sink.kind {
-        let key = format!("sinks.{name}.url");
-        let url = http.url.resolve(base_dir, &key)?;
-        crate::sink::parse_http_url(&url).map_err(|reason| invalid(key, reason))?;
+        http.url.resolve(base_dir, &format!("sinks.{name}.url"))?;
     }
     if let SinkKind::Http(HttpSinkConfig {
         secret: Some(secret),
@@ -520,9 +535,7 @@ pub(super) fn check_secrets(
         r.url.resolve(base_dir, &format!("sinks.{name}.url"))?;
     }
     if let SinkKind::Nats(n) = &sink.kind {
-        let key = format!("sinks.{name}.url");
-        let url = n.url.resolve(base_dir, &key)?;
-        crate::sink::nats_server(&url).map_err(|reason| invalid(key, reason))?;
+        n.url.resolve(base_dir, &format!("sinks.{name}.url"))?;
     }
     Ok(())
 }
@@ -632,48 +645,6 @@ mod tests {
         assert!(e.contains("sinks.app.batch.max_wait"), "{e}");
         let e = nats("subject = \"a\"\nbatch = { max_wiat = \"2s\" }");
         assert!(e.contains("max_wiat"), "{e}");
-
-        // The URL is a secret: a bad one is named by key, never printed.
-        let c = Config::parse(
-            &with_sink("type = \"nats\"\nurl = \"redis://u:hunter2@h/\"\nsubject = \"a\""),
-            Path::new("/"),
-        )
-        .unwrap();
-        let e = c.check_secrets().unwrap_err().to_string();
-        assert!(e.contains("sinks.app.url") && !e.contains("hunter2"), "{e}");
-    }
-
-    #[test]
-    fn the_http_url_is_a_secret_checked_without_being_printed() {
-        let checked = |url: &str| {
-            Config::parse(
-                &with_sink(&format!("type = \"http\"\nurl = \"{url}\"")),
-                Path::new("/"),
-            )
-            .unwrap()
-            .check_secrets()
-            .map_err(|e| e.to_string())
-        };
-        for bad in [
-            "ftp://x/hook-XSECRET",
-            "not a url XSECRET",
-            "/only/a/path/XSECRET",
-        ] {
-            let e = checked(bad).unwrap_err();
-            assert!(
-                e.contains("sinks.app.url") && !e.contains("XSECRET"),
-                "{bad}: {e}"
-            );
-        }
-        checked("https://hooks.example.com/services/T0/B0/XSECRET").unwrap();
-        let e = checked("env:HOOKWALL_TEST_SURELY_UNSET_URL").unwrap_err();
-        assert!(e.contains("HOOKWALL_TEST_SURELY_UNSET_URL"), "{e}");
-        let c = Config::parse(
-            &with_sink("type = \"http\"\nurl = \"https://h/services/XSECRET\""),
-            Path::new("/"),
-        )
-        .unwrap();
-        assert!(!format!("{:?}", c.sinks["app"]).contains("XSECRET"));
     }
 
     #[test]

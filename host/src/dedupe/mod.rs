@@ -31,9 +31,8 @@ use std::time::Duration;
 use ::redis::Script;
 use sha2::{Digest, Sha256};
 
-use crate::clock::now_ms;
 use crate::config::{DedupeConfig, DedupeKey, OnRedisError};
-use crate::store::redis::{RedisError, SharedRedis};
+use crate::redis::{RedisError, SharedRedis};
 use crate::store::{DedupeMark, Store, StoreError};
 use crate::verify::VerifiedRequest;
 
@@ -49,12 +48,6 @@ const CLAIM_POLL: Duration = Duration::from_millis(20);
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Keys longer than this are stored as their SHA-256, bounding the size of a mark.
 const MAX_KEY_BYTES: usize = 200;
-/// How often the background purge looks for expired marks.
-pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
-/// Marks removed per commit by the purge, so it never holds the writer for long.
-pub const PURGE_BATCH: usize = 1000;
-/// Pause between purge batches, letting accepts in between.
-const PURGE_PAUSE: Duration = Duration::from_millis(20);
 
 /// Returns the existing value, or sets `KEYS[1] = ARGV[1]` with a `ARGV[2]` ms TTL and returns
 /// nil. One script so "absent → claim" cannot interleave with another replica's claim.
@@ -106,7 +99,10 @@ pub enum Begin {
     /// The request carries no key (e.g. the header is absent): process it without a mark.
     Unkeyed,
     /// A copy of the event with this id was accepted within the TTL.
-    Duplicate { id: String },
+    Duplicate {
+        /// The event id the earlier copy was accepted under.
+        id: String,
+    },
     /// Go on; commit the claim's mark with the event.
     Proceed(Claim),
 }
@@ -386,35 +382,6 @@ impl Drop for Claim {
                     tracing::debug!(error = %e, "could not release a dedupe claim; it expires");
                 }
             });
-        }
-    }
-}
-
-/// Removes expired marks in bounded batches, every [`PURGE_INTERVAL`], until cancelled.
-pub async fn purge_expired(store: Store) {
-    let mut tick = tokio::time::interval(PURGE_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let mut removed = 0;
-        loop {
-            match store.purge_expired_marks(now_ms(), PURGE_BATCH).await {
-                Ok(n) => {
-                    removed += n;
-                    if n < PURGE_BATCH {
-                        break;
-                    }
-                    tokio::time::sleep(PURGE_PAUSE).await;
-                }
-                Err(StoreError::Closed) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, "dedupe purge failed; trying again later");
-                    break;
-                }
-            }
-        }
-        if removed > 0 {
-            tracing::debug!(removed, "expired dedupe marks purged");
         }
     }
 }

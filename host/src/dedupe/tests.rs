@@ -5,8 +5,7 @@ use hookwall_testkit::RedisServer;
 
 use super::*;
 use crate::config::{Config, Secret};
-use crate::pipeline::build_verifier;
-use crate::server::InboundRequest;
+use crate::event::InboundRequest;
 use crate::store::{AcceptOutcome, EventRecord, EventStatus, NewEvent};
 use crate::verify::Verifier;
 
@@ -66,7 +65,7 @@ fn replica(config: &Config, redis: Option<SharedRedis>) -> Replica {
     let effective = config.sources["s"].effective_dedupe().unwrap();
     Replica {
         dedupe: Dedupe::new("s", &effective, store.clone(), redis, stats.clone()),
-        verifier: build_verifier(config, "s").unwrap(),
+        verifier: crate::verify::Verifier::for_source(config, "s").unwrap(),
         store,
         stats,
         _dir: dir,

@@ -10,18 +10,20 @@
 //!   unit is sent as a probe, and only its success closes the circuit. A dead app costs one
 //!   request per cooldown instead of a stream of retries. Gauge `hookwall_sink_circuit_open`.
 //! - **Rate** (`rate = "50/s"`): units per second, a GCRA (governor) with a burst of the rate's
-//!   count.
+//!   count, read on the worker's [`Clock`] so a test can move it.
 
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
+use tokio::time::Instant;
 
+use crate::clock::Clock;
 use crate::config::{CircuitConfig, Rate};
 use crate::store::DeliveryRecord;
 
@@ -36,6 +38,7 @@ pub(super) enum Admission {
     WaitUntil(Instant),
 }
 
+/// One sink's circuit breaker: closed, open until a time, or half-open for one probe.
 pub(super) struct Breaker {
     config: CircuitConfig,
     failures: u32,
@@ -47,6 +50,7 @@ pub(super) struct Breaker {
 }
 
 impl Breaker {
+    /// Closed, with the gauge at 0.
     pub fn new(sink: &str, config: CircuitConfig, open: Arc<AtomicBool>) -> Breaker {
         metrics::gauge!("hookwall_sink_circuit_open", "sink" => sink.to_string()).set(0.0);
         Breaker {
@@ -59,6 +63,7 @@ impl Breaker {
         }
     }
 
+    /// What may go at `now`.
     pub fn admission(&self, now: Instant) -> Admission {
         match self.open_until {
             None => Admission::Open,
@@ -115,6 +120,7 @@ pub(super) struct Order {
 }
 
 impl Order {
+    /// Unordered without `order_key`; nothing busy or held yet.
     pub fn new(order_key: Option<&str>) -> Order {
         Order {
             pointer: order_key
@@ -124,6 +130,7 @@ impl Order {
         }
     }
 
+    /// `d`'s order key: the string or number at the pointer in its JSON body.
     pub fn key(&self, d: &DeliveryRecord) -> Option<String> {
         let pointer = self.pointer.as_ref()?;
         let body: serde_json::Value = serde_json::from_slice(&d.body).ok()?;
@@ -186,29 +193,51 @@ impl Order {
 }
 
 /// Units per time for one sink.
-pub(super) struct Pace(RateLimiter<NotKeyed, InMemoryState, DefaultClock>);
+pub(super) struct Pace(RateLimiter<NotKeyed, InMemoryState, PaceClock, NoOpMiddleware<Duration>>);
 
 impl Pace {
-    pub fn new(rate: Rate) -> Pace {
+    /// At most `rate`, with a burst of its count, on `clock`.
+    pub fn new(rate: Rate, clock: Clock) -> Pace {
         let quota = Quota::with_period(rate.interval())
             .unwrap_or_else(|| Quota::per_hour(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(rate.count).unwrap_or(NonZeroU32::MIN));
-        Pace(RateLimiter::direct(quota))
+        let clock = PaceClock {
+            origin: clock.instant(),
+            clock,
+        };
+        Pace(RateLimiter::direct_with_clock(quota, clock))
     }
 
     /// `None` if a unit may go now (and takes its cell), else how long to wait.
     pub fn check(&self) -> Option<Duration> {
+        use governor::clock::Clock as _;
         self.0
             .check()
             .err()
-            .map(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+            .map(|not_until| not_until.wait_time_from(self.0.clock().now()))
+    }
+}
+
+/// The worker's [`Clock`] as governor reads it: the time since the [`Pace`] was made.
+#[derive(Clone)]
+struct PaceClock {
+    clock: Clock,
+    origin: Instant,
+}
+
+impl governor::clock::Clock for PaceClock {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        self.clock.instant().saturating_duration_since(self.origin)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{DeliveryState, Priority};
+    use crate::event::Priority;
+    use crate::store::DeliveryState;
 
     fn d(seq: u64, body: &str) -> DeliveryRecord {
         DeliveryRecord {

@@ -1,94 +1,19 @@
-//! Host capabilities behind the WIT imports beyond `log`/`config`: the per-plugin key-value
-//! store (a trait, because the backend varies: embedded or Redis) and plugin counters.
+//! Host capabilities behind the WIT imports beyond `log`, `config` and the key-value store
+//! ([`super::kv`]): plugin counters.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
 
 /// Distinct counter names one plugin may create; more are ignored so a plugin cannot blow up
 /// the metrics' cardinality.
 const MAX_COUNTERS_PER_PLUGIN: usize = 64;
-/// Key and value bounds for the key-value store.
-pub const MAX_KV_KEY_BYTES: usize = 512;
-pub const MAX_KV_VALUE_BYTES: usize = 1024 * 1024;
-
-/// Why a key-value operation failed; the plugin sees the message.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum KvError {
-    /// The key or value is over its size bound.
-    #[error("{0}")]
-    TooLarge(String),
-    /// The backend is unreachable, failed, or did not answer before the call's deadline.
-    #[error("key-value store unavailable: {0}")]
-    Backend(String),
-}
-
-/// Who is asking and until when. Every operation is confined to one plugin's keys and must
-/// give up by its call's deadline: time spent in a host call counts against the plugin's wall
-/// deadline, and a backend that waits (Redis) must not hold the call past it.
-#[derive(Debug, Clone, Copy)]
-pub struct KvScope<'a> {
-    /// The calling plugin: its keys are invisible to every other plugin.
-    pub plugin: &'a str,
-    /// Wall-clock now (ms since the Unix epoch): the embedded store's expiry clock.
-    pub now_ms: u64,
-    /// When the plugin's call runs out of time.
-    pub deadline: Instant,
-}
-
-/// A key-value store scoped per plugin: embedded (the redb store, one replica) or Redis
-/// (`[storage] redis`, shared by replicas). Calls are synchronous: plugins run on blocking
-/// threads, never on the async workers. TTLs are relative, so each backend expires values by
-/// its own clock (Redis': one clock for every replica).
-pub trait PluginKv: Send + Sync {
-    /// The live value of `key` (`None`: absent or expired).
-    fn get(&self, scope: KvScope<'_>, key: &str) -> Result<Option<Vec<u8>>, KvError>;
-    /// Sets `key`, expiring after `ttl_ms` when given (replacing any previous expiry).
-    fn set(
-        &self,
-        scope: KvScope<'_>,
-        key: &str,
-        value: Vec<u8>,
-        ttl_ms: Option<u64>,
-    ) -> Result<(), KvError>;
-    /// Removes `key`; true when it was set.
-    fn delete(&self, scope: KvScope<'_>, key: &str) -> Result<bool, KvError>;
-    /// Sets `key` only if its live value equals `expected` (`None`: absent or expired),
-    /// atomically with respect to every other caller (other threads, other replicas).
-    fn compare_and_swap(
-        &self,
-        scope: KvScope<'_>,
-        key: &str,
-        expected: Option<Vec<u8>>,
-        value: Vec<u8>,
-        ttl_ms: Option<u64>,
-    ) -> Result<bool, KvError>;
-}
-
-/// Checks the key/value bounds shared by every backend.
-pub fn check_kv_sizes(key: &str, value: Option<&[u8]>) -> Result<(), KvError> {
-    if key.len() > MAX_KV_KEY_BYTES {
-        return Err(KvError::TooLarge(format!(
-            "key of {} bytes is over the {MAX_KV_KEY_BYTES}-byte limit",
-            key.len()
-        )));
-    }
-    if let Some(v) = value
-        && v.len() > MAX_KV_VALUE_BYTES
-    {
-        return Err(KvError::TooLarge(format!(
-            "value of {} bytes is over the {MAX_KV_VALUE_BYTES}-byte limit",
-            v.len()
-        )));
-    }
-    Ok(())
-}
-
 /// Counters bumped by plugins, keyed by (plugin, name).
 #[derive(Default)]
 pub struct PluginCounters(Mutex<HashMap<(String, String), u64>>);
 
 impl PluginCounters {
+    /// Adds `delta` to `plugin`'s counter `name` (saturating). A new name is ignored when it is
+    /// empty, longer than 64 bytes, or the plugin already has 64 (`MAX_COUNTERS_PER_PLUGIN`).
     pub fn add(&self, plugin: &str, name: &str, delta: u64) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let key = (plugin.to_string(), name.to_string());
@@ -109,62 +34,6 @@ impl PluginCounters {
         out.sort();
         out
     }
-}
-
-/// The semantics every [`PluginKv`] backend must have, checked on an empty store; `scope`
-/// gives a live scope for a plugin name. Expiry is each backend's own test (clocks differ).
-#[cfg(test)]
-pub(crate) fn check_kv_contract(kv: &dyn PluginKv, scope: fn(&str) -> KvScope<'_>) {
-    let p = scope("p");
-    assert_eq!(kv.get(p, "k").unwrap(), None);
-    // Compare-and-swap from absent, a conflict either way, then from the current value.
-    assert!(
-        kv.compare_and_swap(p, "k", None, b"1".to_vec(), None)
-            .unwrap()
-    );
-    assert!(
-        !kv.compare_and_swap(p, "k", None, b"2".to_vec(), None)
-            .unwrap()
-    );
-    let wrong = Some(b"0".to_vec());
-    assert!(
-        !kv.compare_and_swap(p, "k", wrong, b"2".to_vec(), None)
-            .unwrap()
-    );
-    let right = Some(b"1".to_vec());
-    assert!(
-        kv.compare_and_swap(p, "k", right, b"2".to_vec(), None)
-            .unwrap()
-    );
-    assert_eq!(kv.get(p, "k").unwrap(), Some(b"2".to_vec()));
-    // Expecting a value of an absent key is a conflict, not a write.
-    let empty = Some(Vec::new());
-    assert!(
-        !kv.compare_and_swap(p, "nope", empty, b"x".to_vec(), None)
-            .unwrap()
-    );
-    assert_eq!(kv.get(p, "nope").unwrap(), None);
-    // Any bytes; an empty value is present, not absent.
-    let bytes = vec![0u8, 0xff, b':', 0, 7];
-    kv.set(p, "bin", bytes.clone(), None).unwrap();
-    assert_eq!(kv.get(p, "bin").unwrap(), Some(bytes.clone()));
-    assert!(
-        kv.compare_and_swap(p, "bin", Some(bytes), Vec::new(), None)
-            .unwrap()
-    );
-    assert_eq!(kv.get(p, "bin").unwrap(), Some(Vec::new()));
-    // Scoped per plugin, even when names and keys contain `:`.
-    assert_eq!(kv.get(scope("other"), "k").unwrap(), None);
-    kv.set(scope("a:b"), "c", b"ab-c".to_vec(), None).unwrap();
-    kv.set(scope("a"), "b:c", b"a-bc".to_vec(), None).unwrap();
-    assert_eq!(kv.get(scope("a:b"), "c").unwrap(), Some(b"ab-c".to_vec()));
-    assert_eq!(kv.get(scope("a"), "b:c").unwrap(), Some(b"a-bc".to_vec()));
-    // A zero TTL expires at once.
-    kv.set(p, "z", b"v".to_vec(), Some(0)).unwrap();
-    assert_eq!(kv.get(p, "z").unwrap(), None);
-    assert!(kv.delete(p, "k").unwrap());
-    assert!(!kv.delete(p, "k").unwrap());
-    assert_eq!(kv.get(p, "k").unwrap(), None);
 }
 
 #[cfg(test)]

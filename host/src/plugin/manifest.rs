@@ -59,29 +59,40 @@ pub enum InstanceMode {
     Pooled,
 }
 
+/// A plugin's manifest, `NAME.toml` beside `NAME.wasm` (see the module docs).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
+    /// `sources = ["stripe"]`: sources the plugin runs for, after their configured plugins.
     #[serde(default)]
     pub sources: Vec<String>,
+    /// `order = 100` (default): among manifest-attached plugins, lower runs first.
     #[serde(default)]
     pub order: Option<i32>,
+    /// `instances = "pooled"` or `"fresh"`; default: fresh up to 1 MiB of wasm, else pooled.
     #[serde(default)]
     pub instances: Option<InstanceMode>,
+    /// `pool_size = 4` (default): warm instances kept when pooled (at least 1).
     #[serde(default)]
     pub pool_size: Option<usize>,
+    /// `recycle_after = 10000` (default): calls before a pooled instance is replaced (0 = never).
     #[serde(default)]
     pub recycle_after: Option<u64>,
+    /// `[limits]`: the plugin's own call limits, each defaulting to the host config's.
     #[serde(default)]
     pub limits: ManifestLimits,
+    /// `[config]`: values for the `config` import; the host's `[plugins.config.NAME]` wins.
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
 }
 
+/// A manifest's `[limits]`; an absent one takes the host config's `[plugins]` value.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ManifestLimits {
+    /// `max_memory_bytes = 33554432`: linear memory one call may use (1 MiB to 1 GiB).
     pub max_memory_bytes: Option<usize>,
+    /// `deadline = "100ms"`: wall-clock time one call may take (more than 0).
     #[serde(default, with = "humantime_serde")]
     pub deadline: Option<Duration>,
     /// `max_concurrent_calls = 8`: calls of this plugin that may run at once.
@@ -130,14 +141,17 @@ impl Manifest {
         Ok(Some(manifest))
     }
 
+    /// The plugin's `order`, 100 when unset.
     pub fn order(&self) -> i32 {
         self.order.unwrap_or(DEFAULT_ORDER)
     }
 
+    /// The pool size in force: `pool_size`, 4 when unset, at least 1.
     pub fn pool_size(&self) -> usize {
         self.pool_size.unwrap_or(DEFAULT_POOL_SIZE).max(1)
     }
 
+    /// Calls before a pooled instance is replaced: `recycle_after`, 10000 when unset.
     pub fn recycle_after(&self) -> u64 {
         self.recycle_after.unwrap_or(DEFAULT_RECYCLE_AFTER)
     }
@@ -238,20 +252,7 @@ fn confine(dir: &Path, value: &str) -> Result<PathBuf, Refused> {
     }
 }
 
-/// Config values as the `config` import hands them out: strings as they are, anything else as
-/// JSON text.
-pub fn config_values(table: &BTreeMap<String, toml::Value>) -> BTreeMap<String, String> {
-    table
-        .iter()
-        .map(|(k, v)| {
-            let text = match v {
-                toml::Value::String(s) => s.clone(),
-                other => serde_json::to_string(other).unwrap_or_default(),
-            };
-            (k.clone(), text)
-        })
-        .collect()
-}
+pub use crate::config::config_values;
 
 #[cfg(test)]
 mod tests {

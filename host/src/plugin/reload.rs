@@ -11,7 +11,7 @@
 //! they live: through their directories, so an editor's write-then-rename is seen; through
 //! their symlinks' targets' directories, so editing a linked file or swapping a Kubernetes
 //! volume is seen; with the set updated after every rebuild. They are also polled (inode, size,
-//! mtime every [`VALUE_POLL`]), for what no event reports: a directory deleted and made anew
+//! mtime every `VALUE_POLL`), for what no event reports: a directory deleted and made anew
 //! (its watch died with it), filesystems without inotify (NFS).
 
 use std::collections::HashSet;

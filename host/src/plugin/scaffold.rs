@@ -16,23 +16,32 @@ const EVENT: &str = include_str!("../../templates/common-event.json");
 /// A plugin language `plugin new` can scaffold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Lang {
+    /// Rust, built with `cargo` for `wasm32-wasip2`.
     Rust,
+    /// JavaScript, built with `componentize-js` (from npm).
     Js,
+    /// Python, built with `componentize-py` (from PyPI).
     Python,
 }
 
 /// Why a scaffold could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum ScaffoldError {
+    /// The name is not 1-64 of lowercase letters, digits and `-`, starting with a letter and
+    /// not ending with `-`.
     #[error(
         "invalid plugin name `{0}`: use lowercase letters, digits and `-`, starting with a letter (it names NAME.wasm)"
     )]
     Name(String),
+    /// The target directory exists and is not empty.
     #[error("{0} already exists and is not empty; choose another name or --dir")]
     Exists(PathBuf),
+    /// A file of the project could not be written.
     #[error("cannot write {path}: {source}")]
     Write {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
 }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::config::Config;
 
 /// A host whose source `demo` runs the `statics` fixture with `manifest`.
 fn host_with(manifest: &str) -> (tempfile::TempDir, PluginHost) {

@@ -33,7 +33,7 @@ use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter as Governor};
 
 use crate::config::{LimitBy, OnRedisError, RateLimitConfig};
-use crate::store::redis::{RedisError, SharedRedis};
+use crate::redis::{RedisError, SharedRedis};
 
 /// How often idle client addresses are dropped from embedded `client_ip` limiters.
 pub const GC_INTERVAL: Duration = Duration::from_secs(10);
@@ -62,7 +62,10 @@ return 0
 pub enum RateLimitError {
     /// Over the limit: 429, retry after `retry_after`.
     #[error("rate limit exceeded; retry in {retry_after:?}")]
-    Limited { retry_after: Duration },
+    Limited {
+        /// How long until the budget admits another request.
+        retry_after: Duration,
+    },
     /// Redis did not answer and the policy is `fail_closed` (503).
     #[error("the shared rate limit is unavailable: {0}")]
     Unavailable(RedisError),

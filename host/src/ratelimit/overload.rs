@@ -21,10 +21,20 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(5);
 pub enum Overloaded {
     /// Too many deliveries are waiting.
     #[error("{pending} deliveries are pending (limit {max})")]
-    Backlog { pending: u64, max: u64 },
+    Backlog {
+        /// Deliveries pending in the store.
+        pending: u64,
+        /// `[server] overload.max_pending`.
+        max: u64,
+    },
     /// Store commits are too slow.
     #[error("store commits take {latency:?} (limit {max:?})")]
-    CommitLatency { latency: Duration, max: Duration },
+    CommitLatency {
+        /// How long recent (or still running) store commits took.
+        latency: Duration,
+        /// `[server] overload.max_commit_latency`.
+        max: Duration,
+    },
 }
 
 /// The configured bounds and how often they tripped.
@@ -38,6 +48,7 @@ pub struct Overload {
 }
 
 impl Overload {
+    /// Bounds from `[server] overload`; an unset bound never trips.
     pub fn new(config: &OverloadConfig) -> Overload {
         Overload {
             max_pending: config.max_pending,

@@ -18,7 +18,7 @@
 //! - `h2_max_concurrent_streams`, `h2_max_pending_reset_streams`: hyper's HTTP/2 settings.
 //!
 //! [`serve_connection`] is the one place a connection is configured and driven, for the real
-//! listener and for the in-process fuzz target ([`super::fuzzing`]).
+//! listener and for the in-process fuzz target (`crate::fuzzing::server`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -37,7 +37,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 use super::tls::Tls;
@@ -54,7 +54,9 @@ const LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);
 /// What a listener needs besides its socket: its limits and, optionally, TLS.
 #[derive(Debug, Clone, Default)]
 pub struct Edge {
+    /// `[server.limits]`: what one client may cost (connections, headers, bodies, time).
     pub limits: LimitsConfig,
+    /// `[server.tls]`, loaded; `None` serves plain HTTP.
     pub tls: Option<Tls>,
 }
 
@@ -66,7 +68,12 @@ pub enum BodyError {
     Read(#[from] hyper::Error),
     /// The body did not arrive in time (`body_read_timeout`) or fast enough (`body_min_rate`).
     #[error("the body was too slow: {received} bytes in {elapsed:?}")]
-    TooSlow { received: u64, elapsed: Duration },
+    TooSlow {
+        /// Body bytes received before it was cut off.
+        received: u64,
+        /// Time since reading the body began.
+        elapsed: Duration,
+    },
 }
 
 /// A request body with a deadline: the whole body within `body_read_timeout`, and after
@@ -294,74 +301,129 @@ pub async fn serve<H, F>(
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let limits = Arc::new(edge.limits);
-    let builder = Arc::new(builder(&limits));
     let max = limits.max_connections;
     let slots = Arc::new(Semaphore::new(max));
     let (stop_tx, stop_rx) = watch::channel(false);
     if let Some(tls) = &edge.tls {
         tls.watch();
     }
-    let mut last_limit_log: Option<Instant> = None;
-    let mut refused: u64 = 0;
+    let connections = Connections {
+        builder: Arc::new(builder(&limits)),
+        limits,
+        tls: edge.tls,
+        handler,
+        stop: stop_rx,
+        grace,
+    };
+    let mut refusals = Refusals::new(max);
     tokio::pin!(shutdown);
     loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
+        };
+        let (stream, remote) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             // Over the limit: close at once (dropping the socket), and say so now and then.
             drop(stream);
-            refused += 1;
-            if last_limit_log.is_none_or(|t| t.elapsed() >= LIMIT_LOG_EVERY) {
-                tracing::warn!(
-                    max_connections = max,
-                    refused,
-                    "connection limit reached; new connections are closed"
-                );
-                last_limit_log = Some(Instant::now());
-            }
+            refusals.refused();
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let builder = builder.clone();
-        let limits = limits.clone();
-        let stop = stop_rx.clone();
-        let tls = edge.tls.clone();
+        let conn = connections.clone();
         tokio::spawn(async move {
-            match tls {
-                None => {
-                    serve_connection(stream, remote, &builder, &limits, handler, stop, grace).await
-                }
-                Some(tls) => {
-                    let handshake = tls.acceptor().accept(stream);
-                    match tokio::time::timeout(limits.header_read_timeout, handshake).await {
-                        Ok(Ok(stream)) => {
-                            serve_connection(
-                                stream, remote, &builder, &limits, handler, stop, grace,
-                            )
-                            .await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
-                    }
-                }
-            }
+            conn.serve(stream, remote).await;
             drop(slot);
         });
     }
     drop(listener);
     let _ = stop_tx.send(true);
+    drain(&slots, max, grace).await;
+}
+
+/// How one listener serves its connections; each accepted connection's task gets a clone.
+#[derive(Clone)]
+struct Connections<H> {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: Arc<LimitsConfig>,
+    tls: Option<Tls>,
+    handler: H,
+    stop: watch::Receiver<bool>,
+    grace: Duration,
+}
+
+impl<H, F> Connections<H>
+where
+    H: Fn(Request<GuardedBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    /// Serves one accepted connection, after a TLS handshake (within `header_read_timeout`)
+    /// when the listener has TLS.
+    async fn serve(self, stream: TcpStream, remote: SocketAddr) {
+        let Connections {
+            builder,
+            limits,
+            tls,
+            handler,
+            stop,
+            grace,
+        } = self;
+        let Some(tls) = tls else {
+            serve_connection(stream, remote, &builder, &limits, handler, stop, grace).await;
+            return;
+        };
+        let handshake = tls.acceptor().accept(stream);
+        match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+            Ok(Ok(stream)) => {
+                serve_connection(stream, remote, &builder, &limits, handler, stop, grace).await
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%remote, error = %e, "TLS handshake failed");
+            }
+            Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+        }
+    }
+}
+
+/// Connections closed at `max_connections`, logged at most every [`LIMIT_LOG_EVERY`].
+struct Refusals {
+    max: usize,
+    refused: u64,
+    last_log: Option<Instant>,
+}
+
+impl Refusals {
+    fn new(max: usize) -> Refusals {
+        Refusals {
+            max,
+            refused: 0,
+            last_log: None,
+        }
+    }
+
+    /// Counts one refused connection, and says so if the last word is old enough.
+    fn refused(&mut self) {
+        self.refused += 1;
+        if self.last_log.is_none_or(|t| t.elapsed() >= LIMIT_LOG_EVERY) {
+            tracing::warn!(
+                max_connections = self.max,
+                refused = self.refused,
+                "connection limit reached; new connections are closed"
+            );
+            self.last_log = Some(Instant::now());
+        }
+    }
+}
+
+/// Waits up to `grace` (plus [`CLOSE_GRACE`]) for every connection to end.
+async fn drain(slots: &Semaphore, max: usize, grace: Duration) {
     // Every connection holds a slot: having them all back means every connection is done.
     let all = u32::try_from(max).unwrap_or(u32::MAX);
     if tokio::time::timeout(grace + CLOSE_GRACE, slots.acquire_many(all))

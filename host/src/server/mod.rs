@@ -9,7 +9,7 @@
 //! and gives in-flight requests a grace period to finish.
 
 pub mod edge;
-pub mod fuzzing;
+
 pub mod respond;
 pub mod tls;
 
@@ -28,31 +28,9 @@ use tokio::net::TcpListener;
 
 use crate::pipeline::Pipeline;
 use crate::telemetry::metrics;
+use respond::Refusal;
 
-/// A request that reached a source, before verification.
-#[derive(Debug, Clone)]
-pub struct InboundRequest {
-    pub source: String,
-    pub method: String,
-    pub path: String,
-    /// Raw query string without `?`.
-    pub query: String,
-    /// Header names are lowercase; values are decoded lossily as UTF-8.
-    pub headers: Vec<(String, String)>,
-    pub body: Bytes,
-    pub remote: SocketAddr,
-    pub received_at_ms: u64,
-}
-
-impl InboundRequest {
-    /// First value of header `name` (which must be lowercase).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
+pub use crate::event::InboundRequest;
 
 /// Handles one webhook request end to end. Never fails: every outcome is a response.
 pub async fn handle_webhook<B>(
@@ -72,30 +50,17 @@ where
         );
     };
     if req.method() != Method::POST {
-        metrics::request_rejected(&source.name, "method_not_allowed");
-        let mut resp = respond::error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "webhook sources accept POST only",
-        );
+        let mut resp = Refusal::method_not_allowed().answer(&source.name);
         resp.headers_mut()
             .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
         return resp;
     }
     // Before the body is read: shedding must not cost the memory it is meant to save.
     if let Err(e) = pipeline.check_overload() {
-        metrics::request_failed(&source.name, &e);
         return respond::ingest_error(&source.name, &e);
     }
     let limit = source.max_body_bytes;
-    let too_large = || {
-        metrics::request_rejected(&source.name, "body_too_large");
-        respond::error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            &format!("the body exceeds this source's limit of {limit} bytes"),
-        )
-    };
+    let too_large = || Refusal::body_too_large(limit).answer(&source.name);
     let declared = req
         .headers()
         .get(http::header::CONTENT_LENGTH)
@@ -112,20 +77,9 @@ where
             if e.downcast_ref::<edge::BodyError>()
                 .is_some_and(|e| matches!(e, edge::BodyError::TooSlow { .. })) =>
         {
-            return respond::error(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                "the request body did not arrive in time",
-            );
+            return Refusal::body_timeout().answer(&source.name);
         }
-        Err(_) => {
-            metrics::request_rejected(&source.name, "body_unreadable");
-            return respond::error(
-                StatusCode::BAD_REQUEST,
-                "body_unreadable",
-                "the request body could not be read",
-            );
-        }
+        Err(_) => return Refusal::body_unreadable().answer(&source.name),
     };
     let headers = parts
         .headers
@@ -153,21 +107,13 @@ where
         .await
     {
         Ok(Ok(ingested)) => {
-            metrics::request_ingested(&source.name, &ingested);
+            metrics::request(&source.name, respond::ingested_outcome(&ingested));
             respond::ingested(&ingested, source.respond())
         }
-        Ok(Err(e)) => {
-            metrics::request_failed(&source.name, &e);
-            respond::ingest_error(&source.name, &e)
-        }
+        Ok(Err(e)) => respond::ingest_error(&source.name, &e),
         Err(_) => {
-            metrics::request(&source.name, "error");
             tracing::error!(source = %source.name, "pipeline panicked; answered 500");
-            respond::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "the request could not be processed",
-            )
+            Refusal::internal().answer(&source.name)
         }
     }
 }

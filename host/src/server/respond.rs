@@ -14,6 +14,7 @@ use crate::config::{OnPluginError, RespondConfig};
 use crate::dedupe::{self, DedupeError};
 use crate::pipeline::{IngestError, Ingested};
 use crate::ratelimit::{self, RateLimitError, overload};
+use crate::telemetry::metrics;
 use crate::verify::VerifyError;
 
 /// `Retry-After` when the store cannot commit.
@@ -43,8 +44,8 @@ pub fn retry_later(
     message: &str,
     after: Duration,
 ) -> Response<Full<Bytes>> {
-    let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
     let mut resp = error(status, code, message);
+    let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
     resp.headers_mut()
         .insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
     resp
@@ -128,100 +129,259 @@ fn custom_answer(custom: &RespondConfig, outcome: &Ingested, id: &str) -> Respon
     resp
 }
 
-pub fn ingest_error(source: &str, e: &IngestError) -> Response<Full<Bytes>> {
+/// One refusal, classified once: the answer's status, code, message and `Retry-After`, and
+/// the labels its metrics are counted under. Both the response and the metrics read this
+/// value, so they cannot disagree.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The answer's HTTP status.
+    pub status: StatusCode,
+    /// The body's `error`: a stable, machine-readable code (`rate_limited`).
+    pub code: String,
+    /// The body's `message`, for a human.
+    pub message: String,
+    /// Sent as `Retry-After`, in whole seconds rounded up (at least 1); `None` sends none.
+    pub retry_after: Option<Duration>,
+    /// `hookwall_requests_total{outcome}`.
+    pub outcome: &'static str,
+    /// `hookwall_requests_rejected_total{reason}` when `outcome` is `rejected`.
+    pub rejected: Option<&'static str>,
+    /// `hookwall_verify_failures_total{reason}` for a failed verification.
+    pub verify_failure: Option<&'static str>,
+    /// Extra fields of the JSON body (a plugin's `field`, verify's `explain`).
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Refusal {
+    fn new(
+        status: StatusCode,
+        code: &str,
+        message: impl Into<String>,
+        outcome: &'static str,
+    ) -> Refusal {
+        Refusal {
+            status,
+            code: code.to_string(),
+            message: message.into(),
+            retry_after: None,
+            outcome,
+            rejected: None,
+            verify_failure: None,
+            extra: serde_json::Map::new(),
+        }
+    }
+
+    /// A 4xx refused before (or by) the plugins, counted as `rejected` with `reason`.
+    pub fn rejected(
+        status: StatusCode,
+        code: &str,
+        message: impl Into<String>,
+        reason: &'static str,
+    ) -> Refusal {
+        Refusal {
+            rejected: Some(reason),
+            ..Refusal::new(status, code, message, "rejected")
+        }
+    }
+
+    fn retry_after(mut self, after: Duration) -> Refusal {
+        self.retry_after = Some(after);
+        self
+    }
+
+    /// `POST` is the only method a source takes.
+    pub fn method_not_allowed() -> Refusal {
+        Refusal::rejected(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "webhook sources accept POST only",
+            "method_not_allowed",
+        )
+    }
+
+    /// The body is over the source's `max_body_bytes`.
+    pub fn body_too_large(limit: usize) -> Refusal {
+        Refusal::rejected(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body exceeds this source's limit of {limit} bytes"),
+            "body_too_large",
+        )
+    }
+
+    /// The body did not arrive within the edge's body limits.
+    pub fn body_timeout() -> Refusal {
+        Refusal::rejected(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "the request body did not arrive in time",
+            "body_timeout",
+        )
+    }
+
+    /// The body could not be read (a broken connection, bad chunking).
+    pub fn body_unreadable() -> Refusal {
+        Refusal::rejected(
+            StatusCode::BAD_REQUEST,
+            "body_unreadable",
+            "the request body could not be read",
+            "body_unreadable",
+        )
+    }
+
+    /// A bug: a stage panicked or failed internally. Details are logged, never sent.
+    pub fn internal() -> Refusal {
+        Refusal::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the request could not be processed",
+            "error",
+        )
+    }
+
+    /// Counts this refusal of a request to `source` and answers it.
+    pub fn answer(&self, source: &str) -> Response<Full<Bytes>> {
+        if let Some(code) = self.verify_failure {
+            metrics::verify_failure(source, code);
+        }
+        match self.rejected {
+            Some(reason) => metrics::request_rejected(source, reason),
+            None => metrics::request(source, self.outcome),
+        }
+        let mut body = json!({ "error": self.code, "message": self.message });
+        for (k, v) in &self.extra {
+            body[k] = v.clone();
+        }
+        let mut resp = json(self.status, &body);
+        if let Some(after) = self.retry_after {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
+        }
+        resp
+    }
+}
+
+/// The `outcome` label of a request the pipeline finished.
+pub fn ingested_outcome(outcome: &Ingested) -> &'static str {
+    match outcome {
+        Ingested::Accepted { .. } => "accepted",
+        Ingested::Duplicate { .. } => "duplicate",
+        Ingested::Dropped { .. } => "dropped",
+        Ingested::DeadLettered { .. } => "dead_lettered",
+        Ingested::Responded { .. } => "responded",
+    }
+}
+
+/// Classifies a refusal of the pipeline (and logs it, at the level its cause deserves).
+pub fn classify(source: &str, e: &IngestError) -> Refusal {
+    let unavailable = StatusCode::SERVICE_UNAVAILABLE;
     match e {
         IngestError::Verify(failure) => {
             let v = &failure.error;
             tracing::info!(source, code = v.code(), reason = %v,
                 diagnostic = %failure.diagnostic, "verification failed");
-            let status = match v {
-                VerifyError::IpNotAllowed { .. } => StatusCode::FORBIDDEN,
-                _ => StatusCode::UNAUTHORIZED,
+            let (status, outcome) = match v {
+                VerifyError::IpNotAllowed { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+                _ => (StatusCode::UNAUTHORIZED, "unauthorized"),
             };
-            let mut body = json!({ "error": v.code(), "message": v.to_string() });
+            let mut r = Refusal::new(status, v.code(), v.to_string(), outcome);
+            r.verify_failure = Some(v.code());
             if failure.explain {
-                body["explain"] = serde_json::to_value(&*failure.diagnostic).unwrap_or_default();
+                r.extra.insert(
+                    "explain".into(),
+                    serde_json::to_value(&*failure.diagnostic).unwrap_or_default(),
+                );
             }
-            json(status, &body)
+            r
         }
-        IngestError::Rejected(r) => {
-            let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
-            let mut body = json!({ "error": r.code, "message": r.message });
-            if let Some(field) = &r.field {
-                body["field"] = json!(field);
+        IngestError::Rejected(rej) => {
+            let status =
+                StatusCode::from_u16(rej.status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+            let mut r = Refusal::rejected(status, &rej.code, rej.message.clone(), "plugin");
+            if let Some(field) = &rej.field {
+                r.extra.insert("field".into(), json!(field));
             }
-            json(status, &body)
+            r
         }
         IngestError::PluginBusy(busy) => {
             tracing::warn!(source, plugin = %busy.plugin, reason = %busy.reason,
                 "plugin at capacity; answered 503, nothing stored");
-            retry_later(
-                StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::new(
+                unavailable,
                 "plugin_busy",
                 "a plugin for this source is at capacity; retry after the Retry-After delay",
-                crate::plugin::BUSY_RETRY_AFTER,
+                "plugin_busy",
             )
+            .retry_after(crate::plugin::BUSY_RETRY_AFTER)
         }
         IngestError::Internal(reason) => {
             tracing::error!(source, %reason, "internal error; answered 500");
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "the request could not be processed",
-            )
+            Refusal::internal()
         }
         IngestError::Store(s) | IngestError::Dedupe(DedupeError::Store(s)) => {
             tracing::error!(source, error = %s, "event not stored; answered 503");
-            retry_later(
-                StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::new(
+                unavailable,
                 "store_unavailable",
                 "the event could not be stored; retry later",
-                STORE_RETRY_AFTER,
+                "store_error",
             )
+            .retry_after(STORE_RETRY_AFTER)
         }
         IngestError::RateLimited(RateLimitError::Limited { retry_after }) => {
             tracing::debug!(source, ?retry_after, "rate limited; answered 429");
-            retry_later(
+            Refusal::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
                 "this source's rate limit is exceeded; retry after the Retry-After delay",
-                *retry_after,
+                "rate_limited",
             )
+            .retry_after(*retry_after)
         }
         IngestError::RateLimited(RateLimitError::Unavailable(e)) => {
             tracing::warn!(source, error = %e, "shared rate limit unavailable (fail_closed); answered 503");
-            retry_later(
-                StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::new(
+                unavailable,
                 "rate_limit_unavailable",
                 "the rate limit cannot be checked right now; retry later",
-                ratelimit::UNAVAILABLE_RETRY_AFTER,
+                "unavailable",
             )
+            .retry_after(ratelimit::UNAVAILABLE_RETRY_AFTER)
         }
-        IngestError::Dedupe(DedupeError::InFlight) => retry_later(
-            StatusCode::SERVICE_UNAVAILABLE,
+        IngestError::Dedupe(DedupeError::InFlight) => Refusal::new(
+            unavailable,
             "duplicate_in_flight",
             "a copy of this event is being processed; retry later",
-            dedupe::RETRY_AFTER,
-        ),
+            "duplicate_in_flight",
+        )
+        .retry_after(dedupe::RETRY_AFTER),
         IngestError::Dedupe(DedupeError::Unavailable(e)) => {
             tracing::warn!(source, error = %e, "shared dedupe unavailable (fail_closed); answered 503");
-            retry_later(
-                StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::new(
+                unavailable,
                 "dedupe_unavailable",
                 "duplicates cannot be checked right now; retry later",
-                dedupe::RETRY_AFTER,
+                "unavailable",
             )
+            .retry_after(dedupe::RETRY_AFTER)
         }
         IngestError::Overloaded(o) => {
             tracing::debug!(source, reason = %o, "overloaded; answered 503");
-            retry_later(
-                StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::new(
+                unavailable,
                 "overloaded",
                 "the receiver is behind on its work; retry later",
-                overload::RETRY_AFTER,
+                "overloaded",
             )
+            .retry_after(overload::RETRY_AFTER)
         }
     }
+}
+
+/// Classifies, counts and answers a refusal of the pipeline.
+pub fn ingest_error(source: &str, e: &IngestError) -> Response<Full<Bytes>> {
+    classify(source, e).answer(source)
 }
 
 #[cfg(test)]

@@ -36,20 +36,31 @@ pub enum TlsError {
     /// A file could not be read or holds no PEM item of the expected kind.
     #[error("cannot read {what} from {path}: {reason}")]
     Read {
+        /// What the file should hold (`"certificate chain"`, `"private key"`, …).
         what: &'static str,
+        /// The file.
         path: PathBuf,
+        /// The I/O or PEM error, or that no such item was found.
         reason: String,
     },
     /// The key does not belong to the certificate, or rustls refused the pair.
     #[error("certificate {cert} and key {key} do not make a usable pair: {reason}")]
     Pair {
+        /// The certificate chain file.
         cert: PathBuf,
+        /// The private key file.
         key: PathBuf,
+        /// Why the pair was refused.
         reason: String,
     },
     /// The client CA file did not make a usable verifier.
     #[error("client_ca {path}: {reason}")]
-    ClientCa { path: PathBuf, reason: String },
+    ClientCa {
+        /// The `client_ca` file.
+        path: PathBuf,
+        /// Why rustls refused it.
+        reason: String,
+    },
 }
 
 /// The TLS side of a listener: an acceptor whose certificate follows the files.

@@ -18,6 +18,7 @@ use tokio::sync::Mutex;
 use super::{Sink, SinkError, json_line};
 use crate::store::DeliveryRecord;
 
+/// The `file` sink: appends each unit's deliveries as JSON lines to one file, fsynced.
 pub struct FileSink {
     path: PathBuf,
     /// Held for the whole write (units to one file never interleave), across the blocking call.
@@ -25,6 +26,7 @@ pub struct FileSink {
 }
 
 impl FileSink {
+    /// A sink appending to `path`; the file is opened (created if absent) on the first unit.
     pub fn new(path: PathBuf) -> FileSink {
         FileSink {
             path,

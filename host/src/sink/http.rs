@@ -70,6 +70,8 @@ const HOP_HEADERS: &[&str] = &[
     "idempotency-key",
 ];
 
+/// The `http` sink: one pooled client sending each unit to the app's URL, signed with the
+/// sink's own key when it has one.
 pub struct HttpSink {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     uri: Uri,
@@ -83,6 +85,8 @@ pub struct HttpSink {
 }
 
 impl HttpSink {
+    /// Builds sink `name` from its config: resolves the URL and `secret` (relative `file:`
+    /// paths against `base_dir`) and checks the URL and headers; nothing is connected yet.
     pub fn new(name: &str, c: &HttpSinkConfig, base_dir: &Path) -> Result<HttpSink, ConfigError> {
         let key = |field: &str| format!("sinks.{name}.{field}");
         let invalid = |field: &str, reason: String| ConfigError::Invalid {
@@ -334,7 +338,8 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let at = httpdate_parse(value)?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
+    let now = std::time::UNIX_EPOCH + Duration::from_millis(crate::clock::now_ms());
+    Some(at.duration_since(now).unwrap_or_default())
 }
 
 fn httpdate_parse(value: &str) -> Option<SystemTime> {

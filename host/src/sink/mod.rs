@@ -25,8 +25,8 @@ use crate::config::{ConfigError, SinkConfig, SinkKind};
 use crate::store::DeliveryRecord;
 
 pub use file::FileSink;
-pub use http::{HttpSink, parse_url as parse_http_url};
-pub use nats::{NatsSink, nats_server};
+pub use http::HttpSink;
+pub use nats::NatsSink;
 pub use redis::RedisSink;
 pub use stdout::StdoutSink;
 
@@ -34,6 +34,7 @@ pub use stdout::StdoutSink;
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct SinkError {
+    /// What went wrong (the error's `Display`).
     pub message: String,
     /// Retrying cannot help (e.g. the receiver refused the content).
     pub permanent: bool,
@@ -143,4 +144,56 @@ pub fn envelope(d: &DeliveryRecord) -> Value {
         }
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    /// Builds sink `app` described by `sink`, as `serve` and `check` do before binding.
+    fn built(sink: &str) -> Result<(), String> {
+        let text = format!(
+            "[sources.s]\npath = \"/s\"\nverify = {{ scheme = \"none\" }}\nsinks = [\"app\"]\n\n[sinks.app]\n{sink}\n"
+        );
+        let c = Config::parse(&text, Path::new("/")).map_err(|e| e.to_string())?;
+        c.check_secrets().map_err(|e| e.to_string())?;
+        super::build("app", &c.sinks["app"], Path::new("/"))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_bad_nats_url_is_named_by_key_never_printed() {
+        built("type = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nsubject = \"hw.events\"").unwrap();
+        let e =
+            built("type = \"nats\"\nurl = \"redis://u:hunter2@h/\"\nsubject = \"a\"").unwrap_err();
+        assert!(e.contains("sinks.app.url") && !e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn the_http_url_is_a_secret_checked_without_being_printed() {
+        let checked = |url: &str| built(&format!("type = \"http\"\nurl = \"{url}\""));
+        for bad in [
+            "ftp://x/hook-XSECRET",
+            "not a url XSECRET",
+            "/only/a/path/XSECRET",
+        ] {
+            let e = checked(bad).unwrap_err();
+            assert!(
+                e.contains("sinks.app.url") && !e.contains("XSECRET"),
+                "{bad}: {e}"
+            );
+        }
+        checked("https://hooks.example.com/services/T0/B0/XSECRET").unwrap();
+        let e = checked("env:HOOKWALL_TEST_SURELY_UNSET_URL").unwrap_err();
+        assert!(e.contains("HOOKWALL_TEST_SURELY_UNSET_URL"), "{e}");
+        let c = Config::parse(
+            "[sources.s]\npath = \"/s\"\nverify = { scheme = \"none\" }\nsinks = [\"app\"]\n\n[sinks.app]\ntype = \"http\"\nurl = \"https://h/services/XSECRET\"\n",
+            Path::new("/"),
+        )
+        .unwrap();
+        assert!(!format!("{:?}", c.sinks["app"]).contains("XSECRET"));
+    }
 }

@@ -77,6 +77,7 @@ pub enum Credentials {
     UserPassword(String, String),
 }
 
+/// The `nats` sink: publishes each delivery to a JetStream subject; connects on first use.
 pub struct NatsSink {
     server: ServerAddr,
     credentials: Credentials,
@@ -266,7 +267,7 @@ mod tests {
                 ("x-bad-value".into(), "a\r\nb".into()),
             ],
             body: b"{}".to_vec(),
-            priority: crate::store::Priority::Normal,
+            priority: crate::event::Priority::Normal,
             attempts: Vec::new(),
             state: crate::store::DeliveryState::Pending { due_ms: 0 },
         };

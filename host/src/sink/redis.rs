@@ -16,12 +16,13 @@ use tokio::sync::Mutex;
 
 use super::{Sink, SinkError};
 use crate::config::Secret;
+use crate::redis::connection_config;
 use crate::store::DeliveryRecord;
-use crate::store::redis::connection_config;
 
 /// Bound on connecting plus one pipeline; a slower answer is a retried failure.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The `redis` sink: appends each delivery to a Redis stream; connects on first use.
 pub struct RedisSink {
     client: Client,
     stream: String,

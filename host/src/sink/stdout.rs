@@ -17,6 +17,7 @@ use tokio::sync::Mutex;
 use super::{Sink, SinkError, json_line};
 use crate::store::DeliveryRecord;
 
+/// The `stdout` sink: writes each delivery as a JSON line to standard output.
 #[derive(Default)]
 pub struct StdoutSink {
     state: Arc<Mutex<Out>>,

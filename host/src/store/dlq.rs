@@ -19,15 +19,19 @@ use redb::ReadableTable;
 use super::records::{
     self, DeadLetter, DeliveryRecord, DeliveryState, EventRecord, EventStatus, NewDelivery,
 };
-use super::writer::{self, Op, Reply, Tables};
+use super::writer::{self, Job, Tables};
 use super::{DEAD_LETTERS, DELIVERIES, EVENT_TIMES, EVENTS, Store, StoreError};
 
 /// Which dead letters an operation applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LetterFilter {
+    /// Every dead letter.
     All,
+    /// The one with this number.
     Seq(u64),
+    /// Those of this source.
     Source(String),
+    /// Those of deliveries to this sink (never a plugin failure's).
     Sink(String),
 }
 
@@ -46,8 +50,11 @@ impl LetterFilter {
 /// running the current plugins on the stored request.
 #[derive(Debug, Clone)]
 pub struct Replay {
+    /// The dead letter's number.
     pub letter: u64,
+    /// The event's status after this run of the plugins.
     pub status: EventStatus,
+    /// The deliveries they routed, queued when the replay commits.
     pub deliveries: Vec<NewDelivery>,
 }
 
@@ -190,12 +197,7 @@ impl Store {
     }
 
     async fn dlq(&self, op: DlqOp) -> Result<usize, StoreError> {
-        match self.submit(Op::Dlq(op)).await? {
-            Reply::Count(n) => Ok(n),
-            _ => Err(StoreError::Storage(
-                "unexpected writer reply to a dead-letter operation".into(),
-            )),
-        }
+        self.ask(|resp| Job::Dlq { op, resp }).await
     }
 }
 

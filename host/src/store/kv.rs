@@ -1,14 +1,15 @@
-//! The plugins' key-value store, embedded: a redb table keyed by (plugin, key).
+//! The `plugin_kv` table: values by (namespace, key), each with an absolute expiry, for the
+//! plugins' embedded key-value store ([`crate::plugin::kv::EmbeddedKv`]). The store knows
+//! bytes and expiries, not plugins.
 //!
 //! Reads are snapshot reads on the calling thread. Writes go through the writer thread like
-//! every other write, so they share group commits and are durable when the call returns.
-//! Values carry their expiry; an expired value reads as absent and is overwritten freely.
+//! every other write, so they share group commits and are durable when the call returns; they
+//! block, so they are called from blocking threads (plugins run there), never async tasks.
 
 use tokio::sync::oneshot;
 
-use super::writer::{Job, KvOp, Op, Reply};
+use super::writer::{Job, KvOp};
 use super::{PLUGIN_KV, Store, StoreError};
-use crate::plugin::{KvError, KvScope, PluginKv};
 
 /// Stored form: 8 bytes of big-endian expiry (0 = never) followed by the value.
 pub(super) fn encode(value: &[u8], expires_at_ms: Option<u64>) -> Vec<u8> {
@@ -25,118 +26,71 @@ pub(super) fn live(stored: &[u8], now_ms: u64) -> Option<&[u8]> {
     (expires == 0 || expires > now_ms).then_some(value)
 }
 
-fn backend(e: StoreError) -> KvError {
-    KvError::Backend(e.to_string())
-}
-
 impl Store {
-    /// Runs a key-value write on the writer thread and waits for its commit. Must be called
-    /// from a blocking thread (plugins run there), not from an async task.
-    fn kv_write(&self, op: KvOp) -> Result<bool, KvError> {
-        let (reply, rx) = oneshot::channel();
+    /// Runs a key-value write on the writer thread and waits for its commit.
+    fn kv_write(&self, op: KvOp) -> Result<bool, StoreError> {
+        let (resp, rx) = oneshot::channel();
         self.inner
             .jobs
-            .blocking_send(Job {
-                op: Op::Kv(op),
-                reply,
-            })
-            .map_err(|_| backend(StoreError::Closed))?;
-        match rx
-            .blocking_recv()
-            .map_err(|_| backend(StoreError::Closed))?
-        {
-            Ok(Reply::Kv(done)) => Ok(done),
-            Ok(_) => Err(KvError::Backend("unexpected reply".into())),
-            Err(e) => Err(backend(e)),
-        }
-    }
-}
-
-/// The absolute expiry of a value set at `now_ms` with `ttl_ms` (at least 1: 0 means never).
-fn expiry(now_ms: u64, ttl_ms: Option<u64>) -> Option<u64> {
-    ttl_ms.map(|ttl| now_ms.saturating_add(ttl).max(1))
-}
-
-impl PluginKv for Store {
-    fn get(&self, scope: KvScope<'_>, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        let txn = self.inner.db.begin_read().map_err(backend)?;
-        let table = txn
-            .open_table(PLUGIN_KV)
-            .map_err(|e| backend(StoreError::storage(e)))?;
-        let found = table
-            .get((scope.plugin, key))
-            .map_err(|e| backend(StoreError::storage(e)))?;
-        Ok(found.and_then(|v| live(v.value(), scope.now_ms).map(<[u8]>::to_vec)))
+            .blocking_send(Job::Kv { op, resp })
+            .map_err(|_| StoreError::Closed)?;
+        rx.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 
-    fn set(
+    /// The value of `key` in `namespace` that is live at `now_ms`.
+    pub fn kv_get(
         &self,
-        scope: KvScope<'_>,
+        namespace: &str,
         key: &str,
-        value: Vec<u8>,
-        ttl_ms: Option<u64>,
-    ) -> Result<(), KvError> {
+        now_ms: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let table = txn.open_table(PLUGIN_KV).map_err(StoreError::storage)?;
+        let found = table.get((namespace, key)).map_err(StoreError::storage)?;
+        Ok(found.and_then(|v| live(v.value(), now_ms).map(<[u8]>::to_vec)))
+    }
+
+    /// Sets `key` in `namespace`, expiring at `expires_at_ms` (never: `None`). Blocks.
+    pub fn kv_set(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: &[u8],
+        expires_at_ms: Option<u64>,
+    ) -> Result<(), StoreError> {
         self.kv_write(KvOp::Set {
-            plugin: scope.plugin.into(),
+            plugin: namespace.into(),
             key: key.into(),
-            stored: encode(&value, expiry(scope.now_ms, ttl_ms)),
+            stored: encode(value, expires_at_ms),
         })
         .map(|_| ())
     }
 
-    fn delete(&self, scope: KvScope<'_>, key: &str) -> Result<bool, KvError> {
+    /// Removes `key` from `namespace`; true when it was there. Blocks.
+    pub fn kv_delete(&self, namespace: &str, key: &str) -> Result<bool, StoreError> {
         self.kv_write(KvOp::Delete {
-            plugin: scope.plugin.into(),
+            plugin: namespace.into(),
             key: key.into(),
         })
     }
 
-    fn compare_and_swap(
+    /// Sets `key` only if its value live at `now_ms` equals `expected` (`None`: absent or
+    /// expired), in the writer's transaction, so no other write interleaves. Blocks.
+    pub fn kv_compare_and_swap(
         &self,
-        scope: KvScope<'_>,
+        namespace: &str,
         key: &str,
         expected: Option<Vec<u8>>,
-        value: Vec<u8>,
-        ttl_ms: Option<u64>,
-    ) -> Result<bool, KvError> {
+        value: &[u8],
+        expires_at_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
         self.kv_write(KvOp::CompareAndSwap {
-            plugin: scope.plugin.into(),
+            plugin: namespace.into(),
             key: key.into(),
             expected,
-            stored: encode(&value, expiry(scope.now_ms, ttl_ms)),
-            now_ms: scope.now_ms,
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A scope for plugin `plugin` at wall-clock `now_ms`.
-    fn at(plugin: &str, now_ms: u64) -> KvScope<'_> {
-        KvScope {
-            plugin,
+            stored: encode(value, expires_at_ms),
             now_ms,
-            deadline: std::time::Instant::now() + std::time::Duration::from_secs(60),
-        }
-    }
-
-    #[test]
-    fn follows_the_kv_contract_and_expires_by_the_callers_clock() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let kv: &dyn PluginKv = &store;
-        crate::plugin::check_kv_contract(kv, |plugin| at(plugin, 5_000));
-        // Expiry: set at 0 with a 1000 ms TTL.
-        let p = at("p", 0);
-        kv.set(p, "t", b"v".to_vec(), Some(1_000)).unwrap();
-        assert_eq!(kv.get(at("p", 999), "t").unwrap(), Some(b"v".to_vec()));
-        assert_eq!(kv.get(at("p", 1_000), "t").unwrap(), None);
-        // Expired counts as absent for compare-and-swap.
-        assert!(
-            kv.compare_and_swap(at("p", 1_000), "t", None, b"w".to_vec(), None)
-                .unwrap()
-        );
+        })
     }
 }

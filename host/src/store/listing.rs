@@ -30,6 +30,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Its name in the admin API and the CLI: `delivered`, `pending`, `failed` or `dropped`.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Delivered => "delivered",
@@ -39,6 +40,7 @@ impl Outcome {
         }
     }
 
+    /// The outcome named `s` (as [`Outcome::as_str`] names it), if any.
     pub fn parse(s: &str) -> Option<Outcome> {
         [
             Outcome::Delivered,
@@ -79,7 +81,9 @@ impl Outcome {
 /// What to list: all optional, combined with AND.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
+    /// Only events of this source.
     pub source: Option<String>,
+    /// Only events in this state.
     pub outcome: Option<Outcome>,
     /// Received at or after (ms since the epoch).
     pub since_ms: Option<u64>,
@@ -90,6 +94,7 @@ pub struct EventFilter {
 /// A page of events, newest first.
 #[derive(Debug)]
 pub struct EventPage {
+    /// Each event with its deliveries and overall state.
     pub events: Vec<(EventRecord, Vec<DeliveryRecord>, Outcome)>,
     /// Where the next (older) page starts; `None` at the end.
     pub next: Option<(u64, String)>,

@@ -24,8 +24,11 @@ pub(super) const DEDUPE_EXPIRY: TableDefinition<(u64, &str, &str), ()> =
 /// A dedupe mark to commit with an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DedupeMark {
+    /// The source's name; keys are scoped by source.
     pub source: String,
+    /// The dedupe key the source's `dedupe` setting took from the request.
     pub key: String,
+    /// When the mark lapses, in milliseconds since the Unix epoch (received time plus TTL).
     pub expires_ms: u64,
 }
 
@@ -54,15 +57,12 @@ impl Store {
         now_ms: u64,
         limit: usize,
     ) -> Result<usize, StoreError> {
-        match self
-            .submit(super::writer::Op::PurgeMarks { now_ms, limit })
-            .await?
-        {
-            super::writer::Reply::Purged(n) => Ok(n),
-            _ => Err(StoreError::Storage(
-                "unexpected writer reply to a purge".into(),
-            )),
-        }
+        self.ask(|resp| super::writer::Job::PurgeMarks {
+            now_ms,
+            limit,
+            resp,
+        })
+        .await
     }
 
     /// Number of dedupe marks kept (expired ones included until purged).

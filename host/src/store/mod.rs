@@ -15,7 +15,8 @@
 //! - `event_times`: (received ms, event key) → () — the retention order ([`dlq`]);
 //! - `dedupe`, `dedupe_expiry`: dedupe marks with their expiry ([`marks`]);
 //! - `plugin_kv`: (plugin, key) → expiry + value, the plugins' key-value store (one replica;
-//!   with `[storage] redis` the plugins' state lives in Redis instead, [`redis_kv`]).
+//!   with `[storage] redis` the plugins' state lives in Redis instead, see
+//!   [`crate::plugin::kv`]).
 //!
 //! Invariant: an event, all of its deliveries and its dedupe mark are committed in one
 //! transaction.
@@ -28,8 +29,8 @@ mod load;
 pub mod marks;
 mod migrate;
 mod records;
-pub mod redis;
-pub mod redis_kv;
+pub mod upkeep;
+
 mod writer;
 
 use std::collections::{HashMap, HashSet};
@@ -68,13 +69,23 @@ const WRITE_QUEUE_DEPTH: usize = 4096;
 pub enum StoreError {
     /// The database could not be opened (missing permissions, locked by another process...).
     #[error("cannot open store at {path}: {reason}")]
-    Open { path: PathBuf, reason: String },
+    Open {
+        /// The store's directory (`[storage] path`).
+        path: PathBuf,
+        /// Why it could not be opened.
+        reason: String,
+    },
     /// A read or write failed inside redb (disk full, I/O error).
     #[error("storage error: {0}")]
     Storage(String),
     /// A stored record could not be decoded (corruption or an incompatible version).
     #[error("corrupt record {what}: {reason}")]
-    Corrupt { what: String, reason: String },
+    Corrupt {
+        /// Which record: `event ID`, `delivery SEQ`, `dead letter SEQ`, ….
+        what: String,
+        /// The decoder's error.
+        reason: String,
+    },
     /// The store is shutting down and takes no more writes.
     #[error("store is closed")]
     Closed,
@@ -104,7 +115,10 @@ pub enum AcceptOutcome {
     Stored,
     /// An event with this id, or holding this dedupe mark, is already stored; nothing was
     /// written. `id` is the stored event's.
-    Duplicate { id: String },
+    Duplicate {
+        /// The stored event's id.
+        id: String,
+    },
 }
 
 /// A cheap, cloneable handle to the store.
@@ -207,11 +221,15 @@ impl Store {
         })
     }
 
-    async fn submit(&self, op: writer::Op) -> Result<writer::Reply, StoreError> {
-        let (reply, rx) = oneshot::channel();
+    /// Queues the job `make` builds around a typed responder and waits for its answer.
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(writer::Responder<T>) -> writer::Job,
+    ) -> Result<T, StoreError> {
+        let (resp, rx) = oneshot::channel();
         self.inner
             .jobs
-            .send(writer::Job { op, reply })
+            .send(make(resp))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -231,15 +249,12 @@ impl Store {
         event: NewEvent,
         mark: Option<DedupeMark>,
     ) -> Result<AcceptOutcome, StoreError> {
-        match self
-            .submit(writer::Op::Accept(Box::new(event), mark))
-            .await?
-        {
-            writer::Reply::Accepted(outcome) => Ok(outcome),
-            _ => Err(StoreError::Storage(
-                "unexpected writer reply to an accept".into(),
-            )),
-        }
+        self.ask(|resp| writer::Job::Accept {
+            event: Box::new(event),
+            mark,
+            resp,
+        })
+        .await
     }
 
     /// Records the results of delivery attempts in one commit.
@@ -247,7 +262,7 @@ impl Store {
         if updates.is_empty() {
             return Ok(());
         }
-        self.submit(writer::Op::Update(updates)).await.map(|_| ())
+        self.ask(|resp| writer::Job::Update { updates, resp }).await
     }
 
     /// A handle that is notified when new work for `sink` is committed.
@@ -389,19 +404,7 @@ impl Store {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(handle) = handle {
-            let (reply, rx) = oneshot::channel();
-            if self
-                .inner
-                .jobs
-                .send(writer::Job {
-                    op: writer::Op::Stop,
-                    reply,
-                })
-                .await
-                .is_ok()
-            {
-                let _ = rx.await;
-            }
+            let _ = self.ask(|resp| writer::Job::Stop { resp }).await;
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
     }

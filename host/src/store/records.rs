@@ -5,23 +5,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::StoreError;
 
-/// Dispatch priority of a delivery within its sink.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Priority {
-    High,
-    #[default]
-    Normal,
-}
-
-impl Priority {
-    /// Sort rank in the pending index: lower is dispatched first.
-    pub fn rank(self) -> u8 {
-        match self {
-            Priority::High => 0,
-            Priority::Normal => 1,
-        }
-    }
-}
+pub use crate::event::Priority;
 
 /// What happened to an accepted event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,25 +13,40 @@ pub enum EventStatus {
     /// The plugins produced deliveries (possibly none).
     Forwarded,
     /// A plugin dropped the event on purpose.
-    Dropped { reason: String },
+    Dropped {
+        /// The reason the plugin gave.
+        reason: String,
+    },
     /// A plugin failed; the event waits in the dead-letter queue.
-    DeadLettered { reason: String },
+    DeadLettered {
+        /// Which plugin failed, and how.
+        reason: String,
+    },
 }
 
 /// A received, verified event as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventRecord {
+    /// The event's id: the sender's (from the verify scheme) or a generated UUIDv7, unique
+    /// only within its source.
     pub id: String,
+    /// The source's name (`[sources.NAME]`).
     pub source: String,
+    /// When it was received, in milliseconds since the Unix epoch.
     pub received_at_ms: u64,
+    /// The request's HTTP method.
     pub method: String,
+    /// The request's URI path.
     pub path: String,
+    /// The request's raw query string, without `?`.
     pub query: String,
+    /// The request's headers, names lowercase.
     pub headers: Vec<(String, String)>,
     /// Encoded as one byte string (postcard writes the same bytes as for a `Vec<u8>`,
     /// length then content, but without a call per byte).
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
+    /// What the plugins made of it.
     pub status: EventStatus,
     /// Sequence numbers of this event's deliveries, assigned at commit.
     pub deliveries: Vec<u64>,
@@ -58,6 +57,7 @@ pub struct EventRecord {
 pub struct NewEvent {
     /// `deliveries` is ignored here; the writer fills it.
     pub record: EventRecord,
+    /// The deliveries to queue with it, one per routed message.
     pub deliveries: Vec<NewDelivery>,
 }
 
@@ -99,15 +99,20 @@ impl NewEvent {
 /// One routed message before it has a sequence number.
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
+    /// The sink's name (`[sinks.NAME]`).
     pub sink: String,
+    /// The headers routed with the message.
     pub headers: Vec<(String, String)>,
+    /// The body to deliver.
     pub body: Vec<u8>,
+    /// Its dispatch priority within the sink.
     pub priority: Priority,
 }
 
 /// One try at handing a delivery to its sink.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Attempt {
+    /// When the attempt ended, in milliseconds since the Unix epoch.
     pub at_ms: u64,
     /// `None` when the sink confirmed.
     pub error: Option<String>,
@@ -115,19 +120,28 @@ pub struct Attempt {
     pub status: Option<u16>,
 }
 
+/// Where a delivery stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeliveryState {
+    /// Waiting for its first attempt or a retry.
     Pending {
+        /// When the next attempt is due, in milliseconds since the Unix epoch.
         due_ms: u64,
     },
+    /// The sink confirmed it.
     Delivered {
+        /// When, in milliseconds since the Unix epoch.
         at_ms: u64,
     },
+    /// It gave up (a permanent failure, attempts exhausted or too old) and waits in the
+    /// dead-letter queue.
     Dead {
+        /// The last attempt's error, and why it was the last.
         reason: String,
     },
     /// Its dead letter was replayed (into new deliveries) or purged; nothing more happens.
     Resolved {
+        /// What resolved it: `replayed (dead letter N)` or `purged (dead letter N)`.
         note: String,
     },
 }
@@ -135,33 +149,47 @@ pub enum DeliveryState {
 /// One message for one sink, and its history.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeliveryRecord {
+    /// Its sequence number: its key in the store, assigned at commit.
     pub seq: u64,
     /// Stable across retries, restarts and replays (`SOURCE:EVENT:SINK:N`, N counting the event's
     /// deliveries to that sink): the `webhook-id` / `Idempotency-Key` a receiver dedupes on.
     pub id: String,
+    /// Its event's id.
     pub event_id: String,
+    /// Its event's source.
     pub source: String,
+    /// When its event was received, in milliseconds since the Unix epoch.
     pub received_at_ms: u64,
+    /// The sink's name (`[sinks.NAME]`).
     pub sink: String,
+    /// The headers routed with the message.
     pub headers: Vec<(String, String)>,
     /// Encoded as one byte string (postcard writes the same bytes as for a `Vec<u8>`,
     /// length then content, but without a call per byte).
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
+    /// Its dispatch priority within the sink.
     pub priority: Priority,
+    /// Every attempt so far, oldest first.
     pub attempts: Vec<Attempt>,
+    /// Where it stands now.
     pub state: DeliveryState,
 }
 
 /// An entry of the dead-letter queue: a failed plugin run or a delivery that gave up.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeadLetter {
+    /// The event's id.
     pub event_id: String,
+    /// The event's source.
     pub source: String,
     /// The delivery that gave up; `None` when the plugins failed before routing.
     pub delivery: Option<u64>,
+    /// That delivery's sink; `None` when the plugins failed.
     pub sink: Option<String>,
+    /// The plugin failure, or the delivery's last error and why it was the last.
     pub reason: String,
+    /// When it was dead-lettered, in milliseconds since the Unix epoch.
     pub at_ms: u64,
 }
 

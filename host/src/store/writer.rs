@@ -40,27 +40,106 @@ pub const EXIT_WRITER_PANIC: i32 = 70;
 const FAILPOINT_ENV: &str = "HOOKWALL_FAILPOINT";
 const FAILPOINT_WRITER_PANIC: &str = "store-writer-panic";
 
-pub(super) enum Op {
-    Accept(Box<NewEvent>, Option<DedupeMark>),
-    Update(Vec<DeliveryUpdate>),
+/// Where the writer answers a job: typed by what the job returns.
+pub(super) type Responder<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// One request to the writer, with a responder typed for its answer (the tokio tutorial's
+/// `Command { …, resp }`), so a caller can only ever receive the type it asked for.
+pub(super) enum Job {
+    /// Commit a new event (and its mark); answers what happened.
+    Accept {
+        event: Box<NewEvent>,
+        mark: Option<DedupeMark>,
+        resp: Responder<AcceptOutcome>,
+    },
+    /// Record delivery attempts.
+    Update {
+        updates: Vec<DeliveryUpdate>,
+        resp: Responder<()>,
+    },
+    /// Remove up to `limit` expired dedupe marks; answers how many.
     PurgeMarks {
         now_ms: u64,
         limit: usize,
+        resp: Responder<usize>,
     },
-    /// Dead-letter queue work ([`super::dlq`]).
-    Dlq(super::dlq::DlqOp),
-    Kv(KvOp),
-    Stop,
+    /// Dead-letter queue work ([`super::dlq`]); answers how many letters or events it touched.
+    Dlq {
+        op: super::dlq::DlqOp,
+        resp: Responder<usize>,
+    },
+    /// A plugin key-value write; answers whether it changed something.
+    Kv { op: KvOp, resp: Responder<bool> },
+    /// Commit what is queued durably, then stop.
+    Stop { resp: Responder<()> },
 }
 
-pub(super) enum Reply {
+/// What applying a job produced inside the transaction, answered once the commit is durable.
+enum Done {
     Accepted(AcceptOutcome),
-    Updated,
-    Purged(usize),
-    /// Dead letters resolved, or events pruned.
     Count(usize),
-    /// Whether the key-value operation changed something (set: always true).
     Kv(bool),
+    Unit,
+}
+
+impl Job {
+    fn is_stop(&self) -> bool {
+        matches!(self, Job::Stop { .. })
+    }
+
+    fn is_accept(&self) -> bool {
+        matches!(self, Job::Accept { .. })
+    }
+
+    /// Applies the job inside the batch's transaction.
+    fn apply(
+        &self,
+        t: &mut Tables,
+        next_seq: &mut u64,
+        touched: &mut BTreeSet<String>,
+    ) -> Result<Done, StoreError> {
+        Ok(match self {
+            Job::Accept { event, mark, .. } => {
+                Done::Accepted(accept(t, event, mark.as_ref(), next_seq, touched)?)
+            }
+            Job::PurgeMarks { now_ms, limit, .. } => Done::Count(marks::purge(t, *now_ms, *limit)?),
+            Job::Update { updates, .. } => {
+                for u in updates {
+                    update(t, u, next_seq, touched)?;
+                }
+                Done::Unit
+            }
+            Job::Kv { op, .. } => Done::Kv(kv(t, op)?),
+            Job::Dlq { op, .. } => Done::Count(super::dlq::apply(t, op, next_seq, touched)?),
+            Job::Stop { .. } => Done::Unit,
+        })
+    }
+
+    /// Answers the job with what [`Job::apply`] produced for it (after a durable commit), or
+    /// with the error that failed the batch.
+    fn answer(self, result: Result<Done, StoreError>) {
+        fn send<T>(resp: Responder<T>, r: Result<T, StoreError>) {
+            // The caller may have given up waiting; nothing to do then.
+            let _ = resp.send(r);
+        }
+        match (self, result) {
+            (Job::Accept { resp, .. }, Ok(Done::Accepted(outcome))) => send(resp, Ok(outcome)),
+            (Job::PurgeMarks { resp, .. } | Job::Dlq { resp, .. }, Ok(Done::Count(n))) => {
+                send(resp, Ok(n))
+            }
+            (Job::Kv { resp, .. }, Ok(Done::Kv(changed))) => send(resp, Ok(changed)),
+            (Job::Update { resp, .. } | Job::Stop { resp }, Ok(Done::Unit)) => send(resp, Ok(())),
+            (job, Ok(_)) => {
+                // `apply` makes each job's own kind of `Done`; anything else is a bug here.
+                debug_assert!(false, "a writer job got another job's answer");
+                job.answer(Err(StoreError::Storage("writer answer mismatch".into())));
+            }
+            (Job::Accept { resp, .. }, Err(e)) => send(resp, Err(e)),
+            (Job::PurgeMarks { resp, .. } | Job::Dlq { resp, .. }, Err(e)) => send(resp, Err(e)),
+            (Job::Kv { resp, .. }, Err(e)) => send(resp, Err(e)),
+            (Job::Update { resp, .. } | Job::Stop { resp }, Err(e)) => send(resp, Err(e)),
+        }
+    }
 }
 
 /// A write to the plugins' key-value store (`stored` is already encoded with its expiry).
@@ -83,29 +162,38 @@ pub(super) enum KvOp {
     },
 }
 
-pub(super) struct Job {
-    pub op: Op,
-    pub reply: oneshot::Sender<Result<Reply, StoreError>>,
-}
-
 /// The result of one delivery attempt, to be recorded.
 #[derive(Debug, Clone)]
 pub enum DeliveryUpdate {
     /// The sink confirmed.
-    Delivered { seq: u64, at_ms: u64 },
+    Delivered {
+        /// The delivery's sequence number.
+        seq: u64,
+        /// When the attempt ended, in milliseconds since the Unix epoch.
+        at_ms: u64,
+    },
     /// The attempt failed; try again at `due_ms`.
     Retry {
+        /// The delivery's sequence number.
         seq: u64,
+        /// When the attempt ended, in milliseconds since the Unix epoch.
         at_ms: u64,
+        /// What went wrong.
         error: String,
+        /// The receiver's answer, for sinks that have one (an HTTP status).
         status: Option<u16>,
+        /// When the next attempt is due, in milliseconds since the Unix epoch.
         due_ms: u64,
     },
     /// The attempt failed for good; move the delivery to the dead-letter queue.
     Dead {
+        /// The delivery's sequence number.
         seq: u64,
+        /// When the attempt ended, in milliseconds since the Unix epoch.
         at_ms: u64,
+        /// What went wrong, and why no retry follows.
         error: String,
+        /// The receiver's answer, for sinks that have one (an HTTP status).
         status: Option<u16>,
     },
 }
@@ -203,8 +291,7 @@ impl Writer<'_> {
         }
     }
 
-    fn run(&self, mut rx: mpsc::Receiver<Job>, mut next_seq: u64, fsync: bool) {
-        let (db, wakers, gauges) = (self.db, self.wakers, self.gauges);
+    fn run(&self, mut rx: mpsc::Receiver<Job>, next_seq: u64, fsync: bool) {
         // Only to wait for the next job with a timeout while a lazy sync or a recovery is due.
         let timer = match tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -216,30 +303,20 @@ impl Writer<'_> {
                 None
             }
         };
-        let fsync = fsync || timer.is_none();
-        // When the oldest commit that is not yet durable was made.
-        let mut unsynced_since: Option<Instant> = None;
-        // A commit failed: the database must be reopened before it takes writes again.
-        let mut broken = false;
+        let mut state = State {
+            next_seq,
+            fsync: fsync || timer.is_none(),
+            unsynced_since: None,
+            broken: false,
+        };
         loop {
-            let wait = if broken {
-                Some(RECOVER_INTERVAL)
-            } else {
-                unsynced_since.map(|since| LAZY_SYNC_INTERVAL.saturating_sub(since.elapsed()))
-            };
-            let first = match (wait, &timer) {
+            let first = match (state.wait(), &timer) {
                 (Some(left), Some(timer)) => {
                     // The timeout is built inside `block_on`: it needs the runtime's timer.
                     match timer.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
                         Ok(job) => job,
-                        Err(_) if broken => {
-                            broken = !self.recover();
-                            continue;
-                        }
                         Err(_) => {
-                            if sync(db) {
-                                unsynced_since = None;
-                            }
+                            self.idle(&mut state);
                             continue;
                         }
                     }
@@ -249,77 +326,125 @@ impl Writer<'_> {
             let Some(first) = first else {
                 break;
             };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            let stop = batch.iter().any(|j| matches!(j.op, Op::Stop));
-            if self.panic_at_accept && batch.iter().any(|j| matches!(j.op, Op::Accept(..))) {
+            let batch = take_batch(first, &mut rx);
+            let stop = batch.iter().any(Job::is_stop);
+            if self.panic_at_accept && batch.iter().any(Job::is_accept) {
                 panic!("{FAILPOINT_ENV}={FAILPOINT_WRITER_PANIC}: the store writer panics");
             }
-            if broken {
-                broken = !self.recover();
+            if state.broken {
+                state.broken = !self.recover();
             }
-            let mut touched = BTreeSet::new();
-            let seq_before = next_seq;
-            // The last commit before stopping is always durable, so `fsync = false` loses data
-            // only on a crash, and then at most LAZY_SYNC_INTERVAL of it.
-            let durable =
-                fsync || stop || unsynced_since.is_some_and(|s| s.elapsed() >= LAZY_SYNC_INTERVAL);
-            gauges.commit_started();
-            let committed = if broken {
-                Err(StoreError::Unavailable)
-            } else {
-                commit(db, &batch, &mut next_seq, &mut touched, durable)
-            };
-            gauges.commit_ended(committed.as_ref().ok().map(|(_, pending)| *pending));
-            match committed {
-                Ok((replies, _)) => {
-                    if durable {
-                        unsynced_since = None;
-                    } else {
-                        unsynced_since.get_or_insert_with(Instant::now);
-                    }
-                    for (job, reply) in batch.into_iter().zip(replies) {
-                        let _ = job.reply.send(Ok(reply));
-                    }
-                    for sink in &touched {
-                        wakers.wake(sink);
-                    }
-                }
-                Err(e) => {
-                    next_seq = seq_before;
-                    if !broken {
-                        tracing::error!(error = %e, jobs = batch.len(),
-                            "store commit failed; the store is reopened once it can be written");
-                        gauges.set_write_error(Some(e.to_string()));
-                        broken = true;
-                    }
-                    for job in batch {
-                        let _ = job.reply.send(Err(match &e {
-                            StoreError::Unavailable => StoreError::Unavailable,
-                            other => StoreError::Storage(other.to_string()),
-                        }));
-                    }
-                }
-            }
+            self.write(&mut state, batch, stop);
             if stop {
                 rx.close();
                 // Anything still queued after Stop is refused rather than silently dropped.
                 while let Ok(job) = rx.try_recv() {
-                    let _ = job.reply.send(Err(StoreError::Closed));
+                    job.answer(Err(StoreError::Closed));
                 }
                 return;
             }
         }
         // Every handle is gone without a Stop: still leave the store durable.
-        if unsynced_since.is_some() {
-            sync(db);
+        if state.unsynced_since.is_some() {
+            sync(self.db);
         }
     }
+
+    /// No job came within the wait: reopen a broken store, or make lazy commits durable.
+    fn idle(&self, state: &mut State) {
+        if state.broken {
+            state.broken = !self.recover();
+        } else if sync(self.db) {
+            state.unsynced_since = None;
+        }
+    }
+
+    /// Commits `batch` as one transaction and answers every job in it.
+    fn write(&self, state: &mut State, batch: Vec<Job>, stop: bool) {
+        let mut touched = BTreeSet::new();
+        let seq_before = state.next_seq;
+        // The last commit before stopping is always durable, so `fsync = false` loses data
+        // only on a crash, and then at most LAZY_SYNC_INTERVAL of it.
+        let durable = state.fsync
+            || stop
+            || state
+                .unsynced_since
+                .is_some_and(|s| s.elapsed() >= LAZY_SYNC_INTERVAL);
+        self.gauges.commit_started();
+        let committed = if state.broken {
+            Err(StoreError::Unavailable)
+        } else {
+            commit(self.db, &batch, &mut state.next_seq, &mut touched, durable)
+        };
+        self.gauges
+            .commit_ended(committed.as_ref().ok().map(|(_, pending)| *pending));
+        match committed {
+            Ok((replies, _)) => {
+                if durable {
+                    state.unsynced_since = None;
+                } else {
+                    state.unsynced_since.get_or_insert_with(Instant::now);
+                }
+                debug_assert_eq!(replies.len(), batch.len(), "one answer per job");
+                for (job, done) in batch.into_iter().zip(replies) {
+                    job.answer(Ok(done));
+                }
+                for sink in &touched {
+                    self.wakers.wake(sink);
+                }
+            }
+            Err(e) => {
+                state.next_seq = seq_before;
+                if !state.broken {
+                    tracing::error!(error = %e, jobs = batch.len(),
+                        "store commit failed; the store is reopened once it can be written");
+                    self.gauges.set_write_error(Some(e.to_string()));
+                    state.broken = true;
+                }
+                for job in batch {
+                    job.answer(Err(match &e {
+                        StoreError::Unavailable => StoreError::Unavailable,
+                        other => StoreError::Storage(other.to_string()),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// What the writer loop carries from one batch to the next.
+struct State {
+    next_seq: u64,
+    /// Every commit durable (`fsync = true`, or no timer for lazy syncs).
+    fsync: bool,
+    /// When the oldest commit that is not yet durable was made.
+    unsynced_since: Option<Instant>,
+    /// A commit failed: the database must be reopened before it takes writes again.
+    broken: bool,
+}
+
+impl State {
+    /// How long to wait for a job before doing idle work (`None`: no idle work is due).
+    fn wait(&self) -> Option<Duration> {
+        if self.broken {
+            Some(RECOVER_INTERVAL)
+        } else {
+            self.unsynced_since
+                .map(|since| LAZY_SYNC_INTERVAL.saturating_sub(since.elapsed()))
+        }
+    }
+}
+
+/// `first` and whatever else is queued, up to [`MAX_BATCH`] jobs: one transaction's worth.
+fn take_batch(first: Job, rx: &mut mpsc::Receiver<Job>) -> Vec<Job> {
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+    batch
 }
 
 /// Makes every earlier non-durable commit durable (an empty durable commit); false if it failed.
@@ -339,7 +464,7 @@ fn commit(
     next_seq: &mut u64,
     touched: &mut BTreeSet<String>,
     durable: bool,
-) -> Result<(Vec<Reply>, u64), StoreError> {
+) -> Result<(Vec<Done>, u64), StoreError> {
     let mut txn = db.begin_write()?;
     if !durable {
         txn.set_durability(Durability::None)
@@ -349,23 +474,9 @@ fn commit(
     let pending = {
         let t = &mut Tables::open(&txn)?;
         for job in batch {
-            let reply = match &job.op {
-                Op::Accept(event, mark) => {
-                    Reply::Accepted(accept(t, event, mark.as_ref(), next_seq, touched)?)
-                }
-                Op::PurgeMarks { now_ms, limit } => {
-                    Reply::Purged(marks::purge(t, *now_ms, *limit)?)
-                }
-                Op::Update(updates) => {
-                    for u in updates {
-                        update(t, u, next_seq, touched)?;
-                    }
-                    Reply::Updated
-                }
-                Op::Kv(op) => Reply::Kv(kv(t, op)?),
-                Op::Dlq(op) => Reply::Count(super::dlq::apply(t, op, next_seq, touched)?),
-                Op::Stop => Reply::Updated,
-            };
+            // The one-transaction rule: every job of the batch is applied to this one
+            // transaction, and none is answered before it commits.
+            let reply = job.apply(t, next_seq, touched)?;
             replies.push(reply);
         }
         t.meta

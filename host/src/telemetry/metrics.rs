@@ -13,12 +13,6 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::dedupe::DedupeError;
-use crate::pipeline::{IngestError, Ingested};
-use crate::plugin::CallFailure;
-use crate::ratelimit::RateLimitError;
-use crate::verify::VerifyError;
-
 /// `hookwall_requests_total{source,outcome}`: every request that reached a source.
 pub const REQUESTS: &str = "hookwall_requests_total";
 /// `hookwall_requests_rejected_total{source,reason}`: the `rejected` outcome, by reason.
@@ -89,45 +83,10 @@ fn describe() {
     );
 }
 
-/// The `outcome` label of a request answered by the pipeline.
-pub fn ingested_outcome(outcome: &Ingested) -> &'static str {
-    match outcome {
-        Ingested::Accepted { .. } => "accepted",
-        Ingested::Duplicate { .. } => "duplicate",
-        Ingested::Dropped { .. } => "dropped",
-        Ingested::DeadLettered { .. } => "dead_lettered",
-        Ingested::Responded { .. } => "responded",
-    }
-}
-
-/// Counts one request of `source` that the pipeline finished.
-pub fn request_ingested(source: &str, outcome: &Ingested) {
-    request(source, ingested_outcome(outcome));
-}
-
-/// Counts one request of `source` that the pipeline refused, with its reasons.
-pub fn request_failed(source: &str, error: &IngestError) {
-    let outcome = match error {
-        IngestError::Verify(failure) => {
-            metrics::counter!(VERIFY_FAILURES, "source" => source.to_string(),
-                "reason" => failure.error.code())
-            .increment(1);
-            match failure.error {
-                VerifyError::IpNotAllowed { .. } => "forbidden",
-                _ => "unauthorized",
-            }
-        }
-        IngestError::Rejected(_) => return request_rejected(source, "plugin"),
-        IngestError::RateLimited(RateLimitError::Limited { .. }) => "rate_limited",
-        IngestError::Overloaded(_) => "overloaded",
-        IngestError::PluginBusy(_) => "plugin_busy",
-        IngestError::Dedupe(DedupeError::InFlight) => "duplicate_in_flight",
-        IngestError::RateLimited(RateLimitError::Unavailable(_))
-        | IngestError::Dedupe(DedupeError::Unavailable(_)) => "unavailable",
-        IngestError::Store(_) | IngestError::Dedupe(DedupeError::Store(_)) => "store_error",
-        IngestError::Internal(_) => "error",
-    };
-    request(source, outcome);
+/// Counts one failed verification of a request to `source`, by error `code`.
+pub fn verify_failure(source: &str, code: &'static str) {
+    metrics::counter!(VERIFY_FAILURES, "source" => source.to_string(), "reason" => code)
+        .increment(1);
 }
 
 /// Counts a request of `source` refused before the pipeline (or by a plugin) with a 4xx.
@@ -143,17 +102,11 @@ pub fn request(source: &str, outcome: &'static str) {
     metrics::counter!(REQUESTS, "source" => source.to_string(), "outcome" => outcome).increment(1);
 }
 
-/// Records one plugin call: its duration and, if it failed, how.
-pub fn plugin_call(plugin: &str, elapsed: Duration, failure: Option<&CallFailure>) {
+/// Records one plugin call: its duration and, if it failed, its failure `kind` (`trap`,
+/// `timeout`, `memory`, `error`, `invalid_output`).
+pub fn plugin_call(plugin: &str, elapsed: Duration, failure: Option<&'static str>) {
     metrics::histogram!(PLUGIN_CALL, "plugin" => plugin.to_string()).record(elapsed);
-    if let Some(failure) = failure {
-        let kind = match failure {
-            CallFailure::Error(_) => "error",
-            CallFailure::Deadline { .. } => "timeout",
-            CallFailure::MemoryLimit { .. } => "memory",
-            CallFailure::Trap { .. } => "trap",
-            CallFailure::InvalidOutput(_) => "invalid_output",
-        };
+    if let Some(kind) = failure {
         metrics::counter!(PLUGIN_FAILURES, "plugin" => plugin.to_string(), "kind" => kind)
             .increment(1);
     }
@@ -164,12 +117,12 @@ pub fn plugin_load_error(plugin: &str) {
     metrics::counter!(PLUGIN_LOAD_ERRORS, "plugin" => plugin.to_string()).increment(1);
 }
 
-/// Records one store commit's duration.
 /// Whether the store takes writes (see [`STORE_WRITABLE`]).
 pub fn store_writable(writable: bool) {
     metrics::gauge!(STORE_WRITABLE).set(if writable { 1.0 } else { 0.0 });
 }
 
+/// Records one store commit's duration.
 pub fn store_commit(elapsed: Duration) {
     metrics::histogram!(STORE_COMMIT).record(elapsed);
 }

@@ -13,43 +13,19 @@
 
 pub mod metrics;
 
-use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
 
 /// Log line format, chosen with `--log-format`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
+    /// Plain text lines, coloured on a terminal.
     #[default]
     Human,
+    /// One JSON object per line, with the event span's fields (its id and source).
     Json,
 }
 
-/// `[telemetry]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TelemetryConfig {
-    /// `metrics = true`: record metrics and serve them at the admin listener's `/metrics`.
-    /// `false` installs no recorder (every metric macro becomes a no-op).
-    #[serde(default = "default_metrics")]
-    pub metrics: bool,
-    /// `log_bodies = false`: with `true`, request bodies are logged at `trace` level (they may
-    /// hold personal data; off by default).
-    #[serde(default)]
-    pub log_bodies: bool,
-}
-
-fn default_metrics() -> bool {
-    true
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        TelemetryConfig {
-            metrics: default_metrics(),
-            log_bodies: false,
-        }
-    }
-}
+pub use crate::config::TelemetryConfig;
 
 /// Installs the global subscriber. Call once, early in `main`.
 pub fn init(format: LogFormat) {

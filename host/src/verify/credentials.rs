@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 use super::parse::{self, Authorization};
 use super::{Diagnostic, VerifyError};
 use crate::config::Secret;
-use crate::server::InboundRequest;
+use crate::event::InboundRequest;
 
 const AUTHORIZATION: &str = "authorization";
 

@@ -19,14 +19,18 @@ use ipnet::IpNet;
 
 use super::{Diagnostic, VerifyError, parse};
 use crate::config::ClientIpHeader;
-use crate::server::InboundRequest;
+use crate::event::InboundRequest;
 
 /// Which peers' forwarding headers are believed, and how (`[server] trusted_proxies`,
 /// `client_ip_header`, `trusted_hops`).
 #[derive(Debug, Clone, Default)]
 pub struct ProxyTrust {
+    /// `trusted_proxies`: peers whose forwarding header is believed.
     pub trusted: Vec<IpNet>,
+    /// `client_ip_header`: `X-Forwarded-For` or `Forwarded`.
     pub header: ClientIpHeader,
+    /// `trusted_hops`: take the address this many hops from the end of the chain instead of
+    /// walking past trusted addresses.
     pub hops: Option<usize>,
 }
 

@@ -21,14 +21,16 @@
 //! clocks or sleeps. Failures carry a [`Diagnostic`] that is always logged and, with
 //! `explain = true`, returned; it never holds a secret or the expected signature.
 
-pub mod config;
 mod credentials;
-pub mod fuzzing;
+
 mod hmac;
 mod ip;
 pub mod parse;
-mod presets;
-mod template;
+
+// The `verify` table, its provider presets and signed-content templates are data of the config
+// file (the ground floor); the verify stage reads them under their old names.
+pub use crate::config::verify as config;
+pub(crate) use crate::config::verify::{presets, template};
 
 use std::fmt;
 
@@ -42,7 +44,7 @@ pub use self::credentials::secret_eq;
 pub use self::hmac::mac;
 pub use self::ip::{ProxyTrust, client_ip};
 use crate::config::Secret;
-use crate::server::InboundRequest;
+use crate::event::InboundRequest;
 
 /// Ids longer than this are not used as event ids (they become store keys and log fields).
 const MAX_EVENT_ID_BYTES: usize = 256;
@@ -52,16 +54,34 @@ const MAX_EVENT_ID_BYTES: usize = 256;
 pub enum VerifyError {
     /// The signature (or credential) header is absent, or a header that is signed with it.
     #[error("missing header {header}")]
-    SignatureMissing { header: String },
+    SignatureMissing {
+        /// The header that was looked for.
+        header: String,
+    },
     /// The header is present but cannot hold a signature (wrong prefix, bad encoding, too long).
     #[error("malformed signature in header {header}: {reason}")]
-    SignatureMalformed { header: String, reason: String },
+    SignatureMalformed {
+        /// The header the signature was read from.
+        header: String,
+        /// What is wrong with it (never its value).
+        reason: String,
+    },
     /// Well-formed, but no configured secret produces it.
     #[error("signature in header {header} does not match the {signed_bytes} signed bytes")]
-    SignatureInvalid { header: String, signed_bytes: usize },
+    SignatureInvalid {
+        /// The header the signature was read from.
+        header: String,
+        /// How many bytes the MAC covered.
+        signed_bytes: usize,
+    },
     /// A timestamped scheme's timestamp is absent or not a Unix time.
     #[error("no usable timestamp in {place}: {reason}")]
-    TimestampMissing { place: String, reason: String },
+    TimestampMissing {
+        /// Where the timestamp was looked for, e.g. `header x-slack-request-timestamp`.
+        place: String,
+        /// Absent, or why it is not a time.
+        reason: String,
+    },
     /// The signature is authentic but its timestamp is too old or too far in the future: a
     /// replay, or a clock off by more than the tolerance.
     #[error(
@@ -69,10 +89,18 @@ pub enum VerifyError {
         .skew_secs.unsigned_abs(),
         if *.skew_secs >= 0 { "past" } else { "future" }
     )]
-    TimestampOutOfTolerance { skew_secs: i64, tolerance_secs: u64 },
+    TimestampOutOfTolerance {
+        /// Our time minus the sent time, in seconds (positive: in the past).
+        skew_secs: i64,
+        /// The source's tolerance, in seconds.
+        tolerance_secs: u64,
+    },
     /// The client address is not in the source's `allow_ips`.
     #[error("client address {client} is not allowed to post to this source")]
-    IpNotAllowed { client: String },
+    IpNotAllowed {
+        /// The client address, or why it could not be read.
+        client: String,
+    },
 }
 
 impl VerifyError {
@@ -97,6 +125,7 @@ pub struct Diagnostic {
     /// The header the signature or credential was read from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
+    /// The length of that header's value.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub header_bytes: Option<usize>,
     /// Well-formed signatures found in the header.
@@ -144,12 +173,16 @@ impl fmt::Display for Diagnostic {
 #[derive(Debug, thiserror::Error)]
 #[error("{error}")]
 pub struct VerifyFailure {
+    /// Why the request was refused.
     pub error: VerifyError,
+    /// What was checked and seen (always logged).
     pub diagnostic: Box<Diagnostic>,
+    /// Whether the diagnostic goes into the response (`explain = true`).
     pub explain: bool,
 }
 
 impl VerifyFailure {
+    /// The error's stable code (see [`VerifyError::code`]).
     pub fn code(&self) -> &'static str {
         self.error.code()
     }
@@ -163,6 +196,7 @@ pub struct VerifiedRequest {
 }
 
 impl VerifiedRequest {
+    /// The verified request.
     pub fn request(&self) -> &InboundRequest {
         &self.request
     }
@@ -172,6 +206,7 @@ impl VerifiedRequest {
         self.event_id.as_deref()
     }
 
+    /// The request and the sender's event id.
     pub fn into_parts(self) -> (InboundRequest, Option<String>) {
         (self.request, self.event_id)
     }
@@ -180,8 +215,11 @@ impl VerifiedRequest {
 /// The answer to a provider's endpoint challenge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChallengeReply {
+    /// The HTTP status (200).
     pub status: u16,
+    /// The response's `Content-Type`.
     pub content_type: &'static str,
+    /// The response body the provider expects.
     pub body: Vec<u8>,
 }
 
@@ -200,6 +238,7 @@ pub enum Verified {
 pub struct Signed {
     /// Added by `sign`.
     pub headers: Vec<(String, String)>,
+    /// The request path (signed by `{url}` schemes).
     pub path: String,
     /// Raw query without `?`; `sign` may add to it (Twilio's `bodySHA256`).
     pub query: String,
@@ -344,6 +383,32 @@ impl Verifier {
         })
     }
 
+    /// Builds source `source`'s verifier from `config`, resolving its secrets; the error
+    /// names the key.
+    pub fn for_source(
+        config: &crate::config::Config,
+        source: &str,
+    ) -> Result<Verifier, crate::config::ConfigError> {
+        let verify = &config.sources[source].verify;
+        let key = format!("sources.{source}.verify.secrets");
+        let secrets = verify
+            .secrets
+            .iter()
+            .map(|s| s.resolve(&config.base_dir, &key))
+            .collect::<Result<Vec<_>, _>>()?;
+        let proxies = ProxyTrust {
+            trusted: config.server.trusted_proxies.clone(),
+            header: config.server.client_ip_header,
+            hops: config.server.trusted_hops,
+        };
+        Verifier::new(verify, secrets, &proxies).map_err(|reason| {
+            crate::config::ConfigError::Invalid {
+                key: format!("sources.{source}.verify"),
+                reason,
+            }
+        })
+    }
+
     /// The client address of `request`: the one `allow_ips` checks, read from the trusted
     /// proxies' forwarding header when the peer is one of them. When that chain cannot be read
     /// (which `allow_ips` refuses), the peer itself: per-client rate limits then count the
@@ -353,6 +418,7 @@ impl Verifier {
             .unwrap_or_else(|| request.remote.ip().to_canonical())
     }
 
+    /// The configured scheme.
     pub fn scheme(&self) -> SchemeName {
         self.name
     }

@@ -18,10 +18,19 @@ const MAX_TIMESTAMP_DIGITS: usize = 16;
 /// Why a signature header cannot hold a signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Malformed {
+    /// Longer than [`MAX_SIGNATURE_HEADER_BYTES`] (its length).
     TooLong(usize),
+    /// Empty or only whitespace, or nothing after the prefix.
     Empty,
+    /// A single signature without the scheme's prefix (the prefix).
     MissingPrefix(String),
-    NoEntry { prefix: String, entries: usize },
+    /// A list in which no entry has the signature's prefix.
+    NoEntry {
+        /// The prefix looked for.
+        prefix: String,
+        /// How many entries the list had.
+        entries: usize,
+    },
 }
 
 impl std::fmt::Display for Malformed {
@@ -136,6 +145,7 @@ pub fn unix_time(text: &str) -> Option<i64> {
 /// Credentials in an `Authorization` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Authorization<'a> {
+    /// `Bearer <token>`: the token.
     Bearer(&'a str),
     /// User and password; both may be any bytes (RFC 7617 leaves the charset to the server).
     Basic(Vec<u8>, Vec<u8>),

@@ -3,7 +3,6 @@
 //! config validation (`config`), and the fuzz corpus replay (`corpus`).
 
 mod config;
-mod corpus;
 mod presets;
 mod schemes;
 mod vectors;

@@ -8,7 +8,7 @@
 //! sinks that already have the event do not get it twice. A plugin that fails again makes a
 //! new dead letter.
 
-use crate::pipeline::{IngestError, Pipeline};
+use super::{IngestError, Pipeline};
 use crate::plugin::{ChainOutcome, Event};
 use crate::store::{EventStatus, LetterFilter, NewDelivery, Replay, StoreError};
 
@@ -54,21 +54,12 @@ pub async fn replay(
             report.skipped += 1;
             continue;
         };
-        let input = Event {
-            id: event.id.clone(),
-            source: event.source.clone(),
-            received_at_ms: event.received_at_ms,
-            method: event.method.clone(),
-            path: event.path.clone(),
-            query: event.query.clone(),
-            headers: event.headers.clone(),
-            body: event.body.clone(),
-        };
+        let input = Event::from(&event);
         let (status, routed) = match pipeline.route(&source, &input).await? {
             ChainOutcome::Forward(routed) => (EventStatus::Forwarded, routed),
             ChainOutcome::Dropped(reason) => (EventStatus::Dropped { reason }, Vec::new()),
             ChainOutcome::Failed { plugin, failure } => {
-                super::count_plugin_dead_letter();
+                crate::delivery::count_plugin_dead_letter();
                 (
                     EventStatus::DeadLettered {
                         reason: format!("plugin `{plugin}` {failure} (on replay)"),

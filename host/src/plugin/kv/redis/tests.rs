@@ -34,7 +34,7 @@ fn scope(plugin: &str) -> KvScope<'_> {
 #[test]
 fn follows_the_kv_contract_with_namespaced_keys() {
     let (server, _runtime, kv) = start();
-    crate::plugin::check_kv_contract(&kv, scope);
+    super::super::check_kv_contract(&kv, scope);
     // The key layout: PREFIX:kv:PLUGIN:KEY, with `:` in a plugin name escaped.
     kv.set(scope("p"), "k", b"2".to_vec(), None).unwrap();
     assert_eq!(server.command(&["GET", "t:kv:p:k"]).unwrap(), "$1\r\n2\r\n");

@@ -40,7 +40,12 @@ pub enum RedisError {
     Url,
     /// Redis could not be reached at start-up.
     #[error("cannot reach Redis at {addr} (`storage.redis`): {reason}")]
-    Unreachable { addr: String, reason: String },
+    Unreachable {
+        /// Where it was tried: `HOST:PORT` or a socket path, never the password.
+        addr: String,
+        /// Why the connection or its first command failed.
+        reason: String,
+    },
     /// A command failed (connection lost, server error).
     #[error("Redis command failed: {0}")]
     Command(String),

@@ -5,6 +5,8 @@
 //! An `Ok` means the event is durable (or was a duplicate of one that is); only then may the
 //! sender hear 2xx. Before reading a body the server asks [`Pipeline::check_overload`].
 
+pub mod replay;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -12,23 +14,27 @@ use std::sync::atomic::Ordering;
 
 use crate::config::{Config, ConfigError, OnPluginError, RespondConfig};
 use crate::dedupe::{self, Begin, Claim, Dedupe, DedupeError};
+use crate::event::InboundRequest;
 use crate::plugin::{ChainOutcome, Event, PluginBusy, PluginHost, Rejection, Reply, Routed};
 use crate::ratelimit::overload::{Overload, Overloaded};
 use crate::ratelimit::{self, RateLimitError, RateLimiter};
-use crate::server::InboundRequest;
-use crate::store::redis::SharedRedis;
+use crate::redis::SharedRedis;
 use crate::store::{
     AcceptOutcome, EventRecord, EventStatus, NewDelivery, NewEvent, Priority, Store, StoreError,
 };
 use crate::telemetry;
-use crate::verify::{ProxyTrust, Verified, VerifiedRequest, Verifier, VerifyFailure};
+use crate::verify::{Verified, VerifiedRequest, Verifier, VerifyFailure};
 use tracing::Instrument as _;
 
 /// A configured source, ready to serve.
 #[derive(Debug)]
 pub struct Source {
+    /// The source's name (`[sources.NAME]`).
     pub name: String,
+    /// The URI path it is served at (its `path`).
     pub path: String,
+    /// The largest body accepted, in bytes: its `max_body_bytes`, else
+    /// `[server] max_body_bytes`.
     pub max_body_bytes: usize,
     verifier: Verifier,
     sinks: Arc<[String]>,
@@ -39,6 +45,7 @@ pub struct Source {
 }
 
 impl Source {
+    /// The verifier that authenticates this source's senders.
     pub fn verifier(&self) -> &Verifier {
         &self.verifier
     }
@@ -53,23 +60,37 @@ impl Source {
 /// under `on_plugin_error = "reject"`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ingested {
+    /// The event was stored with its deliveries queued (200 `accepted`).
     Accepted {
+        /// The event's id.
         id: String,
     },
+    /// A copy of the event is already stored (200 `duplicate`); nothing new was stored.
     Duplicate {
+        /// The id of the stored copy.
         id: String,
     },
+    /// A plugin dropped the event: it was stored as dropped, with nothing to deliver
+    /// (200 `dropped`).
     Dropped {
+        /// The event's id.
         id: String,
     },
+    /// A plugin failed: the event was stored as a dead letter, replayable (202 under
+    /// `on_plugin_error = "accept"`, 500 under `"reject"`).
     DeadLettered {
+        /// The dead letter's id; under `reject` a fresh one, so the sender's retry is no
+        /// duplicate.
         id: String,
+        /// The source's `on_plugin_error`, which picks the answer.
         answer: OnPluginError,
     },
     /// A provider handshake was answered (by the verifier's preset or a plugin's `respond`);
     /// nothing was stored.
     Responded {
+        /// The event's id (a fresh one for a preset's handshake); nothing is stored under it.
         id: String,
+        /// The answer to send, as is.
         reply: Reply,
     },
 }
@@ -104,6 +125,8 @@ pub enum IngestError {
     Internal(String),
 }
 
+/// The intake for every configured source: finds a request's source by path and runs the
+/// stages on it, up to the store commit.
 pub struct Pipeline {
     sources_by_path: HashMap<String, Arc<Source>>,
     sinks: Arc<HashSet<String>>,
@@ -117,27 +140,9 @@ pub struct Pipeline {
     log_bodies: bool,
 }
 
-/// Builds a source's verifier from config, resolving its secrets.
-pub fn build_verifier(config: &Config, source: &str) -> Result<Verifier, ConfigError> {
-    let verify = &config.sources[source].verify;
-    let key = format!("sources.{source}.verify.secrets");
-    let secrets = verify
-        .secrets
-        .iter()
-        .map(|s| s.resolve(&config.base_dir, &key))
-        .collect::<Result<Vec<_>, _>>()?;
-    let proxies = ProxyTrust {
-        trusted: config.server.trusted_proxies.clone(),
-        header: config.server.client_ip_header,
-        hops: config.server.trusted_hops,
-    };
-    Verifier::new(verify, secrets, &proxies).map_err(|reason| ConfigError::Invalid {
-        key: format!("sources.{source}.verify"),
-        reason,
-    })
-}
-
 impl Pipeline {
+    /// Builds the sources of `config` without Redis: dedupe and rate limits are this
+    /// process's own.
     pub fn new(
         config: &Config,
         plugins: Arc<PluginHost>,
@@ -163,7 +168,7 @@ impl Pipeline {
                 max_body_bytes: source
                     .max_body_bytes
                     .unwrap_or(config.server.max_body_bytes),
-                verifier: build_verifier(config, name)?,
+                verifier: Verifier::for_source(config, name)?,
                 sinks: source.sinks.clone().into(),
                 on_plugin_error: source.on_plugin_error,
                 respond: source.respond.clone(),
@@ -195,21 +200,18 @@ impl Pipeline {
         Ok(self.overload.check(self.store.load())?)
     }
 
-    /// Background upkeep until cancelled: purges expired dedupe marks and forgets idle
-    /// client cells of embedded rate limiters.
+    /// Background upkeep of the intake stages until cancelled: forgets idle client cells of
+    /// embedded rate limiters. (The store's upkeep is [`crate::store::upkeep`].)
     pub async fn maintain(self: Arc<Self>) {
-        let forget = async {
-            let mut tick = tokio::time::interval(ratelimit::GC_INTERVAL);
-            loop {
-                tick.tick().await;
-                for source in self.sources_by_path.values() {
-                    if let Some(limiter) = &source.rate_limit {
-                        limiter.forget_idle();
-                    }
+        let mut tick = tokio::time::interval(ratelimit::GC_INTERVAL);
+        loop {
+            tick.tick().await;
+            for source in self.sources_by_path.values() {
+                if let Some(limiter) = &source.rate_limit {
+                    limiter.forget_idle();
                 }
             }
-        };
-        tokio::join!(dedupe::purge_expired(self.store.clone()), forget);
+        }
     }
 
     /// Intake counters and gauges for the admin API.
@@ -241,10 +243,12 @@ impl Pipeline {
             .collect()
     }
 
+    /// The source served at URI path `path` (an exact match), if any.
     pub fn source_for_path(&self, path: &str) -> Option<Arc<Source>> {
         self.sources_by_path.get(path).cloned()
     }
 
+    /// The store events are committed to.
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -354,16 +358,9 @@ impl Pipeline {
                 "request body");
         }
         // Dropping `claim` on any early return below releases a shared claim.
-        let claim: Option<Claim> = match &source.dedupe {
-            None => None,
-            Some(dedupe) => {
-                let received_at_ms = verified.request().received_at_ms;
-                match dedupe.begin(&verified, &id, received_at_ms).await? {
-                    Begin::Unkeyed => None,
-                    Begin::Duplicate { id } => return Ok(Ingested::Duplicate { id }),
-                    Begin::Proceed(claim) => Some(claim),
-                }
-            }
+        let claim = match self.claim(source, &verified, &id).await? {
+            Ok(claim) => claim,
+            Err(duplicate) => return Ok(duplicate),
         };
         let (request, _) = verified.into_parts();
         let event = Event {
@@ -376,64 +373,54 @@ impl Pipeline {
             headers: request.headers,
             body: request.body.to_vec(),
         };
-        let outcome = self.route(source, &event).await?;
-        let (status, routed, answer) = match outcome {
-            ChainOutcome::Rejected(r) => {
-                tracing::info!(source = %source.name, event = %id, status = r.status, code = %r.code,
-                    "plugin rejected the event");
-                return Err(IngestError::Rejected(r));
-            }
-            ChainOutcome::Responded(reply) => {
-                tracing::info!(source = %source.name, event = %id, status = reply.status,
-                    "plugin answered the request directly");
-                return Ok(Ingested::Responded { id, reply });
-            }
-            ChainOutcome::Forward(routed) => (EventStatus::Forwarded, routed, None),
-            ChainOutcome::Dropped(reason) => (EventStatus::Dropped { reason }, Vec::new(), None),
-            ChainOutcome::Failed { plugin, failure } => {
-                let reason = format!("plugin `{plugin}` {failure}");
-                tracing::warn!(source = %source.name, event = %id, %reason,
-                    "plugin failed; event dead-lettered");
-                crate::delivery::count_plugin_dead_letter();
-                (
-                    EventStatus::DeadLettered { reason },
-                    Vec::new(),
-                    Some(source.on_plugin_error),
-                )
-            }
+        let decision = match decide(source, &id, self.route(source, &event).await?) {
+            Ok(decision) => decision,
+            Err(early) => return early,
         };
-        let dropped = matches!(status, EventStatus::Dropped { .. });
         // Under `reject` the sender hears 500 and will send the event again: the failed copy is
         // kept as a dead letter under an id of its own and holds no dedupe mark, so the retry
         // is processed afresh instead of being answered `duplicate` (and never delivered).
-        let (id, claim) = if answer == Some(OnPluginError::Reject) {
+        let (id, claim) = if decision.answer == Some(OnPluginError::Reject) {
             (uuid::Uuid::now_v7().to_string(), None)
         } else {
             (id, claim)
         };
-        let new = NewEvent {
-            record: EventRecord {
-                id: id.clone(),
-                source: event.source,
-                received_at_ms: event.received_at_ms,
-                method: event.method,
-                path: event.path,
-                query: event.query,
-                headers: event.headers,
-                body: event.body,
-                status,
-                deliveries: Vec::new(),
-            },
-            deliveries: routed
-                .into_iter()
-                .map(|r| NewDelivery {
-                    sink: r.sink,
-                    headers: r.headers,
-                    body: r.body,
-                    priority: r.priority,
-                })
-                .collect(),
+        self.commit(
+            new_event(&id, event, decision.status, decision.routed),
+            claim,
+            decision.answer,
+        )
+        .await
+    }
+
+    /// The dedupe step: `Ok(claim)` to go on (with the mark to commit, if the request has a
+    /// key), or `Err(answer)` when it is a copy of a stored event.
+    async fn claim(
+        &self,
+        source: &Source,
+        verified: &VerifiedRequest,
+        id: &str,
+    ) -> Result<Result<Option<Claim>, Ingested>, IngestError> {
+        let Some(dedupe) = &source.dedupe else {
+            return Ok(Ok(None));
         };
+        let received_at_ms = verified.request().received_at_ms;
+        Ok(match dedupe.begin(verified, id, received_at_ms).await? {
+            Begin::Unkeyed => Ok(None),
+            Begin::Duplicate { id } => Err(Ingested::Duplicate { id }),
+            Begin::Proceed(claim) => Ok(Some(claim)),
+        })
+    }
+
+    /// Commits `new` with `claim`'s mark; the answer says what happened.
+    async fn commit(
+        &self,
+        new: NewEvent,
+        claim: Option<Claim>,
+        answer: Option<OnPluginError>,
+    ) -> Result<Ingested, IngestError> {
+        let id = new.record.id.clone();
+        let dropped = matches!(new.record.status, EventStatus::Dropped { .. });
         let mark = claim.as_ref().map(Claim::mark);
         Ok(match self.store.accept_marked(new, mark).await? {
             AcceptOutcome::Duplicate { id } => {
@@ -456,5 +443,77 @@ impl Pipeline {
                 }
             }
         })
+    }
+}
+
+/// What the plugins decided for an event that is to be stored.
+struct Decision {
+    status: EventStatus,
+    routed: Vec<Routed>,
+    /// The source's `on_plugin_error` when a plugin failed.
+    answer: Option<OnPluginError>,
+}
+
+/// Turns the chain's outcome into what to store, or the early answer when nothing is stored
+/// (a plugin's refusal or its own reply).
+fn decide(
+    source: &Source,
+    id: &str,
+    outcome: ChainOutcome,
+) -> Result<Decision, Result<Ingested, IngestError>> {
+    let (status, routed, answer) = match outcome {
+        ChainOutcome::Rejected(r) => {
+            tracing::info!(source = %source.name, event = %id, status = r.status, code = %r.code,
+                "plugin rejected the event");
+            return Err(Err(IngestError::Rejected(r)));
+        }
+        ChainOutcome::Responded(reply) => {
+            tracing::info!(source = %source.name, event = %id, status = reply.status,
+                "plugin answered the request directly");
+            let id = id.to_string();
+            return Err(Ok(Ingested::Responded { id, reply }));
+        }
+        ChainOutcome::Forward(routed) => (EventStatus::Forwarded, routed, None),
+        ChainOutcome::Dropped(reason) => (EventStatus::Dropped { reason }, Vec::new(), None),
+        ChainOutcome::Failed { plugin, failure } => {
+            let reason = format!("plugin `{plugin}` {failure}");
+            tracing::warn!(source = %source.name, event = %id, %reason,
+                "plugin failed; event dead-lettered");
+            crate::delivery::count_plugin_dead_letter();
+            let status = EventStatus::DeadLettered { reason };
+            (status, Vec::new(), Some(source.on_plugin_error))
+        }
+    };
+    Ok(Decision {
+        status,
+        routed,
+        answer,
+    })
+}
+
+/// The event to commit: the request as received under `id`, and its routed deliveries.
+fn new_event(id: &str, event: Event, status: EventStatus, routed: Vec<Routed>) -> NewEvent {
+    NewEvent {
+        record: EventRecord {
+            id: id.to_string(),
+            source: event.source,
+            received_at_ms: event.received_at_ms,
+            method: event.method,
+            path: event.path,
+            query: event.query,
+            headers: event.headers,
+            body: event.body,
+            status,
+            deliveries: Vec::new(),
+        },
+        deliveries: routed
+            .into_iter()
+            .map(|r| NewDelivery {
+                sink: r.sink,
+                headers: r.headers,
+                body: r.body,
+                priority: r.priority,
+            })
+            .collect(),
     }
 }

@@ -1,5 +1,5 @@
 //! `hookwall dlq list|show|replay|purge`: the dead-letter queue of a running instance,
-//! through its admin API ([`super::dlq`]).
+//! through its admin API ([`crate::admin::dlq`]).
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
@@ -7,14 +7,18 @@ use serde_json::{Value, json};
 
 use super::client::AdminClient;
 
+/// A `hookwall dlq` subcommand.
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
     /// List dead letters, newest first.
     List {
+        /// Only dead letters of this source.
         #[arg(long)]
         source: Option<String>,
+        /// Only dead letters of this sink.
         #[arg(long)]
         sink: Option<String>,
+        /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: usize,
         /// Print the API's JSON instead of a table.
@@ -22,7 +26,10 @@ pub enum DlqCommand {
         json: bool,
     },
     /// Show one dead letter: every attempt (time, status, error) and the stored request.
-    Show { seq: u64 },
+    Show {
+        /// The dead letter's number (the `SEQ` column of `list`).
+        seq: u64,
+    },
     /// Re-run the current plugins on dead-lettered events and deliver them again.
     Replay(Selector),
     /// Drop dead letters without delivering them.

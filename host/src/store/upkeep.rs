@@ -1,6 +1,10 @@
-//! Retention: delivered events are pruned once older than `[storage] retention`.
+//! Store upkeep, started from one place ([`run`]): expired dedupe marks are purged, and
+//! settled events are pruned once older than `[storage] retention`.
 //!
-//! Only settled events go (every delivery delivered, or its dead letter replayed or purged);
+//! Marks: every [`PURGE_INTERVAL`], expired marks go in batches of [`PURGE_BATCH`] per commit,
+//! so the disk they use is bounded by the events of one dedupe `ttl`.
+//!
+//! Retention: only settled events go (every delivery delivered, or its dead letter replayed or purged);
 //! dead letters and anything pending are kept however old, until replayed or purged, and are
 //! stepped over: a pass walks the old events oldest first in bounded steps, and a pass that
 //! reaches its budget leaves a cursor the next one resumes from, so no number of old open
@@ -12,8 +16,15 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::clock::now_ms;
-use crate::store::Store;
 use crate::store::dlq::PruneCursor;
+use crate::store::{Store, StoreError};
+
+/// How often the purge looks for expired dedupe marks.
+pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+/// Marks removed per commit by the purge, so it never holds the writer for long.
+pub const PURGE_BATCH: usize = 1000;
+/// Pause between purge batches, letting accepts in between.
+const PURGE_PAUSE: Duration = Duration::from_millis(20);
 
 /// Events deleted per commit.
 const PRUNE_BATCH: usize = 1000;
@@ -28,8 +39,51 @@ const MAX_SCAN_PER_PASS: usize = 200_000;
 /// The longest pause between passes.
 const MAX_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Runs the store's upkeep until `stopped`: the mark purge always, retention when `retention`
+/// is set (`[storage] retention`, 0 = keep everything).
+pub async fn run(store: Store, retention: Option<Duration>, stopped: watch::Receiver<bool>) {
+    let prune = async {
+        if let Some(keep) = retention {
+            prune(store.clone(), keep, stopped.clone()).await;
+        }
+    };
+    tokio::join!(purge_marks(store.clone(), stopped.clone()), prune);
+}
+
+/// Removes expired dedupe marks in bounded batches, every [`PURGE_INTERVAL`], until `stopped`.
+async fn purge_marks(store: Store, mut stopped: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(PURGE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        let mut removed = 0;
+        loop {
+            match store.purge_expired_marks(now_ms(), PURGE_BATCH).await {
+                Ok(n) => {
+                    removed += n;
+                    if n < PURGE_BATCH {
+                        break;
+                    }
+                    tokio::time::sleep(PURGE_PAUSE).await;
+                }
+                Err(StoreError::Closed) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "dedupe purge failed; trying again later");
+                    break;
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::debug!(removed, "expired dedupe marks purged");
+        }
+    }
+}
+
 /// Prunes every `min(keep / 2, 60 s)` until `stopped`.
-pub async fn run(store: Store, keep: Duration, mut stopped: watch::Receiver<bool>) {
+async fn prune(store: Store, keep: Duration, mut stopped: watch::Receiver<bool>) {
     let interval = (keep / 2).clamp(Duration::from_secs(1), MAX_INTERVAL);
     let mut cursor = None;
     loop {

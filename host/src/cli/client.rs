@@ -8,6 +8,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::config::Config;
 
+/// An HTTP client for one instance's admin API: its base URL and bearer token, if any.
 pub struct AdminClient {
     base: String,
     token: Option<String>,

@@ -2,7 +2,7 @@
 //!
 //! With Redis configured, every replica's plugins read and write one store, so a stateful
 //! plugin (e.g. `examples/order-lifecycle`) sees the same state whichever replica an event
-//! lands on. The embedded store ([`super::kv`]) is the backend otherwise; both implement
+//! lands on. The embedded store ([`super::embedded`]) is the backend otherwise; both implement
 //! [`PluginKv`] with the same semantics.
 //!
 //! - **Keys**: `PREFIX:kv:PLUGIN:KEY`. A plugin's name comes from its file name and could
@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use ::redis::Script;
 use tokio::runtime::Handle;
 
-use super::redis::{OPERATION_TIMEOUT, RedisError, SharedRedis};
-use crate::plugin::{KvError, KvScope, PluginKv};
+use super::{KvError, KvScope, PluginKv};
+use crate::redis::{OPERATION_TIMEOUT, RedisError, SharedRedis};
 
 /// Compares `KEYS[1]` with the expectation and, if it matches, writes the new value.
 /// `ARGV[1]`: `1` if a value is expected, `0` if the key must be absent; `ARGV[2]`: the

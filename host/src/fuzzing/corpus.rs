@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::super::fuzzing::TARGETS;
+use super::verify::TARGETS;
 
 #[test]
 fn fuzz_corpus_replays_cleanly() {

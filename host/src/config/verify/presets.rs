@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use super::config::{
+use super::{
     Delimiter, Handshake, HmacAlgorithm, SchemeName, SecretEncoding, SignatureEncoding,
     TimestampUnit,
 };

@@ -10,10 +10,10 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 
-use super::config::{Delimiter, SchemeName, SignatureEncoding};
-use super::{ProxyTrust, Signed, Verifier, VerifyConfig, client_ip, parse};
 use crate::config::Secret;
-use crate::server::InboundRequest;
+use crate::config::{Delimiter, HmacAlgorithm, SchemeName, SignatureEncoding};
+use crate::event::InboundRequest;
+use crate::verify::{ProxyTrust, Signed, Verifier, VerifyConfig, client_ip, parse};
 
 /// A fixed "now" for the verifiers (2023-11-14T22:13:20Z).
 const NOW_MS: u64 = 1_700_000_000_000;
@@ -179,8 +179,8 @@ pub fn timestamp(data: &[u8]) {
     );
     let body = br#"{"id":"evt_1"}"#;
     let t = text.replace([',', '\r', '\n'], "");
-    let mac = super::mac(
-        super::HmacAlgorithm::Sha256,
+    let mac = crate::verify::mac(
+        HmacAlgorithm::Sha256,
         SECRET.as_bytes(),
         &[t.as_bytes(), b".", body].concat(),
     );
@@ -193,7 +193,7 @@ pub fn timestamp(data: &[u8]) {
         let value = parse::unix_time(&t).expect("an accepted timestamp parses");
         assert!(value.abs_diff((NOW_MS / 1000) as i64) <= 300);
     }
-    let mac = super::mac(super::HmacAlgorithm::Sha256, SECRET.as_bytes(), data);
+    let mac = crate::verify::mac(HmacAlgorithm::Sha256, SECRET.as_bytes(), data);
     let _ = linear.verify(
         request(
             vec![("linear-signature".into(), hex::encode(mac))],

@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::edge;
 use crate::config::{Config, LimitsConfig};
 use crate::pipeline::Pipeline;
 use crate::plugin::PluginHost;
+use crate::server::edge;
 use crate::store::Store;
 
 /// An input whose connection has not ended after this long hangs: a finding.
@@ -107,7 +107,8 @@ pub fn exchange(data: &[u8]) -> Vec<u8> {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let pipeline = h.pipeline.clone();
-        let handler = move |req, remote| super::handle_webhook(pipeline.clone(), remote, req);
+        let handler =
+            move |req, remote| crate::server::handle_webhook(pipeline.clone(), remote, req);
         let conn = edge::serve_connection(
             server,
             remote,

@@ -11,8 +11,11 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::presets::{self, Preset};
-use super::template::Template;
+pub mod presets;
+pub mod template;
+
+use self::presets::Preset;
+use self::template::Template;
 use crate::config::{ConfigError, Secret, SecretRef};
 
 /// `verify = { scheme = "...", ... }`: how a source's sender is authenticated.
@@ -101,20 +104,35 @@ pub struct VerifyConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SchemeName {
+    /// The generic scheme: every knob set in the table.
     Hmac,
+    /// Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
     StandardWebhooks,
+    /// Svix: Standard Webhooks under `svix-*` headers (`webhook-*` are read too).
     Svix,
+    /// GitHub: `X-Hub-Signature-256`.
     Github,
+    /// Stripe: `Stripe-Signature` with a `t=` timestamp entry.
     Stripe,
+    /// Slack: `X-Slack-Signature` over `v0:{timestamp}:{body}`; answers `url_verification`.
     Slack,
+    /// Shopify: base64 `X-Shopify-Hmac-Sha256`.
     Shopify,
+    /// Twilio: `X-Twilio-Signature` over the public URL (and form parameters).
     Twilio,
+    /// Paddle: `Paddle-Signature` with `ts=` and `h1=` entries.
     Paddle,
+    /// Linear: `Linear-Signature`, with the timestamp in the JSON body (`webhookTimestamp`).
     Linear,
+    /// Zoom: `x-zm-signature`; answers `endpoint.url_validation`.
     Zoom,
+    /// `Authorization: Bearer <secret>`.
     Bearer,
+    /// `Authorization: Basic` with `username` and a secret as password.
     Basic,
+    /// A secret in the header named by `header`.
     ApiKey,
+    /// No verification (explicit).
     None,
 }
 
@@ -160,12 +178,16 @@ impl SchemeName {
     }
 }
 
+/// `algorithm = "sha256"`: the hash inside the HMAC.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum HmacAlgorithm {
+    /// HMAC-SHA1 (Twilio).
     Sha1,
+    /// HMAC-SHA256 (most providers).
     #[default]
     Sha256,
+    /// HMAC-SHA512.
     Sha512,
 }
 
@@ -180,11 +202,14 @@ impl HmacAlgorithm {
     }
 }
 
+/// `encoding = "hex"`: how the signature is written in its header.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SignatureEncoding {
+    /// Hexadecimal, either case.
     #[default]
     Hex,
+    /// Standard base64 with padding.
     Base64,
 }
 
@@ -192,12 +217,16 @@ pub enum SignatureEncoding {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Delimiter {
+    /// `delimiter = "space"`.
     Space,
+    /// `delimiter = "comma"`.
     Comma,
+    /// `delimiter = "semicolon"`.
     Semicolon,
 }
 
 impl Delimiter {
+    /// The separator character.
     pub fn char(self) -> char {
         match self {
             Delimiter::Space => ' ',
@@ -218,11 +247,14 @@ pub enum SecretEncoding {
     Base64,
 }
 
+/// `timestamp_unit = "s"`: what a timestamp counts since the Unix epoch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub enum TimestampUnit {
+    /// `"s"`: seconds.
     #[default]
     #[serde(rename = "s")]
     Seconds,
+    /// `"ms"`: milliseconds.
     #[serde(rename = "ms")]
     Millis,
 }
@@ -312,6 +344,14 @@ impl VerifyConfig {
     /// `key` is the table's path, e.g. `sources.demo.verify`.
     pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
         let k = |field: &str| format!("{key}.{field}");
+        self.validate_knobs(&k)?;
+        self.validate_secrets(&k)?;
+        self.validate_values(&k)?;
+        self.validate_scheme_needs(&k)
+    }
+
+    /// Every key set is one the scheme reads (a preset's fixed knobs say how to change them).
+    fn validate_knobs(&self, k: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
         let scheme = self.scheme.as_str();
         let hmac_knobs = [HMAC_ONLY, PRESET_OVERRIDES].concat();
         let allowed: &[&str] = match self.scheme {
@@ -336,16 +376,26 @@ impl VerifyConfig {
                 return Err(invalid(k(knob), why));
             }
         }
+        Ok(())
+    }
+
+    /// `none` takes no secrets; every other scheme needs at least one.
+    fn validate_secrets(&self, k: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
         match self.scheme {
             SchemeName::None if !self.secrets.is_empty() => {
-                return Err(invalid(k("secrets"), "scheme `none` takes no secrets"));
+                Err(invalid(k("secrets"), "scheme `none` takes no secrets"))
             }
-            SchemeName::None => {}
+            SchemeName::None => Ok(()),
             _ if self.secrets.is_empty() => {
-                return Err(invalid(k("secrets"), "at least one secret is required"));
+                Err(invalid(k("secrets"), "at least one secret is required"))
             }
-            _ => {}
+            _ => Ok(()),
         }
+    }
+
+    /// The values' own forms: one id source, JSON pointers, header names, a non-zero
+    /// tolerance, a usable public URL.
+    fn validate_values(&self, k: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
         if self.id_header.is_some() && self.id_json.is_some() {
             return Err(invalid(
                 k("id_json"),
@@ -381,29 +431,29 @@ impl VerifyConfig {
             return Err(invalid(k("tolerance"), "must be greater than 0"));
         }
         if let Some(url) = &self.public_url {
-            super::template::check_public_url(url).map_err(|r| invalid(k("public_url"), r))?;
-        }
-        match self.scheme {
-            SchemeName::Hmac => self.validate_hmac(&k)?,
-            SchemeName::Twilio if self.public_url.is_none() => {
-                return Err(invalid(
-                    k("public_url"),
-                    "scheme `twilio` signs the public URL: set the scheme and host the provider \
-                     posts to, e.g. \"https://hooks.example.com\"",
-                ));
-            }
-            SchemeName::Basic if self.username.as_deref().is_none_or(str::is_empty) => {
-                return Err(invalid(k("username"), "scheme `basic` needs a username"));
-            }
-            SchemeName::ApiKey if self.header.is_none() => {
-                return Err(invalid(
-                    k("header"),
-                    "scheme `api-key` needs the header name",
-                ));
-            }
-            _ => {}
+            template::check_public_url(url).map_err(|r| invalid(k("public_url"), r))?;
         }
         Ok(())
+    }
+
+    /// What a scheme cannot work without (`hmac`'s are checked by `validate_hmac`).
+    fn validate_scheme_needs(&self, k: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        match self.scheme {
+            SchemeName::Hmac => self.validate_hmac(k),
+            SchemeName::Twilio if self.public_url.is_none() => Err(invalid(
+                k("public_url"),
+                "scheme `twilio` signs the public URL: set the scheme and host the provider \
+                 posts to, e.g. \"https://hooks.example.com\"",
+            )),
+            SchemeName::Basic if self.username.as_deref().is_none_or(str::is_empty) => {
+                Err(invalid(k("username"), "scheme `basic` needs a username"))
+            }
+            SchemeName::ApiKey if self.header.is_none() => Err(invalid(
+                k("header"),
+                "scheme `api-key` needs the header name",
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn validate_hmac(&self, k: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {

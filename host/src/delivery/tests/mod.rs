@@ -1,5 +1,19 @@
+//! Unit tests of the delivery engine's pure parts: backoff, outcomes, grouping into units.
+//! [`dispatch`] drives the worker's decisions without I/O.
+
+mod dispatch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::unit::UnitLimits;
+use super::worker::Worker;
 use super::*;
-use crate::store::{Attempt, DeliveryState};
+use crate::clock::Clock;
+use crate::config::RetryConfig;
+use crate::event::Priority;
+use crate::sink::{Sink, SinkError};
+use crate::store::{Attempt, DeliveryRecord, DeliveryState, DeliveryUpdate};
 
 fn retry() -> RetryConfig {
     RetryConfig {
@@ -42,28 +56,27 @@ impl Sink for Never {
     }
 }
 
-fn worker(unit: usize) -> Worker {
-    batching_worker(unit, Duration::ZERO)
-}
-
-fn batching_worker(unit: usize, max_wait: Duration) -> Worker {
+fn worker() -> Worker {
     let dir = tempfile::tempdir().unwrap();
     Worker {
         name: "app".into(),
         sink: Arc::new(Never),
         retry: retry(),
-        concurrency: 4,
-        unit: Unit {
-            max_events: unit,
-            max_bytes: 10,
-            max_wait,
-        },
-        order_key: None,
-        circuit: CircuitConfig::default(),
-        circuit_open: Arc::default(),
-        rate: None,
-        // The store is only needed by `attempt`; these tests call `outcomes` and `units`.
+        // The store is only needed by `attempt`; these tests call `outcomes`.
         store: Store::open(dir.path()).unwrap(),
+        clock: Clock::system(),
+    }
+}
+
+fn limits(unit: usize) -> UnitLimits {
+    batching(unit, Duration::ZERO)
+}
+
+fn batching(unit: usize, max_wait: Duration) -> UnitLimits {
+    UnitLimits {
+        max_events: unit,
+        max_bytes: 10,
+        max_wait,
     }
 }
 
@@ -91,7 +104,7 @@ fn delivery(seq: u64, attempts: usize, priority: Priority) -> DeliveryRecord {
 
 #[tokio::test]
 async fn failures_are_classified() {
-    let w = worker(1);
+    let w = worker();
     let mut rng = rand::rng();
     let fresh = [delivery(1, 0, Priority::Normal)];
     let mut e = SinkError::transient("503");
@@ -140,7 +153,7 @@ async fn failures_are_classified() {
 
 #[tokio::test]
 async fn units_respect_limits_and_high_priority_goes_alone() {
-    let w = worker(2);
+    let w = limits(2);
     let due = vec![
         delivery(1, 0, Priority::High),
         delivery(2, 0, Priority::Normal),
@@ -148,7 +161,7 @@ async fn units_respect_limits_and_high_priority_goes_alone() {
         delivery(4, 0, Priority::Normal),
     ];
     let units: Vec<Vec<u64>> = w
-        .units(due)
+        .group(due)
         .iter()
         .map(|u| u.iter().map(|d| d.seq).collect())
         .collect();
@@ -158,7 +171,7 @@ async fn units_respect_limits_and_high_priority_goes_alone() {
 
 #[tokio::test]
 async fn a_partial_batch_waits_for_max_wait_from_its_oldest_due_time() {
-    let w = batching_worker(3, Duration::from_millis(200));
+    let w = batching(3, Duration::from_millis(200));
     let due_at = |seq, due_ms, priority| {
         let mut d = delivery(seq, 0, priority);
         d.state = DeliveryState::Pending { due_ms };
@@ -188,16 +201,16 @@ async fn a_partial_batch_waits_for_max_wait_from_its_oldest_due_time() {
         None
     );
     assert_eq!(
-        batching_worker(3, Duration::ZERO).fill_deadline(&partial, 1_000),
+        batching(3, Duration::ZERO).fill_deadline(&partial, 1_000),
         None
     );
 
     // Grouping is unchanged by max_wait; the worker asks only about the last unit, since
-    // `units` closed the others because the next delivery did not fit (here: 8 + 4 > 10 bytes).
+    // `group` closed the others because the next delivery did not fit (here: 8 + 4 > 10 bytes).
     let due: Vec<_> = (1..=5)
         .map(|s| due_at(s, 1_000, Priority::Normal))
         .collect();
-    let units = w.units(due);
+    let units = w.group(due);
     assert_eq!(
         units.iter().map(Vec::len).collect::<Vec<_>>(),
         vec![2, 2, 1]

@@ -1,0 +1,107 @@
+//! The plugins' key-value store, embedded: the store's `plugin_kv` table
+//! ([`crate::store::Store::kv_get`] and friends), with TTLs turned into absolute expiries by
+//! the calling plugin's wall clock.
+//!
+//! Reads are snapshot reads on the calling thread. Writes go through the store's writer thread
+//! like every other write, so they share group commits and are durable when the call returns.
+
+use super::{KvError, KvScope, PluginKv};
+use crate::store::{Store, StoreError};
+
+/// [`PluginKv`] on the embedded store.
+#[derive(Clone)]
+pub struct EmbeddedKv {
+    store: Store,
+}
+
+impl EmbeddedKv {
+    /// The key-value store kept in `store`.
+    pub fn new(store: Store) -> EmbeddedKv {
+        EmbeddedKv { store }
+    }
+}
+
+fn backend(e: StoreError) -> KvError {
+    KvError::Backend(e.to_string())
+}
+
+/// The absolute expiry of a value set at `now_ms` with `ttl_ms` (at least 1: 0 means never).
+fn expiry(now_ms: u64, ttl_ms: Option<u64>) -> Option<u64> {
+    ttl_ms.map(|ttl| now_ms.saturating_add(ttl).max(1))
+}
+
+impl PluginKv for EmbeddedKv {
+    fn get(&self, scope: KvScope<'_>, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        self.store
+            .kv_get(scope.plugin, key, scope.now_ms)
+            .map_err(backend)
+    }
+
+    fn set(
+        &self,
+        scope: KvScope<'_>,
+        key: &str,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), KvError> {
+        self.store
+            .kv_set(scope.plugin, key, &value, expiry(scope.now_ms, ttl_ms))
+            .map_err(backend)
+    }
+
+    fn delete(&self, scope: KvScope<'_>, key: &str) -> Result<bool, KvError> {
+        self.store.kv_delete(scope.plugin, key).map_err(backend)
+    }
+
+    fn compare_and_swap(
+        &self,
+        scope: KvScope<'_>,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<bool, KvError> {
+        self.store
+            .kv_compare_and_swap(
+                scope.plugin,
+                key,
+                expected,
+                &value,
+                expiry(scope.now_ms, ttl_ms),
+                scope.now_ms,
+            )
+            .map_err(backend)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scope for plugin `plugin` at wall-clock `now_ms`.
+    fn at(plugin: &str, now_ms: u64) -> KvScope<'_> {
+        KvScope {
+            plugin,
+            now_ms,
+            deadline: std::time::Instant::now() + std::time::Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn follows_the_kv_contract_and_expires_by_the_callers_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = EmbeddedKv::new(Store::open(dir.path()).unwrap());
+        let kv: &dyn PluginKv = &kv;
+        super::super::check_kv_contract(kv, |plugin| at(plugin, 5_000));
+        // Expiry: set at 0 with a 1000 ms TTL.
+        let p = at("p", 0);
+        kv.set(p, "t", b"v".to_vec(), Some(1_000)).unwrap();
+        assert_eq!(kv.get(at("p", 999), "t").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(kv.get(at("p", 1_000), "t").unwrap(), None);
+        // Expired counts as absent for compare-and-swap.
+        assert!(
+            kv.compare_and_swap(at("p", 1_000), "t", None, b"w".to_vec(), None)
+                .unwrap()
+        );
+    }
+}
