@@ -1,7 +1,9 @@
 //! The nouns every stage shares, on the ground floor: the request that reached a source
-//! ([`InboundRequest`], made by the server, read by verify, dedupe and the pipeline) and a
-//! delivery's [`Priority`] (set by plugins, kept by the store, honoured by delivery). A noun
-//! lives here when more than one stage speaks it, so no stage imports another for a type.
+//! ([`InboundRequest`], made by the server, read by verify, dedupe and the pipeline), the
+//! verified [`Event`] the plugins are given, what a chain decides (a [`Routed`] message, a
+//! [`Rejection`], a direct [`Reply`]), and a delivery's [`Priority`] (set by plugins, kept by
+//! the store, honoured by delivery). A noun lives here when more than one stage speaks it, so
+//! no stage imports another for a type.
 
 use std::net::SocketAddr;
 
@@ -57,4 +59,63 @@ impl Priority {
             Priority::Normal => 1,
         }
     }
+}
+
+/// A verified event as plugins see it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The event's id (the sender's, or a UUIDv7 at intake), kept by every delivery made
+    /// from it.
+    pub id: String,
+    /// The source it arrived on.
+    pub source: String,
+    /// When it arrived, in ms since the Unix epoch.
+    pub received_at_ms: u64,
+    /// The request's method.
+    pub method: String,
+    /// The request's path.
+    pub path: String,
+    /// The raw query string, without `?`.
+    pub query: String,
+    /// Header names are lowercase.
+    pub headers: Vec<(String, String)>,
+    /// The request body (for a later plugin of a chain: the previous plugin's output).
+    pub body: Vec<u8>,
+}
+
+/// One message routed to a named sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    /// The sink it goes to.
+    pub sink: String,
+    /// The headers it is delivered with.
+    pub headers: Vec<(String, String)>,
+    /// The body it is delivered with.
+    pub body: Vec<u8>,
+    /// Its dispatch priority within the sink.
+    pub priority: Priority,
+}
+
+/// A plugin's refusal, answered to the sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// A client error (4xx); anything else is answered as 422.
+    pub status: u16,
+    /// A machine-readable reason.
+    pub code: String,
+    /// A human-readable reason.
+    pub message: String,
+    /// The request field at fault, if any.
+    pub field: Option<String>,
+}
+
+/// A plugin's direct answer to the sender (a provider handshake).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// A success (2xx); anything else is answered as 200.
+    pub status: u16,
+    /// The reply's headers.
+    pub headers: Vec<(String, String)>,
+    /// The reply's body.
+    pub body: Vec<u8>,
 }

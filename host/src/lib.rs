@@ -22,7 +22,8 @@
 //! | 10 | `cli` |
 //!
 //! - Ground floor: [`clock`] (wall and monotonic time, injectable), [`event`] (the nouns every
-//!   stage shares: the inbound request, a delivery's priority), [`config`] (the TOML file as
+//!   stage shares: the inbound request, the event plugins see, a routed message, a refusal, a
+//!   direct reply, a delivery's priority), [`config`] (the TOML file as
 //!   plain data, validated before any port is bound), [`telemetry`] (logs, metric names and
 //!   helpers that take `&'static str` labels), [`redis`] (the one connection replicas share
 //!   state through).

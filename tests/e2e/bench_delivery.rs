@@ -14,42 +14,30 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hookwall_testkit::upstream::Upstream;
-use hookwall_testkit::{Hookwall, wait_for};
+use hookwall_testkit::{Hookwall, on_threads, wait_for};
 
-use crate::BIN;
+use crate::{BIN, build_kind, send_signed};
 
 const THREADS: usize = 8;
 const RUN: Duration = Duration::from_secs(10);
 
 /// Sends events from `THREADS` threads for `RUN`; returns the acknowledged ids.
 fn load(hw: &Hookwall, tag: &str) -> Vec<String> {
-    let addr = hw.addr;
     let next = AtomicUsize::new(0);
-    let acked = std::sync::Mutex::new(Vec::new());
     let end = Instant::now() + RUN;
-    std::thread::scope(|s| {
-        for _ in 0..THREADS {
-            s.spawn(|| {
-                while Instant::now() < end {
-                    let id = format!("{tag}-{}", next.fetch_add(1, Ordering::Relaxed));
-                    let body = format!(r#"{{"id":"{id}","pad":"{}"}}"#, "x".repeat(900));
-                    let sig = hookwall_testkit::sign_sha256_hex(crate::SECRET, body.as_bytes());
-                    let ok = hookwall_testkit::http(
-                        addr,
-                        "POST",
-                        "/hooks/shop",
-                        &[("X-Signature", &sig), ("X-Event-Id", &id)],
-                        body.as_bytes(),
-                    )
-                    .is_ok_and(|r| r.status == 200);
-                    if ok {
-                        acked.lock().unwrap().push(id);
-                    }
-                }
-            });
+    let per_thread = on_threads(THREADS, |_| {
+        let mut acked = Vec::new();
+        while Instant::now() < end {
+            let id = format!("{tag}-{}", next.fetch_add(1, Ordering::Relaxed));
+            let body = format!(r#"{{"id":"{id}","pad":"{}"}}"#, "x".repeat(900));
+            let reply = send_signed(hw.addr, "shop", &id, body.as_bytes(), &[]);
+            if reply.is_ok_and(|r| r.status == 200) {
+                acked.push(id);
+            }
         }
+        acked
     });
-    acked.into_inner().unwrap()
+    per_thread.into_iter().flatten().collect()
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -84,12 +72,7 @@ fn bench_delivery() {
     let live_rps = acked.len() as f64 / RUN.as_secs_f64();
     let want: HashSet<String> = acked.iter().map(|id| format!("shop:{id}:app:0")).collect();
     assert!(wait_for(Duration::from_secs(300), || {
-        let got: HashSet<String> = up
-            .accepted()
-            .iter()
-            .filter_map(|r| r.header("webhook-id").map(str::to_string))
-            .collect();
-        want.is_subset(&got)
+        want.is_subset(&up.accepted_ids())
     }));
     let last = up.accepted().iter().map(|r| r.at).max().unwrap();
     let e2e_rps = want.len() as f64 / (last - started).as_secs_f64();
@@ -99,7 +82,7 @@ fn bench_delivery() {
         .iter()
         .step_by(step)
         .filter_map(|id| {
-            let e = hw.admin_get(&format!("/api/v1/events/{id}")).json();
+            let e = hw.event(id).json();
             let received = e["received_at_ms"].as_u64()?;
             let confirmed = e["deliveries"][0]["detail"]["at_ms"].as_u64()?;
             Some(confirmed.saturating_sub(received))
@@ -110,11 +93,7 @@ fn bench_delivery() {
         "bench_delivery ({} build): ingest alone {alone_rps:.0} ev/s; ingest with live delivery \
          {live_rps:.0} ev/s; end-to-end {e2e_rps:.0} ev/s = {:.2} x ingest alone; \
          event-to-delivery p50 {} ms, p99 {} ms ({} samples of {} events)",
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
+        build_kind(),
         e2e_rps / alone_rps,
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),

@@ -6,10 +6,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use hookwall_testkit::{Hookwall, read_jsonl, wait_for, wasm};
+use hookwall_testkit::{Hookwall, Reply, read_jsonl, wait_for, wasm};
 use serde_json::{Value, json};
 
-use crate::{BIN, config, post_signed, workdir};
+use crate::{config, post_signed, run_config, send_signed, serve, workdir, write_config};
 
 /// Waits until `n` deliveries are in the work dir's `file`, and returns them.
 fn delivered(hw: &Hookwall, dir: &Path, file: &str, n: usize) -> Vec<Value> {
@@ -23,6 +23,27 @@ fn delivered(hw: &Hookwall, dir: &Path, file: &str, n: usize) -> Vec<Value> {
     read_jsonl(&path)
 }
 
+/// Writes the JSON schema `versions/VERSION.json` in the work dir `dir`.
+fn write_version(dir: &Path, version: &str, schema: &Value) {
+    let path = dir.join(format!("versions/{version}.json"));
+    std::fs::write(path, schema.to_string()).unwrap();
+}
+
+/// Sends `send()` until its answer passes `check` (at most 10 s); asserts that it did,
+/// saying `what` was not picked up.
+fn until_answer(
+    hw: &Hookwall,
+    what: &str,
+    mut send: impl FnMut() -> Reply,
+    check: impl Fn(&Reply) -> bool,
+) {
+    assert!(
+        wait_for(Duration::from_secs(10), || check(&send())),
+        "{what} was not picked up\n{}",
+        hw.log()
+    );
+}
+
 #[test]
 fn json_schema_rejects_with_422_naming_the_failing_field() {
     let dir = workdir(&[("json-schema", wasm::JSON_SCHEMA)]);
@@ -32,30 +53,22 @@ fn json_schema_rejects_with_422_naming_the_failing_field() {
     std::fs::create_dir(dir.path().join("versions")).unwrap();
     std::os::unix::fs::symlink("../versions/v1.json", dir.path().join("schemas/order.json"))
         .unwrap();
-    std::fs::write(
-        dir.path().join("versions/v1.json"),
-        json!({
-            "type": "object",
-            "required": ["id", "qty"],
-            "properties": {
-                "id": {"type": "string"},
-                "qty": {"type": "integer", "minimum": 1},
-                "items": {"type": "array", "items": {
-                    "type": "object",
-                    "required": ["sku"],
-                    "properties": {"price": {"type": "number"}}
-                }}
-            }
-        })
-        .to_string(),
-    )
-    .unwrap();
+    let v1 = json!({
+        "type": "object",
+        "required": ["id", "qty"],
+        "properties": {
+            "id": {"type": "string"},
+            "qty": {"type": "integer", "minimum": 1},
+            "items": {"type": "array", "items": {
+                "type": "object",
+                "required": ["sku"],
+                "properties": {"price": {"type": "number"}}
+            }}
+        }
+    });
+    write_version(dir.path(), "v1", &v1);
     let extra = "[plugins.config.json-schema]\nschema_file = \"schemas/order.json\"\n";
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &config(&[("demo", "\"json-schema\"")], extra),
-    );
+    let hw = serve(&dir, &[("demo", "\"json-schema\"")], extra);
 
     let r = post_signed(&hw, "demo", "ok", &json!({"id": "o-1", "qty": 2}));
     assert_eq!(r.status, 200, "{r:?}");
@@ -89,15 +102,12 @@ fn json_schema_rejects_with_422_naming_the_failing_field() {
     let r = post_signed(&hw, "demo", "zero", &json!({"id": "o-4", "qty": 0}));
     assert_eq!(r.json()["field"], "/qty");
     // Nothing rejected was stored.
-    assert_eq!(hw.admin_get("/api/v1/events/no-qty").status, 404);
+    assert_eq!(hw.event("no-qty").status, 404);
 
     // Editing the schema file (here, the link's target in place) is a hot reload: `customer`
     // becomes required.
-    std::fs::write(
-        dir.path().join("versions/v1.json"),
-        json!({"type": "object", "required": ["id", "qty", "customer"]}).to_string(),
-    )
-    .unwrap();
+    let customer = json!({"type": "object", "required": ["id", "qty", "customer"]});
+    write_version(dir.path(), "v1", &customer);
     let mut n = 0;
     let mut answer = || {
         n += 1;
@@ -108,32 +118,21 @@ fn json_schema_rejects_with_422_naming_the_failing_field() {
             &json!({"id": "o-5", "qty": 1}),
         )
     };
-    assert!(
-        wait_for(Duration::from_secs(10), || answer().status == 422),
-        "the edited schema was not picked up\n{}",
-        hw.log()
-    );
+    let field_is = |want: &'static str| move |r: &Reply| r.json()["field"] == want;
+    until_answer(&hw, "the edited schema", &mut answer, |r| r.status == 422);
     let r = answer();
     assert_eq!(r.status, 422, "{r:?}");
     assert_eq!(r.json()["field"], "/customer");
     // Swapping the link to a new version (atomically, by renaming a new link over it) too.
-    std::fs::write(
-        dir.path().join("versions/v2.json"),
-        json!({"type": "object", "required": ["id", "qty", "note"]}).to_string(),
-    )
-    .unwrap();
+    let note = json!({"type": "object", "required": ["id", "qty", "note"]});
+    write_version(dir.path(), "v2", &note);
     std::os::unix::fs::symlink("../versions/v2.json", dir.path().join("schemas/.next")).unwrap();
     std::fs::rename(
         dir.path().join("schemas/.next"),
         dir.path().join("schemas/order.json"),
     )
     .unwrap();
-    assert!(
-        wait_for(Duration::from_secs(10), || answer().json()["field"]
-            == "/note"),
-        "the swapped schema was not picked up\n{}",
-        hw.log()
-    );
+    until_answer(&hw, "the swapped schema", &mut answer, field_is("/note"));
     // An edit that makes the file unreadable keeps the loaded schema.
     std::fs::remove_file(dir.path().join("schemas/order.json")).unwrap();
     assert!(
@@ -155,37 +154,19 @@ fn json_schema_rejects_with_422_naming_the_failing_field() {
     let requiring = |field: &str| json!({"type": "object", "required": [field]}).to_string();
     std::fs::write(&v3, requiring("ref")).unwrap();
     std::os::unix::fs::symlink("../versions/v3.json", schemas.join("order.json")).unwrap();
-    assert!(
-        wait_for(Duration::from_secs(10), || answer().json()["field"]
-            == "/ref"),
-        "the recreated schema was not picked up\n{}",
-        hw.log()
-    );
+    until_answer(&hw, "the recreated schema", &mut answer, field_is("/ref"));
     std::fs::write(&v3, requiring("tag")).unwrap();
-    assert!(
-        wait_for(Duration::from_secs(10), || answer().json()["field"]
-            == "/tag"),
-        "the edit in the recreated directory was not picked up\n{}",
-        hw.log()
-    );
+    let what = "the edit in the recreated directory";
+    until_answer(&hw, what, &mut answer, field_is("/tag"));
 }
 
 #[test]
 fn json_schema_without_a_readable_schema_file_refuses_to_start() {
     let dir = workdir(&[("json-schema", wasm::JSON_SCHEMA)]);
     let extra = "[plugins.config.json-schema]\nschema_file = \"schemas/missing.json\"\n";
-    std::fs::write(
-        dir.path().join("hookwall.toml"),
-        config(&[("demo", "\"json-schema\"")], extra)
-            .replace("{listen}", "127.0.0.1:0")
-            .replace("{admin}", "127.0.0.1:0"),
-    )
-    .unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(dir.path().join("hookwall.toml"))
-        .output()
-        .unwrap();
+    let text = config(&[("demo", "\"json-schema\"")], extra);
+    let path = write_config(dir.path(), &text, "127.0.0.1:0", "127.0.0.1:0");
+    let out = run_config("check", &path);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -204,7 +185,7 @@ rules = [
   { name = "test-mode", json = "/livemode", equals = "false" },
 ]
 "#;
-    let hw = Hookwall::start(BIN, dir.path(), &config(&[("demo", "\"filter\"")], extra));
+    let hw = serve(&dir, &[("demo", "\"filter\"")], extra);
 
     let r = post_signed(&hw, "demo", "p", &json!({"type": "ping"}));
     assert_eq!(r.json(), json!({"status": "dropped", "id": "p"}));
@@ -243,7 +224,7 @@ mask = ["/customer/phone"]
 detect = ["card", "email"]
 headers = ["x-internal"]
 "#;
-    let hw = Hookwall::start(BIN, dir.path(), &config(&[("demo", "\"redact\"")], extra));
+    let hw = serve(&dir, &[("demo", "\"redact\"")], extra);
     let r = post_signed(
         &hw,
         "demo",
@@ -281,11 +262,7 @@ type_from = { json = "/type" }
 type_prefix = "com.example.shop."
 subject_from = { json = "/order/id" }
 "#;
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &config(&[("demo", "\"cloudevents\"")], extra),
-    );
+    let hw = serve(&dir, &[("demo", "\"cloudevents\"")], extra);
     let before = std::time::SystemTime::now();
     let r = post_signed(
         &hw,
@@ -350,25 +327,11 @@ type_from = { header = "x-kind" }
 rules = [{ name = "orders", json = "/type", prefix = "order.", sink = "orders" }]
 default = "other"
 "#;
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &config(
-            &[(
-                "demo",
-                "\"filter\", \"redact\", \"cloudevents\", \"router\"",
-            )],
-            extra,
-        ),
-    );
+    let chain = "\"filter\", \"redact\", \"cloudevents\", \"router\"";
+    let hw = serve(&dir, &[("demo", chain)], extra);
     let post = |id: &str, kind: &str| {
         let body = serde_json::to_vec(&json!({"who": "a@example.com"})).unwrap();
-        let sig = hookwall_testkit::sign_sha256_hex(crate::SECRET, &body);
-        hw.post(
-            "/hooks/demo",
-            &[("X-Signature", &sig), ("X-Event-Id", id), ("X-Kind", kind)],
-            &body,
-        )
+        send_signed(hw.addr, "demo", id, &body, &[("X-Kind", kind)]).expect("request to hookwall")
     };
     assert_eq!(post("1", "ping").json()["status"], "dropped");
     assert_eq!(post("2", "order.paid").json()["status"], "accepted");

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use hookwall_testkit::{Hookwall, http, read_jsonl, wait_for};
+use hookwall_testkit::{Hookwall, read_jsonl, wait_for};
 use serde_json::json;
 
 use crate::operate::{TOKEN, admin, operate_config, operate_dir};
@@ -64,7 +64,7 @@ fn dashboard_page_and_assets_are_served_without_a_token_and_hold_no_data() {
         ("/dashboard.js", "text/javascript"),
         ("/dashboard.css", "text/css"),
     ] {
-        let r = http(hw.admin, "GET", path, &[], b"").unwrap();
+        let r = hw.admin_get(path);
         assert_eq!(r.status, 200, "{path}");
         assert!(
             r.header("content-type").unwrap().starts_with(kind),
@@ -77,7 +77,7 @@ fn dashboard_page_and_assets_are_served_without_a_token_and_hold_no_data() {
             "{path}"
         );
     }
-    let page = http(hw.admin, "GET", "/dashboard", &[], b"").unwrap();
+    let page = hw.admin_get("/dashboard");
     let page = String::from_utf8_lossy(&page.body);
     assert!(page.contains("id=\"dead-letters\""), "{page}");
     // The data behind it still needs the token.

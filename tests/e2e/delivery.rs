@@ -4,11 +4,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use hookwall_testkit::upstream::{Answer, Upstream, standard_webhooks_valid};
-use hookwall_testkit::{Hookwall, wait_for, wasm};
+use hookwall_testkit::upstream::{Answer, Upstream, standard_webhooks_valid, webhook_ids};
+use hookwall_testkit::{Hookwall, on_threads, wait_for, wasm};
 use serde_json::{Value, json};
 
-use crate::{BIN, SECRET, base_config, hmac_source, post_signed, workdir};
+use crate::{BIN, base_config, dead_letters, hmac_source, post_signed, send_signed, workdir};
 
 /// The `app` sink's signing key (Standard Webhooks form).
 const SINK_SECRET: &str = "whsec_aG9va3dhbGwtc2luay10ZXN0LWtleS0zMi1ieXRlcyE=";
@@ -27,13 +27,6 @@ headers = {{ "x-tenant" = "acme" }}
         base_config("", "", Some("deadline = \"200ms\""), ""),
         hmac_source("shop", plugins, "app")
     )
-}
-
-fn dead_letters(hw: &Hookwall) -> Vec<Value> {
-    hw.admin_get("/api/v1/dead-letters").json()["dead_letters"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
 }
 
 /// Hookwall (no plugins) delivering to `up` through the http sink `app` with `sink_extra`.
@@ -108,7 +101,7 @@ fn a_delivery_is_signed_with_the_sinks_key_and_carries_a_stable_id() {
     // The attempts are on record (once Hookwall has recorded the 2xx it just received).
     let mut event = Value::Null;
     assert!(wait_for(Duration::from_secs(10), || {
-        event = hw.admin_get("/api/v1/events/evt-1").json();
+        event = hw.event("evt-1").json();
         event["deliveries"][0]["state"] == "delivered"
     }));
     let attempts = &event["deliveries"][0]["attempts"];
@@ -197,9 +190,9 @@ fn a_stalled_upstream_times_out_and_is_retried() {
     let (_dir, hw) = start_for(&up, &format!("timeout = \"500ms\"\n{FAST_RETRY}"));
     post_ok(&hw, "st-1", &json!({"n": 1}));
     assert!(wait_for(Duration::from_secs(15), || {
-        hw.admin_get("/api/v1/events/st-1").json()["deliveries"][0]["state"] == "delivered"
+        hw.event("st-1").json()["deliveries"][0]["state"] == "delivered"
     }));
-    let event = hw.admin_get("/api/v1/events/st-1").json();
+    let event = hw.event("st-1").json();
     let first = event["deliveries"][0]["attempts"][0]["error"]
         .as_str()
         .unwrap()
@@ -276,10 +269,7 @@ fn a_failing_plugin_fixed_then_replayed_is_delivered_once() {
             .all(|r| r.header("x-echo-config").is_some())
     );
     assert!(dead_letters(&hw).is_empty());
-    assert_eq!(
-        hw.admin_get("/api/v1/events/pf-0").json()["status"],
-        "forwarded"
-    );
+    assert_eq!(hw.event("pf-0").json()["status"], "forwarded");
 }
 
 #[test]
@@ -299,7 +289,7 @@ fn purge_pause_and_resume() {
     assert!(ok && out.contains("purged 1"), "{out}");
     assert!(dead_letters(&hw).is_empty());
     assert_eq!(
-        hw.admin_get("/api/v1/events/pg-1").json()["deliveries"][0]["state"],
+        hw.event("pg-1").json()["deliveries"][0]["state"],
         "resolved"
     );
 
@@ -330,13 +320,10 @@ fn retention_prunes_delivered_events_and_keeps_dead_letters() {
     post_ok(&hw, "pruned", &json!({}));
     await_accepted(&up, 1, 10);
     assert!(
-        wait_for(Duration::from_secs(10), || hw
-            .admin_get("/api/v1/events/pruned")
-            .status
-            == 404),
+        wait_for(Duration::from_secs(10), || hw.event("pruned").status == 404),
         "the delivered event is pruned after retention"
     );
-    assert_eq!(hw.admin_get("/api/v1/events/kept").status, 200);
+    assert_eq!(hw.event("kept").status, 200);
     assert_eq!(dead_letters(&hw).len(), 1);
 }
 
@@ -375,14 +362,7 @@ fn an_outage_under_steady_load_delivers_everything_after_recovery() {
     assert_eq!(up.accepted().len(), 0);
     up.up();
     up.answer(Answer::Status(200, None));
-    let all = wait_for(Duration::from_secs(60), || {
-        let ids: HashSet<String> = up
-            .accepted()
-            .iter()
-            .filter_map(|r| r.header("webhook-id").map(str::to_string))
-            .collect();
-        ids.len() == sent
-    });
+    let all = wait_for(Duration::from_secs(60), || up.accepted_ids().len() == sent);
     assert!(all, "delivered {} of {sent}", up.accepted().len());
 
     // The first event's attempts during the 503 half: the gaps grow (jittered, so compare
@@ -417,15 +397,23 @@ fn an_outage_under_steady_load_delivers_everything_after_recovery() {
 /// POSTs one signed event to a running instance at `addr`; `true` on 2xx (acknowledged).
 fn post_event(addr: std::net::SocketAddr, id: &str) -> bool {
     let body = serde_json::to_vec(&json!({"id": id})).unwrap();
-    let sig = hookwall_testkit::sign_sha256_hex(SECRET, &body);
-    hookwall_testkit::http(
-        addr,
-        "POST",
-        "/hooks/shop",
-        &[("X-Signature", &sig), ("X-Event-Id", id)],
-        &body,
-    )
-    .is_ok_and(|r| (200..300).contains(&r.status))
+    send_signed(addr, "shop", id, &body, &[]).is_ok_and(|r| (200..300).contains(&r.status))
+}
+
+/// Sender `t`'s events `c-T-I` for `I` in `range`, posted one by one to `addr`; the
+/// acknowledged ids are pushed to `acked`.
+fn send_range(
+    addr: std::net::SocketAddr,
+    t: usize,
+    range: std::ops::Range<usize>,
+    acked: &std::sync::Mutex<Vec<String>>,
+) {
+    for i in range {
+        let id = format!("c-{t}-{i}");
+        if post_event(addr, &id) {
+            acked.lock().unwrap().push(id);
+        }
+    }
 }
 
 /// `kill -9` in the middle of a run with a flaky app: every event that got a 2xx reaches the
@@ -445,14 +433,7 @@ fn a_crash_mid_run_loses_no_acknowledged_event() {
     std::thread::scope(|s| {
         for t in 0..SENDERS {
             let acked = &acked;
-            s.spawn(move || {
-                for i in 0..PER_SENDER / 2 {
-                    let id = format!("c-{t}-{i}");
-                    if post_event(addr, &id) {
-                        acked.lock().unwrap().push(id);
-                    }
-                }
-            });
+            s.spawn(move || send_range(addr, t, 0..PER_SENDER / 2, acked));
         }
         // Kill while the senders are mid-way and deliveries are in flight.
         let enough = wait_for(Duration::from_secs(60), || {
@@ -464,34 +445,16 @@ fn a_crash_mid_run_loses_no_acknowledged_event() {
     let before_restart = acked.lock().unwrap().len();
     hw.restart();
     let addr = hw.addr;
-    std::thread::scope(|s| {
-        for t in 0..SENDERS {
-            let acked = &acked;
-            s.spawn(move || {
-                for i in PER_SENDER / 2..PER_SENDER {
-                    let id = format!("c-{t}-{i}");
-                    if post_event(addr, &id) {
-                        acked.lock().unwrap().push(id);
-                    }
-                }
-            });
-        }
+    on_threads(SENDERS, |t| {
+        send_range(addr, t, PER_SENDER / 2..PER_SENDER, &acked)
     });
     let acked = acked.into_inner().unwrap();
     let want: HashSet<String> = acked.iter().map(|id| format!("shop:{id}:app:0")).collect();
     let all = wait_for(Duration::from_secs(120), || {
-        let got: HashSet<String> = up
-            .accepted()
-            .iter()
-            .filter_map(|r| r.header("webhook-id").map(str::to_string))
-            .collect();
-        want.is_subset(&got)
+        want.is_subset(&up.accepted_ids())
     });
     let accepted = up.accepted();
-    let unique: HashSet<&str> = accepted
-        .iter()
-        .filter_map(|r| r.header("webhook-id"))
-        .collect();
+    let unique = webhook_ids(&accepted);
     assert!(
         all,
         "{} acknowledged, {} delivered",

@@ -10,26 +10,25 @@ use std::time::{Duration, Instant};
 
 use hookwall_testkit::{Hookwall, sign_sha256_hex, wait_for};
 
-use super::{BIN, SECRET, config, workdir};
+use super::{SECRET, send_signed, serve, workdir};
 
 /// A well-behaved request must never take this long, attack or not (a debug build on a busy
 /// 2-core machine; the real numbers are printed).
 const SANE_LATENCY: Duration = Duration::from_secs(3);
 
-fn limits_config(limits: &str) -> String {
-    config(&[("demo", "")], &format!("[server.limits]\n{limits}"))
+/// Hookwall in a new work dir, source `demo` without plugins, with these `[server.limits]`.
+fn start_limited(limits: &str) -> (tempfile::TempDir, Hookwall) {
+    let dir = workdir(&[]);
+    let hw = serve(&dir, &[("demo", "")], &format!("[server.limits]\n{limits}"));
+    (dir, hw)
 }
 
 /// One signed request from a well-behaved client; returns its latency.
 fn good_request(hw: &Hookwall, n: usize) -> Duration {
     let body = format!(r#"{{"n":{n}}}"#);
-    let sig = sign_sha256_hex(SECRET, body.as_bytes());
     let started = Instant::now();
-    let reply = hw.post(
-        "/hooks/demo",
-        &[("X-Signature", &sig), ("X-Event-Id", &format!("good-{n}"))],
-        body.as_bytes(),
-    );
+    let reply = send_signed(hw.addr, "demo", &format!("good-{n}"), body.as_bytes(), &[])
+        .expect("request to hookwall");
     let took = started.elapsed();
     assert_eq!(
         reply.status,
@@ -170,14 +169,9 @@ impl Attack {
 
 #[test]
 fn a_well_behaved_client_is_served_while_500_slow_and_idle_connections_are_open() {
-    let dir = workdir(&[]);
     // Timeouts longer than the test, so all 500 stay open while the good client is measured.
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &limits_config(
-            "header_read_timeout = \"60s\"\nbody_read_timeout = \"60s\"\nbody_min_rate = 0\nidle_timeout = \"60s\"\n",
-        ),
+    let (_dir, hw) = start_limited(
+        "header_read_timeout = \"60s\"\nbody_read_timeout = \"60s\"\nbody_min_rate = 0\nidle_timeout = \"60s\"\n",
     );
     let _ = measure(&hw, 0, 10); // warm-up
     let before = measure(&hw, 100, 100);
@@ -207,13 +201,8 @@ fn a_well_behaved_client_is_served_while_500_slow_and_idle_connections_are_open(
 
 #[test]
 fn connections_over_the_limit_are_closed_at_once_and_idle_ones_after_idle_timeout() {
-    let dir = workdir(&[]);
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &limits_config(
-            "max_connections = 40\nheader_read_timeout = \"5s\"\nidle_timeout = \"3s\"\n",
-        ),
+    let (_dir, hw) = start_limited(
+        "max_connections = 40\nheader_read_timeout = \"5s\"\nidle_timeout = \"3s\"\n",
     );
     // Idle sockets fill the limit; the first one over it is accepted and closed at once. (The
     // harness's start-up probe may still hold a slot for a moment, so look for the first
@@ -255,13 +244,8 @@ fn connections_over_the_limit_are_closed_at_once_and_idle_ones_after_idle_timeou
 
 #[test]
 fn slowloris_slow_bodies_and_idle_keep_alive_connections_are_cut_off() {
-    let dir = workdir(&[]);
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &limits_config(
-            "header_read_timeout = \"1s\"\nbody_read_timeout = \"3s\"\nbody_min_rate = 100\nbody_rate_grace = \"1s\"\nidle_timeout = \"2s\"\n",
-        ),
+    let (_dir, hw) = start_limited(
+        "header_read_timeout = \"1s\"\nbody_read_timeout = \"3s\"\nbody_min_rate = 100\nbody_rate_grace = \"1s\"\nidle_timeout = \"2s\"\n",
     );
     // Slowloris: headers a byte a second are cut off by header_read_timeout.
     let attack_started = Instant::now();
@@ -417,8 +401,7 @@ fn check_refused(addr: SocketAddr, name: &str, raw: &[u8]) {
 
 #[test]
 fn malformed_requests_get_a_4xx_or_a_closed_connection() {
-    let dir = workdir(&[]);
-    let hw = Hookwall::start(BIN, dir.path(), &limits_config(""));
+    let (_dir, hw) = start_limited("");
     for (name, raw) in MALFORMED {
         check_refused(hw.addr, name, raw);
     }

@@ -6,10 +6,10 @@
 
 use std::process::Command;
 
-use hookwall_testkit::{Hookwall, RedisServer, http};
+use hookwall_testkit::{Hookwall, RedisServer};
 
 use super::edge_tls::{TestCa, tls_post};
-use super::{BIN, workdir};
+use super::{BIN, base_config, file_sink, open_source, run_config, source, workdir};
 
 const HMAC: &str = "sec-hmac-7c1d9e3a4b5f";
 const GITHUB: &str = "sec-github-55aa21bb";
@@ -22,6 +22,35 @@ const BASIC: &str = "sec-basic-pw-11223344";
 const API_KEY: &str = "sec-apikey-33445566";
 const ADMIN: &str = "sec-admin-token-88997766";
 const REDIS_PW: &str = "sec-redis-pw-77881122";
+
+/// Every verify scheme family with its secret (literal, `env:` and `file:`), into the file sink
+/// `out`; TLS from `cert.pem` and `key.pem`, Redis from `env:`, the admin token from `file:`.
+fn secrets_config() -> String {
+    let base = base_config(
+        "[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"",
+        "redis = \"env:SECRETS_TEST_REDIS_URL\"",
+        None,
+        "token = \"file:admin.token\"",
+    );
+    // One source a line: its name, then its `verify` table.
+    let table = format!(
+        r#"hmac {{ scheme = "hmac", header = "X-Signature", prefix = "sha256=", secrets = ["{HMAC}"], id_header = "X-Event-Id", explain = true }}
+github {{ scheme = "github", secrets = ["file:github.secret"], explain = true }}
+stripe {{ scheme = "stripe", secrets = ["env:SECRETS_TEST_STRIPE"], explain = true }}
+stdwh {{ scheme = "standard-webhooks", secrets = ["{STDWH}"], explain = true }}
+bearer {{ scheme = "bearer", secrets = ["{BEARER}"] }}
+basic {{ scheme = "basic", username = "hooks", secrets = ["{BASIC}"] }}
+apikey {{ scheme = "api-key", header = "X-Api-Key", secrets = ["{API_KEY}"] }}"#
+    );
+    let sources: String = table
+        .lines()
+        .map(|line| {
+            let (name, verify) = line.split_once(' ').unwrap();
+            source(name, verify, "", "out", "")
+        })
+        .collect();
+    format!("{base}{}{sources}", file_sink("out", "out.jsonl", ""))
+}
 
 #[test]
 fn no_configured_secret_appears_in_debug_logs_or_cli_output() {
@@ -38,63 +67,7 @@ fn no_configured_secret_appears_in_debug_logs_or_cli_output() {
     std::fs::write(d.join("ca.pem"), ca.pem()).unwrap();
     std::fs::write(d.join("github.secret"), format!("{GITHUB}\n")).unwrap();
     std::fs::write(d.join("admin.token"), ADMIN).unwrap();
-    let config = format!(
-        r#"
-[server]
-listen = "{{listen}}"
-shutdown_grace = "2s"
-[server.tls]
-cert = "cert.pem"
-key = "key.pem"
-
-[storage]
-path = "data"
-redis = "env:SECRETS_TEST_REDIS_URL"
-
-[admin]
-listen = "{{admin}}"
-token = "file:admin.token"
-
-[sinks.out]
-type = "file"
-path = "out.jsonl"
-
-[sources.hmac]
-path = "/hooks/hmac"
-verify = {{ scheme = "hmac", header = "X-Signature", prefix = "sha256=", secrets = ["{HMAC}"], id_header = "X-Event-Id", explain = true }}
-sinks = ["out"]
-
-[sources.github]
-path = "/hooks/github"
-verify = {{ scheme = "github", secrets = ["file:github.secret"], explain = true }}
-sinks = ["out"]
-
-[sources.stripe]
-path = "/hooks/stripe"
-verify = {{ scheme = "stripe", secrets = ["env:SECRETS_TEST_STRIPE"], explain = true }}
-sinks = ["out"]
-
-[sources.stdwh]
-path = "/hooks/stdwh"
-verify = {{ scheme = "standard-webhooks", secrets = ["{STDWH}"], explain = true }}
-sinks = ["out"]
-
-[sources.bearer]
-path = "/hooks/bearer"
-verify = {{ scheme = "bearer", secrets = ["{BEARER}"] }}
-sinks = ["out"]
-
-[sources.basic]
-path = "/hooks/basic"
-verify = {{ scheme = "basic", username = "hooks", secrets = ["{BASIC}"] }}
-sinks = ["out"]
-
-[sources.apikey]
-path = "/hooks/apikey"
-verify = {{ scheme = "api-key", header = "X-Api-Key", secrets = ["{API_KEY}"] }}
-sinks = ["out"]
-"#
-    );
+    let config = secrets_config();
     let redis_url = format!("redis://:{REDIS_PW}@127.0.0.1:{}", redis.port);
     let env = [
         ("RUST_LOG", "debug"),
@@ -146,18 +119,16 @@ sinks = ["out"]
         cli_output.push_str(&String::from_utf8_lossy(&reply.body));
     }
     // Admin: a wrong token, then the right one.
-    let wrong = http(
-        hw.admin,
+    let wrong = hw.admin_request(
         "GET",
         "/api/v1/intake",
         &[("Authorization", "Bearer nope")],
         b"",
-    )
-    .unwrap();
+    );
     assert_eq!(wrong.status, 401);
     let auth = format!("Bearer {ADMIN}");
     for path in ["/api/v1/intake", "/api/v1/plugins", "/api/v1/sinks"] {
-        let r = http(hw.admin, "GET", path, &[("Authorization", &auth)], b"").unwrap();
+        let r = hw.admin_request("GET", path, &[("Authorization", &auth)], b"");
         assert_eq!(r.status, 200, "{path}");
         cli_output.push_str(&String::from_utf8_lossy(&r.body));
     }
@@ -193,15 +164,12 @@ sinks = ["out"]
     }
 }
 
+/// `hookwall serve` on `config` (which names its own addresses): its exit code and stderr.
 fn check_exit(config: &str) -> (Option<i32>, String) {
     let dir = workdir(&[]);
     let path = dir.path().join("hookwall.toml");
     std::fs::write(&path, config).unwrap();
-    let out = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = run_config("serve", &path);
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -210,14 +178,10 @@ fn check_exit(config: &str) -> (Option<i32>, String) {
 
 #[test]
 fn admin_listener_refuses_a_public_address_without_a_token() {
-    let source = r#"
-[sources.demo]
-path = "/hooks/demo"
-verify = { scheme = "none" }
-sinks = ["out"]
-[sinks.out]
-type = "stdout"
-"#;
+    let source = format!(
+        "{}[sinks.out]\ntype = \"stdout\"\n",
+        open_source("demo", "", "out", "")
+    );
     let port = hookwall_testkit::free_port();
     let (code, stderr) = check_exit(&format!(
         "[server]\nlisten = \"127.0.0.1:{}\"\n[admin]\nlisten = \"0.0.0.0:{port}\"\n{source}",

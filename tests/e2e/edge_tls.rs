@@ -16,7 +16,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use hookwall_testkit::{Hookwall, sign_sha256_hex, wait_for};
 
-use super::{BIN, SECRET, config, stored, workdir};
+use super::{BIN, SECRET, config, serve, stored, workdir, write_config};
 
 /// A certificate authority made for one test.
 pub struct TestCa {
@@ -182,11 +182,11 @@ pub async fn tls_post(
     })
 }
 
-fn tls_config(extra: &str) -> String {
-    config(
-        &[("demo", "")],
-        &format!("[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n{extra}"),
-    )
+/// Hookwall in `dir` (holding `cert.pem` and `key.pem`), source `demo` without plugins, TLS
+/// on the webhook listener with `extra` lines in `[server.tls]`.
+fn serve_tls(dir: &tempfile::TempDir, extra: &str) -> Hookwall {
+    let tls = format!("[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n{extra}");
+    serve(dir, &[("demo", "")], &tls)
 }
 
 #[test]
@@ -195,7 +195,7 @@ fn tls_serves_http2_and_http11_and_send_works_over_https() {
     let ca = TestCa::new("hookwall test CA");
     install(dir.path(), &ca.leaf("server-a"));
     std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-    let hw = Hookwall::start(BIN, dir.path(), &tls_config(""));
+    let hw = serve_tls(&dir, "");
     let rt = runtime();
     let body = br#"{"type":"order.created","n":1}"#;
 
@@ -219,29 +219,19 @@ fn tls_serves_http2_and_http11_and_send_works_over_https() {
 
     // The CLI: the default URL is https (the config has [server.tls]); trust the test CA.
     std::fs::write(dir.path().join("event.json"), body).unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["send", "--source", "demo", "--id", "tls-cli", "--config"])
-        .arg(&hw.config_path)
-        .arg("--ca-cert")
-        .arg(dir.path().join("ca.pem"))
-        .arg(dir.path().join("event.json"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "send: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("200 "));
+    let ca_pem = dir.path().join("ca.pem");
+    let event = dir.path().join("event.json");
+    let (ca_pem, event) = (ca_pem.to_str().unwrap(), event.to_str().unwrap());
+    let send = |id: &str, more: &[&str]| {
+        let args = [&["send", "--source", "demo", "--id", id][..], more].concat();
+        hw.cli(&args)
+    };
+    let (ok, out, err) = send("tls-cli", &["--ca-cert", ca_pem, event]);
+    assert!(ok, "send: {out}{err}");
+    assert!(out.starts_with("200 "));
     // Without the CA the system roots do not know the test CA: the handshake fails.
-    let out = std::process::Command::new(BIN)
-        .args(["send", "--source", "demo", "--id", "tls-cli-2", "--config"])
-        .arg(&hw.config_path)
-        .arg(dir.path().join("event.json"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    let (ok, _, _) = send("tls-cli-2", &[event]);
+    assert!(!ok);
     for id in ["tls-h2", "tls-h1", "tls-cli"] {
         stored(&hw, id);
     }
@@ -253,7 +243,7 @@ fn tls_certificate_rotates_without_restart_and_a_bad_pair_keeps_the_old_one() {
     let ca = TestCa::new("hookwall rotation CA");
     let a = ca.leaf("server-a");
     install(dir.path(), &a);
-    let hw = Hookwall::start(BIN, dir.path(), &tls_config(""));
+    let hw = serve_tls(&dir, "");
     let rt = runtime();
     let body = br#"{"n":1}"#;
     let seen = |id: &str| {
@@ -312,11 +302,7 @@ fn mutual_tls_refuses_clients_without_a_certificate_from_the_client_ca() {
     let other_ca = TestCa::new("someone else's CA");
     install(dir.path(), &server_ca.leaf("server"));
     std::fs::write(dir.path().join("clients.pem"), client_ca.pem()).unwrap();
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &tls_config("client_ca = \"clients.pem\"\n"),
-    );
+    let hw = serve_tls(&dir, "client_ca = \"clients.pem\"\n");
     let rt = runtime();
     let body = br#"{"n":1}"#;
     let post = |identity: Option<&Leaf>, id: &str| {
@@ -366,14 +352,12 @@ fn serve_warns_when_a_public_listener_has_no_tls() {
     let dir = workdir(&[]);
     let port = hookwall_testkit::free_port();
     // 0.0.0.0 is reachable from other hosts; nothing here sends it anything.
-    let text = config(&[("demo", "")], "")
-        .replace("{listen}", &format!("0.0.0.0:{port}"))
-        .replace(
-            "{admin}",
-            &format!("127.0.0.1:{}", hookwall_testkit::free_port()),
-        );
-    let config_path = dir.path().join("hookwall.toml");
-    std::fs::write(&config_path, text).unwrap();
+    let config_path = write_config(
+        dir.path(),
+        &config(&[("demo", "")], ""),
+        &format!("0.0.0.0:{port}"),
+        &format!("127.0.0.1:{}", hookwall_testkit::free_port()),
+    );
     let log_path = dir.path().join("hookwall.log");
     let mut child = std::process::Command::new(BIN)
         .args(["serve", "--config"])

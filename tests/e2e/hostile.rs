@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use hookwall_testkit::{Hookwall, read_jsonl, wait_for, wasm};
+use hookwall_testkit::{Hookwall, read_jsonl, wait_for_lines, wasm};
 use serde_json::json;
 
-use crate::{BIN, config, post_signed, stored, workdir};
+use crate::{post_signed, serve_each, stored, workdir, write_manifest};
 
 fn dead_letter_reason(hw: &Hookwall, source: &str, id: &str, body: serde_json::Value) -> String {
     let r = post_signed(hw, source, id, &body);
@@ -26,31 +26,11 @@ fn hostile_plugins_are_bounded_and_others_are_unaffected() {
         ("snoop", wasm::SNOOP),
     ]);
     // `big` needs room to build 20 MiB of output, so the host's output limit is what stops it.
-    std::fs::write(
-        dir.path().join("plugins/flood.toml"),
-        "[limits]\nmax_memory_bytes = 67108864\ndeadline = \"10s\"\n",
-    )
-    .unwrap();
+    let flood = "[limits]\nmax_memory_bytes = 67108864\ndeadline = \"10s\"\n";
+    write_manifest(dir.path(), "flood", flood);
     // A long deadline, so the key-value budget (not the clock) is what stops the write loop.
-    std::fs::write(
-        dir.path().join("plugins/chatty-kv.toml"),
-        "[limits]\ndeadline = \"60s\"\n",
-    )
-    .unwrap();
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &config(
-            &[
-                ("recurse", "\"recurse\""),
-                ("flood", "\"flood\""),
-                ("chatty", "\"chatty\""),
-                ("chatty-kv", "\"chatty-kv\""),
-                ("ok", "\"snoop\""),
-            ],
-            "",
-        ),
-    );
+    write_manifest(dir.path(), "chatty-kv", "[limits]\ndeadline = \"60s\"\n");
+    let hw = serve_each(&dir, &["recurse", "flood", "chatty", "chatty-kv"], "snoop");
     let cases = [
         ("recurse", json!({}), "trapped"),
         (
@@ -93,9 +73,11 @@ fn hostile_plugins_are_bounded_and_others_are_unaffected() {
     );
 
     let orders = dir.path().join("orders.jsonl");
-    assert!(wait_for(Duration::from_secs(10), || read_jsonl(&orders)
-        .len()
-        == cases.len()));
+    assert!(wait_for_lines(
+        &orders,
+        cases.len(),
+        Duration::from_secs(10)
+    ));
     // The WASI wall clock reads zero: the `clock` import is the only time source.
     assert_eq!(read_jsonl(&orders)[0]["headers"]["x-snoop-clock"], "0");
 }

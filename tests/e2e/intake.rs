@@ -6,25 +6,24 @@ use std::path::Path;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use hookwall_testkit::{Hookwall, RedisServer, Reply, read_jsonl, sign_sha256_hex, wait_for};
+use hookwall_testkit::{Hookwall, RedisServer, Reply, on_threads, read_jsonl, wait_for};
 use serde_json::{Value, json};
 
-use crate::{BIN, SECRET, base_config, hmac_source, workdir};
+use crate::{
+    BIN, base_config, file_sink, hmac_source, open_source, post_signed, run_config, workdir,
+    write_config,
+};
 
 /// How long deliveries of a few hundred events may take to reach a file sink.
 const DELIVERY_WAIT: Duration = Duration::from_secs(30);
 
 /// Server, storage, admin and one file sink `out` (at `sink_path`), then `sources`.
 fn config(server_extra: &str, storage_extra: &str, sink_path: &str, sources: &str) -> String {
+    let retry = "retry = { max_attempts = 100, initial = \"50ms\", max_delay = \"200ms\" }";
     format!(
-        r#"{}
-[sinks.out]
-type = "file"
-path = "{sink_path}"
-retry = {{ max_attempts = 100, initial = "50ms", max_delay = "200ms" }}
-{sources}
-"#,
-        base_config(server_extra, storage_extra, None, "")
+        "{}{}{sources}\n",
+        base_config(server_extra, storage_extra, None, ""),
+        file_sink("out", sink_path, retry)
     )
 }
 
@@ -50,26 +49,8 @@ fn signed_source(name: &str, extra: &str) -> String {
 }
 
 /// `[sources.NAME]` at `/hooks/NAME` without verification and with `extra` lines.
-fn open_source(name: &str, extra: &str) -> String {
-    format!(
-        r#"
-[sources.{name}]
-path = "/hooks/{name}"
-verify = {{ scheme = "none" }}
-sinks = ["out"]
-{extra}
-"#
-    )
-}
-
-fn post_signed(hw: &Hookwall, source: &str, id: &str, body: &Value) -> Reply {
-    let body = serde_json::to_vec(body).unwrap();
-    let sig = sign_sha256_hex(SECRET, &body);
-    hw.post(
-        &format!("/hooks/{source}"),
-        &[("X-Signature", &sig), ("X-Event-Id", id)],
-        &body,
-    )
+fn unsigned_source(name: &str, extra: &str) -> String {
+    open_source(name, "", "out", extra)
 }
 
 fn post_open(hw: &Hookwall, source: &str, body: &Value) -> Reply {
@@ -112,21 +93,14 @@ fn parallel_copies_of_one_event_are_stored_and_delivered_once() {
         "",
         "",
         "out.jsonl",
-        &open_source("hash", r#"dedupe = { key = "body-sha256" }"#),
+        &unsigned_source("hash", r#"dedupe = { key = "body-sha256" }"#),
     );
     const COPIES: usize = 200;
     let body = json!({"type": "order.created", "order": 42});
     let barrier = Barrier::new(COPIES);
-    let replies: Vec<Reply> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..COPIES)
-            .map(|_| {
-                s.spawn(|| {
-                    barrier.wait();
-                    post_open(&hw, "hash", &body)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let replies: Vec<Reply> = on_threads(COPIES, |_| {
+        barrier.wait();
+        post_open(&hw, "hash", &body)
     });
     let mut accepted = Vec::new();
     let mut duplicate_of = HashSet::new();
@@ -157,8 +131,8 @@ fn parallel_copies_of_one_event_are_stored_and_delivered_once() {
 fn duplicates_are_recognised_after_a_crash_and_marks_expire() {
     let sources = format!(
         "{}{}",
-        open_source("hash", r#"dedupe = { key = "json:/delivery" }"#),
-        open_source(
+        unsigned_source("hash", r#"dedupe = { key = "json:/delivery" }"#),
+        unsigned_source(
             "short",
             r#"dedupe = { key = "json:/delivery", ttl = "1s" }"#
         ),
@@ -197,7 +171,12 @@ fn duplicates_are_recognised_after_a_crash_and_marks_expire() {
 fn without_fsync_a_crash_loses_at_most_the_last_second() {
     // `fsync = false` skips the fsync per commit, but the writer still makes the store durable
     // within a second: events acknowledged well before a kill -9 survive it.
-    let (_dir, mut hw) = start("", "fsync = false", "out.jsonl", &open_source("lazy", ""));
+    let (_dir, mut hw) = start(
+        "",
+        "fsync = false",
+        "out.jsonl",
+        &unsigned_source("lazy", ""),
+    );
     let ids: Vec<String> = (0..20)
         .map(|n| {
             let r = post_open(&hw, "lazy", &json!({"n": n})).json();
@@ -210,7 +189,7 @@ fn without_fsync_a_crash_loses_at_most_the_last_second() {
     hw.kill();
     hw.restart();
     for id in &ids {
-        let r = hw.admin_get(&format!("/api/v1/events/{id}"));
+        let r = hw.event(id);
         assert_eq!(
             r.status,
             200,
@@ -253,7 +232,7 @@ fn over_the_rate_limit_is_429_with_retry_after_and_bad_signatures_spend_nothing(
     assert!(r.json()["message"].is_string());
     let wait = retry_after(&r);
     assert!((1..=60).contains(&wait), "Retry-After {wait}");
-    assert_eq!(hw.admin_get("/api/v1/events/e-3").status, 404);
+    assert_eq!(hw.event("e-3").status, 404);
     assert_eq!(intake(&hw)["rate_limited"], 1);
 }
 
@@ -274,7 +253,7 @@ fn overload_sheds_new_events_with_503_and_keeps_every_accepted_one() {
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(r.json()["error"], "overloaded");
     assert_eq!(retry_after(&r), 5);
-    assert_eq!(hw.admin_get("/api/v1/events/e-3").status, 404);
+    assert_eq!(hw.event("e-3").status, 404);
     assert!(hw.log().contains("overloaded"), "{}", hw.log());
 
     // The sink comes back: the backlog drains, nothing accepted was dropped, and new events
@@ -303,26 +282,18 @@ fn overload_sheds_new_events_with_503_and_keeps_every_accepted_one() {
 /// Sends `copies` of event `id` at once, one to each replica, retrying a copy that was told
 /// to retry (503), like a provider would. Returns the final answers.
 fn send_copies(replicas: &[&Hookwall], id: &str, body: &Value) -> Vec<Value> {
-    std::thread::scope(|s| {
-        let handles: Vec<_> = replicas
-            .iter()
-            .map(|hw| {
-                s.spawn(move || {
-                    for _ in 0..20 {
-                        let r = post_signed(hw, "dedupe", id, body);
-                        if r.status == 503 {
-                            retry_after(&r);
-                            std::thread::sleep(Duration::from_millis(100));
-                            continue;
-                        }
-                        assert_eq!(r.status, 200, "{r:?}");
-                        return r.json();
-                    }
-                    panic!("{id} was refused 20 times");
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    on_threads(replicas.len(), |i| {
+        for _ in 0..20 {
+            let r = post_signed(replicas[i], "dedupe", id, body);
+            if r.status == 503 {
+                retry_after(&r);
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            assert_eq!(r.status, 200, "{r:?}");
+            return r.json();
+        }
+        panic!("{id} was refused 20 times");
     })
 }
 
@@ -349,26 +320,16 @@ fn two_replicas_on_one_redis_share_dedupe_and_one_rate_limit() {
     // 1000 distinct events, each sent twice at once, the two copies to different replicas.
     const EVENTS: usize = 1000;
     const WORKERS: usize = 8;
-    let answers: Vec<Value> = std::thread::scope(|s| {
-        let (a, b) = (&a, &b);
-        let handles: Vec<_> = (0..WORKERS)
-            .map(|w| {
-                s.spawn(move || {
-                    let mut out = Vec::new();
-                    for i in (w..EVENTS).step_by(WORKERS) {
-                        let id = format!("evt-{i}");
-                        let order = if i % 2 == 0 { [a, b] } else { [b, a] };
-                        out.extend(send_copies(&order, &id, &json!({"n": i})));
-                    }
-                    out
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
+    let per_worker = on_threads(WORKERS, |w| {
+        let mut out = Vec::new();
+        for i in (w..EVENTS).step_by(WORKERS) {
+            let id = format!("evt-{i}");
+            let order = if i % 2 == 0 { [&a, &b] } else { [&b, &a] };
+            out.extend(send_copies(&order, &id, &json!({"n": i})));
+        }
+        out
     });
+    let answers: Vec<Value> = per_worker.into_iter().flatten().collect();
     let accepted = answers.iter().filter(|v| v["status"] == "accepted").count();
     let duplicates = answers
         .iter()
@@ -389,33 +350,25 @@ fn two_replicas_on_one_redis_share_dedupe_and_one_rate_limit() {
     // The shared limit: both replicas flooded for 10 s; what passes is the burst plus RATE/s.
     const RUN: Duration = Duration::from_secs(10);
     let started = Instant::now();
-    let counts: Vec<(u64, u64)> = std::thread::scope(|s| {
-        let handles: Vec<_> = [&a, &b, &a, &b, &a, &b]
-            .into_iter()
-            .enumerate()
-            .map(|(t, hw)| {
-                s.spawn(move || {
-                    let (mut ok, mut limited) = (0, 0);
-                    let mut n = 0;
-                    while started.elapsed() < RUN {
-                        let r = post_signed(hw, "limited", &format!("rl-{t}-{n}"), &json!({}));
-                        n += 1;
-                        match r.status {
-                            200 => ok += 1,
-                            429 => {
-                                assert!(retry_after(&r) >= 1);
-                                limited += 1;
-                            }
-                            other => panic!("unexpected {other}: {r:?}"),
-                        }
-                        // Well above the limit, without starving the two cores.
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    (ok, limited)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let senders = [&a, &b, &a, &b, &a, &b];
+    let counts: Vec<(u64, u64)> = on_threads(senders.len(), |t| {
+        let (mut ok, mut limited) = (0, 0);
+        let mut n = 0;
+        while started.elapsed() < RUN {
+            let r = post_signed(senders[t], "limited", &format!("rl-{t}-{n}"), &json!({}));
+            n += 1;
+            match r.status {
+                200 => ok += 1,
+                429 => {
+                    assert!(retry_after(&r) >= 1);
+                    limited += 1;
+                }
+                other => panic!("unexpected {other}: {r:?}"),
+            }
+            // Well above the limit, without starving the two cores.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (ok, limited)
     });
     let elapsed = started.elapsed().as_secs_f64();
     let passed: u64 = counts.iter().map(|c| c.0).sum();
@@ -519,22 +472,10 @@ fn an_unreachable_redis_stops_start_up_with_a_clear_error() {
         &format!("redis = \"redis://:pa55word@127.0.0.1:{port}\""),
         "out.jsonl",
         &signed_source("demo", ""),
-    )
-    .replace(
-        "{listen}",
-        &format!("127.0.0.1:{}", hookwall_testkit::free_port()),
-    )
-    .replace(
-        "{admin}",
-        &format!("127.0.0.1:{}", hookwall_testkit::free_port()),
     );
-    let path = dir.path().join("hookwall.toml");
-    std::fs::write(&path, text).unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let free = || format!("127.0.0.1:{}", hookwall_testkit::free_port());
+    let path = write_config(dir.path(), &text, &free(), &free());
+    let out = run_config("serve", &path);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

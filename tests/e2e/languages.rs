@@ -6,10 +6,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use hookwall_testkit::{Hookwall, guests, read_jsonl, wait_for};
+use hookwall_testkit::{guests, read_jsonl, wait_for};
 use serde_json::json;
 
-use crate::{BIN, config, post_signed, workdir};
+use crate::{plugin_status, post_signed, run_config_ok, serve, workdir};
 
 /// Runs the example router `name` (built at `wasm`, with its manifest from the example) and
 /// checks its routing, its rejection, and that it runs pooled.
@@ -29,11 +29,7 @@ fn example_router_routes_and_rejects(name: &str, wasm: &Path, tag: &str) {
         dir.path(),
     );
     let extra = format!("[plugins.config.{name}]\nsink = \"other\"\n");
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &config(&[("demo", &format!("\"{name}\""))], &extra),
-    );
+    let hw = serve(&dir, &[("demo", &format!("\"{name}\""))], &extra);
 
     for i in 0..5 {
         let r = post_signed(
@@ -72,14 +68,7 @@ fn example_router_routes_and_rejects(name: &str, wasm: &Path, tag: &str) {
     // Unrouted output went to the source's sink.
     assert_eq!(read_jsonl(&orders)[0]["body"]["type"], "user.created");
 
-    let plugins = hw.admin_get("/api/v1/plugins").json();
-    let me = plugins["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap()
-        .clone();
+    let me = plugin_status(&hw, name);
     assert_eq!(me["instances"], "pooled", "{me}");
     // The plugin's log lines reach the host's log, tagged.
     assert!(
@@ -109,11 +98,7 @@ fn warm_compile_cache(name: &str, wasm: &Path, manifest: &Path, workdir: &Path) 
         ),
     )
     .unwrap();
-    hookwall_testkit::run_ok(
-        Command::new(BIN)
-            .args(["check", "--config"])
-            .arg(warm.join("hookwall.toml")),
-    );
+    run_config_ok("check", &warm.join("hookwall.toml"));
     std::fs::create_dir_all(workdir.join("data")).unwrap();
     let copy = Command::new("cp")
         .arg("-a")

@@ -3,10 +3,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use hookwall_testkit::{Hookwall, Reply, http, read_jsonl, sign_sha256_hex, wait_for, wasm};
+use hookwall_testkit::{Hookwall, Reply, http, sign_sha256_hex, wait_for, wait_for_lines, wasm};
 use serde_json::json;
 
-use crate::{BIN, base_config, hmac_source, post_signed, workdir};
+use crate::{
+    BIN, base_config, file_sink, hmac_source, post_signed, run_config, workdir, write_config,
+};
 
 pub const TOKEN: &str = "admin-token-for-tests";
 
@@ -21,12 +23,8 @@ pub fn operate_config(admin_extra: &str, extra: &str) -> String {
         &format!("token = \"file:admin.token\"\n{admin_extra}"),
     );
     format!(
-        r#"{base}
-[sinks.orders]
-type = "file"
-path = "orders.jsonl"
-{extra}
-{}{}{}"#,
+        "{base}{}{}{}{}",
+        file_sink("orders", "orders.jsonl", extra),
         source("demo", ""),
         source("broken", "\"fail\""),
         source("panicky", "\"panic\""),
@@ -40,13 +38,21 @@ pub fn operate_dir() -> tempfile::TempDir {
     dir
 }
 
+/// Hookwall in a new [`operate_dir`] on `config`.
+fn start(config: &str) -> (tempfile::TempDir, Hookwall) {
+    let dir = operate_dir();
+    let hw = Hookwall::start(BIN, dir.path(), config);
+    (dir, hw)
+}
+
+/// `GET path` on the admin listener with `token` as a bearer token, if any.
 pub fn admin(hw: &Hookwall, path: &str, token: Option<&str>) -> Reply {
     let auth = token.map(|t| format!("Bearer {t}"));
     let headers: Vec<(&str, &str)> = auth
         .as_deref()
         .map(|a| vec![("Authorization", a)])
         .unwrap_or_default();
-    http(hw.admin, "GET", path, &headers, b"").expect("admin request")
+    hw.admin_request("GET", path, &headers, b"")
 }
 
 /// `/metrics`, parsed by a Prometheus text-format parser.
@@ -63,14 +69,32 @@ fn scrape(hw: &Hookwall, token: Option<&str>) -> prometheus_parse::Scrape {
         .unwrap_or_else(|e| panic!("/metrics does not parse ({e}):\n{text}"))
 }
 
-/// The value of the sample `name` whose labels include all of `labels` (0 if none).
-fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let matching: Vec<_> = scrape
+/// The values of metric `name` by the values of its labels `keys`: `by(v1, v2)` is
+/// [`value`] with `(keys[0], v1)` and `(keys[1], v2)`.
+fn labelled<'a>(
+    scrape: &'a prometheus_parse::Scrape,
+    name: &'a str,
+    keys: [&'a str; 2],
+) -> impl Fn(&str, &str) -> f64 + 'a {
+    move |a: &str, b: &str| value(scrape, name, &[(keys[0], a), (keys[1], b)])
+}
+
+/// The samples of metric `name` whose labels include all of `labels`.
+fn samples<'a>(
+    scrape: &'a prometheus_parse::Scrape,
+    name: &'a str,
+    labels: &'a [(&str, &str)],
+) -> impl Iterator<Item = &'a prometheus_parse::Sample> {
+    scrape
         .samples
         .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .collect();
+        .filter(move |s| s.metric == name)
+        .filter(move |s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+}
+
+/// The value of the sample `name` whose labels include all of `labels` (0 if none).
+fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let matching: Vec<_> = samples(scrape, name, labels).collect();
     assert!(matching.len() <= 1, "{name} {labels:?}: {matching:?}");
     matching.first().map_or(0.0, |s| match &s.value {
         prometheus_parse::Value::Counter(v)
@@ -82,11 +106,7 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
 
 /// Total observations of histogram `name` with `labels` (its `+Inf` bucket).
 fn observations(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+    samples(scrape, name, labels)
         .map(|s| match &s.value {
             prometheus_parse::Value::Histogram(buckets) => buckets
                 .iter()
@@ -99,12 +119,7 @@ fn observations(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, 
 
 #[test]
 fn metrics_count_a_scripted_run_exactly_and_parse_as_prometheus_text() {
-    let dir = operate_dir();
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &operate_config("public = [\"/metrics\"]", ""),
-    );
+    let (dir, hw) = start(&operate_config("public = [\"/metrics\"]", ""));
 
     // 3 accepted, then 2 copies of them: duplicates.
     for id in ["m-1", "m-2", "m-3", "m-1", "m-2"] {
@@ -130,19 +145,11 @@ fn metrics_count_a_scripted_run_exactly_and_parse_as_prometheus_text() {
     assert_eq!(post_signed(&hw, "panicky", "p-1", &json!({})).status, 202);
 
     let orders = dir.path().join("orders.jsonl");
-    assert!(wait_for(Duration::from_secs(10), || read_jsonl(&orders)
-        .len()
-        == 3));
+    assert!(wait_for_lines(&orders, 3, Duration::from_secs(10)));
 
     // `/metrics` is public here: no token needed.
     let s = scrape(&hw, None);
-    let req = |source: &str, outcome: &str| {
-        value(
-            &s,
-            "hookwall_requests_total",
-            &[("source", source), ("outcome", outcome)],
-        )
-    };
+    let req = labelled(&s, "hookwall_requests_total", ["source", "outcome"]);
     assert_eq!(req("demo", "accepted"), 3.0);
     assert_eq!(req("demo", "duplicate"), 2.0);
     assert_eq!(req("demo", "unauthorized"), 3.0);
@@ -150,31 +157,13 @@ fn metrics_count_a_scripted_run_exactly_and_parse_as_prometheus_text() {
     assert_eq!(req("broken", "dead_lettered"), 2.0);
     assert_eq!(req("panicky", "dead_lettered"), 1.0);
     assert_eq!(req("broken", "accepted"), 0.0);
-    let rejected = |reason: &str| {
-        value(
-            &s,
-            "hookwall_requests_rejected_total",
-            &[("source", "demo"), ("reason", reason)],
-        )
-    };
-    assert_eq!(rejected("body_too_large"), 1.0);
-    assert_eq!(rejected("method_not_allowed"), 1.0);
-    let verify = |reason: &str| {
-        value(
-            &s,
-            "hookwall_verify_failures_total",
-            &[("source", "demo"), ("reason", reason)],
-        )
-    };
-    assert_eq!(verify("signature_invalid"), 2.0, "{s:?}");
-    assert_eq!(verify("signature_missing"), 1.0);
-    let plugin_failures = |plugin: &str, kind: &str| {
-        value(
-            &s,
-            "hookwall_plugin_failures_total",
-            &[("plugin", plugin), ("kind", kind)],
-        )
-    };
+    let rejected = labelled(&s, "hookwall_requests_rejected_total", ["source", "reason"]);
+    assert_eq!(rejected("demo", "body_too_large"), 1.0);
+    assert_eq!(rejected("demo", "method_not_allowed"), 1.0);
+    let verify = labelled(&s, "hookwall_verify_failures_total", ["source", "reason"]);
+    assert_eq!(verify("demo", "signature_invalid"), 2.0, "{s:?}");
+    assert_eq!(verify("demo", "signature_missing"), 1.0);
+    let plugin_failures = labelled(&s, "hookwall_plugin_failures_total", ["plugin", "kind"]);
     assert_eq!(plugin_failures("fail", "error"), 2.0);
     assert_eq!(plugin_failures("panic", "trap"), 1.0);
     assert_eq!(
@@ -210,8 +199,7 @@ fn metrics_count_a_scripted_run_exactly_and_parse_as_prometheus_text() {
 
 #[test]
 fn admin_api_wants_the_token_except_on_public_paths() {
-    let dir = operate_dir();
-    let hw = Hookwall::start(BIN, dir.path(), &operate_config("", ""));
+    let (_dir, hw) = start(&operate_config("", ""));
     for path in ["/api/v1/events", "/api/v1/sinks", "/metrics", "/readyz"] {
         for token in [None, Some("wrong-token"), Some("")] {
             let r = admin(&hw, path, token);
@@ -231,13 +219,12 @@ fn admin_api_wants_the_token_except_on_public_paths() {
 #[test]
 fn readyz_reports_an_unreachable_redis() {
     let mut redis = hookwall_testkit::RedisServer::start();
-    let dir = operate_dir();
     let storage = format!("redis = \"{}\"\n", redis.url());
     let config = operate_config("", "").replace(
         "[storage]\npath = \"data\"\n",
         &format!("[storage]\npath = \"data\"\n{storage}"),
     );
-    let hw = Hookwall::start(BIN, dir.path(), &config);
+    let (_dir, hw) = start(&config);
     let r = admin(&hw, "/readyz", Some(TOKEN));
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["checks"]["redis"]["ok"], true);
@@ -261,18 +248,9 @@ fn readyz_reports_an_unreachable_redis() {
 #[test]
 fn a_public_path_outside_the_allowed_set_is_a_config_error() {
     let dir = operate_dir();
-    let path = dir.path().join("hookwall.toml");
-    std::fs::write(
-        &path,
-        operate_config("public = [\"/api/v1/events\"]", "")
-            .replace("{listen}", "127.0.0.1:1")
-            .replace("{admin}", "127.0.0.1:2"),
-    )
-    .unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let config = operate_config("public = [\"/api/v1/events\"]", "");
+    let path = write_config(dir.path(), &config, "127.0.0.1:1", "127.0.0.1:2");
+    let out = run_config("check", &path);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("admin.public"), "{stderr}");
@@ -280,8 +258,7 @@ fn a_public_path_outside_the_allowed_set_is_a_config_error() {
 
 #[test]
 fn events_api_pages_filters_and_the_cli_lists_them() {
-    let dir = operate_dir();
-    let hw = Hookwall::start(BIN, dir.path(), &operate_config("", ""));
+    let (_dir, hw) = start(&operate_config("", ""));
     let ids = ["e-1", "e-2", "e-3", "e-4", "e-5"];
     for id in ids {
         assert_eq!(post_signed(&hw, "demo", id, &json!({"id": id})).status, 200);
@@ -368,29 +345,15 @@ fn events_api_pages_filters_and_the_cli_lists_them() {
     assert_eq!(e["deliveries"][0]["attempts"][0]["error"], json!(null));
 
     // The CLI, through the same API.
-    let out = std::process::Command::new(BIN)
-        .args(["events", "--config"])
-        .arg(&hw.config_path)
-        .args(["--source", "broken"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, stdout, stderr) = hw.cli(&["events", "--source", "broken"]);
+    assert!(ok, "{stdout}{stderr}");
     assert!(
         stdout.contains("b-1") && stdout.contains("failed"),
         "{stdout}"
     );
     assert!(!stdout.contains("e-1"), "{stdout}");
-    let out = std::process::Command::new(BIN)
-        .args(["events", "--json", "--limit", "3", "--config"])
-        .arg(&hw.config_path)
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    let (_, stdout, _) = hw.cli(&["events", "--json", "--limit", "3"]);
+    assert_eq!(stdout.lines().count(), 3);
 
     // One span per event: the plugin's failure is logged inside the event's span, and the
     // signature never reaches the log.

@@ -5,10 +5,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hookwall_testkit::{Hookwall, RedisServer, read_jsonl, wait_for, wasm};
+use hookwall_testkit::{
+    Hookwall, RedisServer, on_threads, read_jsonl, wait_for, wait_for_lines, wasm,
+};
 use serde_json::{Value, json};
 
-use crate::{BIN, config, post_signed, workdir};
+use crate::{BIN, config, has_header, post_signed, workdir, write_manifest};
 
 /// The broker's stream, in the order things happened.
 fn stream() -> Vec<Value> {
@@ -63,36 +65,18 @@ fn shuffled_with_duplicates() -> Vec<(String, Value)> {
 
 /// Posts `events` from four threads at once, spread over `instances`; returns each answer.
 fn replay(instances: &[&Hookwall], events: Vec<(String, Value)>) -> Vec<(u16, Value)> {
-    let chunks: Vec<Vec<(usize, String, Value)>> = (0..4)
-        .map(|t| {
-            events
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| i % 4 == t)
-                .map(|(i, (id, e))| (i, id.clone(), e.clone()))
-                .collect()
-        })
-        .collect();
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|chunk| {
-                scope.spawn(move || {
-                    chunk
-                        .into_iter()
-                        .map(|(i, id, e)| {
-                            let r = post_signed(instances[i % instances.len()], "orders", &id, &e);
-                            (r.status, r.json())
-                        })
-                        .collect::<Vec<_>>()
-                })
+    let per_thread = on_threads(4, |t| {
+        events
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 4 == t)
+            .map(|(i, (id, e))| {
+                let r = post_signed(instances[i % instances.len()], "orders", id, e);
+                (r.status, r.json())
             })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
-    })
+            .collect::<Vec<_>>()
+    });
+    per_thread.into_iter().flatten().collect()
 }
 
 /// Each order's newest state among the deliveries in `dirs`' `orders.jsonl`.
@@ -156,11 +140,11 @@ fn setup() -> tempfile::TempDir {
     let dir = workdir(&[("order-lifecycle", wasm::ORDER_LIFECYCLE)]);
     // Each key-value write waits for a durable commit and the deadline is wall-clock: give the
     // stateful plugin room, as its manifest would in production.
-    std::fs::write(
-        dir.path().join("plugins/order-lifecycle.toml"),
+    write_manifest(
+        dir.path(),
+        "order-lifecycle",
         "[limits]\ndeadline = \"5s\"\n",
-    )
-    .unwrap();
+    );
     dir
 }
 
@@ -187,11 +171,7 @@ fn answers_are_consistent(answers: &[(u16, Value)], total: usize) {
 #[test]
 fn order_lifecycle_survives_a_shuffled_duplicated_stream() {
     let dir = setup();
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &config(&[("orders", "\"order-lifecycle\"")], PLUGIN_SETTINGS),
-    );
+    let hw = Hookwall::start(BIN, dir.path(), &lifecycle_config());
     let events = shuffled_with_duplicates();
     let total = events.len();
     let answers = replay(&[&hw], events);
@@ -215,9 +195,7 @@ fn order_lifecycle_survives_a_shuffled_duplicated_stream() {
 
     // The margin alert went to the priority sink only.
     let priority = dir.path().join("priority.jsonl");
-    assert!(wait_for(Duration::from_secs(5), || read_jsonl(&priority)
-        .len()
-        == 1));
+    assert!(wait_for_lines(&priority, 1, Duration::from_secs(5)));
     assert_eq!(read_jsonl(&priority)[0]["body"]["account"], "acc-7");
 
     // Impossible transitions: structured 4xx, nothing stored, state unchanged.
@@ -231,36 +209,22 @@ fn order_lifecycle_survives_a_shuffled_duplicated_stream() {
             body["message"].as_str().unwrap().contains("order o-"),
             "{body}"
         );
-        assert_eq!(hw.admin_get(&format!("/api/v1/events/{id}")).status, 404);
+        assert_eq!(hw.event(id).status, 404);
     };
-    reject(
-        "late-fill",
-        json!({"type": "order.partially_filled", "order_id": "o-2", "seq": 4, "fill_id": "g9", "qty": 1}),
-        409,
-        "invalid_transition",
-        "/seq",
-    );
+    let late_fill = json!({"type": "order.partially_filled", "order_id": "o-2", "seq": 4, "fill_id": "g9", "qty": 1});
+    reject("late-fill", late_fill, 409, "invalid_transition", "/seq");
+    let cancel_filled = json!({"type": "order.cancelled", "order_id": "o-1", "seq": 5});
     reject(
         "cancel-filled",
-        json!({"type": "order.cancelled", "order_id": "o-1", "seq": 5}),
+        cancel_filled,
         409,
         "invalid_transition",
         "/seq",
     );
-    reject(
-        "overfill",
-        json!({"type": "order.partially_filled", "order_id": "o-3", "seq": 4, "fill_id": "h3", "qty": 4}),
-        422,
-        "overfill",
-        "/qty",
-    );
-    reject(
-        "re-accept",
-        json!({"type": "order.accepted", "order_id": "o-4", "seq": 1, "qty": 2}),
-        409,
-        "invalid_transition",
-        "/qty",
-    );
+    let overfill = json!({"type": "order.partially_filled", "order_id": "o-3", "seq": 4, "fill_id": "h3", "qty": 4});
+    reject("overfill", overfill, 422, "overfill", "/qty");
+    let re_accept = json!({"type": "order.accepted", "order_id": "o-4", "seq": 1, "qty": 2});
+    reject("re-accept", re_accept, 409, "invalid_transition", "/qty");
     let r = post_signed(
         &hw,
         "orders",
@@ -282,9 +246,14 @@ fn order_lifecycle_survives_a_shuffled_duplicated_stream() {
         == "filled"));
 }
 
-/// The e2e config with `[storage] redis` pointing at `redis`.
+/// Source `orders` running the example, with [`PLUGIN_SETTINGS`].
+fn lifecycle_config() -> String {
+    config(&[("orders", "\"order-lifecycle\"")], PLUGIN_SETTINGS)
+}
+
+/// [`lifecycle_config`] with `[storage] redis` pointing at `redis`.
 fn shared_config(redis: &RedisServer) -> String {
-    let text = config(&[("orders", "\"order-lifecycle\"")], PLUGIN_SETTINGS);
+    let text = lifecycle_config();
     let storage = "[storage]\npath = \"data\"\n";
     assert!(text.contains(storage));
     text.replace(storage, &format!("{storage}redis = \"{}\"\n", redis.url()))
@@ -456,10 +425,7 @@ fn margin_alerts_are_high_priority() {
     let delivery = &action["deliveries"][0];
     assert_eq!(delivery["sink"], "orders", "{action}");
     assert!(
-        delivery["headers"]
-            .as_array()
-            .unwrap()
-            .contains(&json!(["x-order-status", "accepted"])),
+        has_header(delivery, "x-order-status", "accepted"),
         "{action}"
     );
 }

@@ -10,8 +10,10 @@ use serde_json::json;
 
 use crate::{BIN, base_config, hmac_source, post_signed, workdir};
 
-fn queue_config(sink: &str) -> String {
-    format!(
+/// Hookwall in a new work dir: the source `shop` into the sink `q` (the `sink` lines and quick
+/// retries).
+fn start_queue(sink: &str) -> (tempfile::TempDir, Hookwall) {
+    let config = format!(
         r#"{}
 [sinks.q]
 {sink}
@@ -19,7 +21,10 @@ retry = {{ max_attempts = 100, initial = "50ms", max_delay = "500ms" }}
 {}"#,
         base_config("", "", None, ""),
         hmac_source("shop", "", "q")
-    )
+    );
+    let dir = workdir(&[]);
+    let hw = Hookwall::start(BIN, dir.path(), &config);
+    (dir, hw)
 }
 
 fn xlen(redis: &RedisServer, stream: &str) -> Option<u64> {
@@ -35,12 +40,11 @@ fn xlen(redis: &RedisServer, stream: &str) -> Option<u64> {
 #[test]
 fn redis_stream_entries_carry_the_stable_id_and_survive_an_outage() {
     let mut redis = RedisServer::start();
-    let dir = workdir(&[]);
     let sink = format!(
         "type = \"redis\"\nurl = \"{}\"\nstream = \"hw:events\"\nmaxlen = 1000",
         redis.url()
     );
-    let hw = Hookwall::start(BIN, dir.path(), &queue_config(&sink));
+    let (_dir, hw) = start_queue(&sink);
     for i in 0..5 {
         let r = post_signed(&hw, "shop", &format!("r-{i}"), &json!({"n": i}));
         assert_eq!(r.status, 200);
@@ -67,7 +71,7 @@ fn redis_stream_entries_carry_the_stable_id_and_survive_an_outage() {
         &redis,
         "hw:events"
     ) == Some(3)));
-    let event = hw.admin_get("/api/v1/events/r-6").json();
+    let event = hw.event("r-6").json();
     let attempts = event["deliveries"][0]["attempts"].as_array().unwrap();
     assert!(attempts.len() >= 2, "retried while Redis was down: {event}");
 }
@@ -84,7 +88,7 @@ fn msg_ids(entries: &[StreamEntry]) -> BTreeMap<String, usize> {
 
 /// The errors of event `id`'s failed delivery attempts.
 fn attempt_errors(hw: &Hookwall, id: &str) -> Vec<String> {
-    hw.admin_get(&format!("/api/v1/events/{id}")).json()["deliveries"][0]["attempts"]
+    hw.event(id).json()["deliveries"][0]["attempts"]
         .as_array()
         .into_iter()
         .flatten()
@@ -128,14 +132,13 @@ fn send_while_down(
 #[test]
 fn nats_jetstream_messages_carry_the_stable_id_and_survive_outages() {
     let mut nats = NatsServer::start();
-    let dir = workdir(&[]);
     let sink = format!(
         "type = \"nats\"\nurl = \"{}\"\nsubject = \"hw.events\"",
         nats.url()
     );
     // NATS is down when Hookwall starts: the sink connects later.
     nats.kill();
-    let hw = Hookwall::start(BIN, dir.path(), &queue_config(&sink));
+    let (_dir, hw) = start_queue(&sink);
     let mut expected = BTreeSet::new();
     send_while_down(&hw, &mut nats, 0..3, &mut expected);
     // Up, but no stream captures the subject yet: still retried, until one does.
@@ -198,7 +201,7 @@ fn nats_jetstream_messages_carry_the_stable_id_and_survive_outages() {
         "JetStream's dedupe window drops redeliveries: {ids:?}"
     );
     for id in ["n-0", "n-8"] {
-        let event = hw.admin_get(&format!("/api/v1/events/{id}")).json();
+        let event = hw.event(id).json();
         assert_eq!(event["deliveries"][0]["state"], "delivered", "{event}");
     }
 }

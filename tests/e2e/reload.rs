@@ -2,17 +2,17 @@
 //! modes, the sandbox, and the plugin CLI.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use hookwall_testkit::{
-    Hookwall, plugin_test, read_jsonl, run_ok, sign_sha256_hex, wait_for, wasm,
-};
+use hookwall_testkit::{Hookwall, plugin_test, read_jsonl, wait_for, wait_for_lines, wasm};
 use serde_json::json;
 
-use crate::{BIN, SECRET, config, plugin_status, post_signed, stored, workdir};
+use crate::{
+    BIN, build_kind, plugin_status, post_signed, send_signed, serve, start_demo, stored, workdir,
+    write_manifest,
+};
 
 /// Replaces `plugins/NAME.wasm` the way deploy tools do: write a temp file, then rename.
 fn swap_in(dir: &Path, name: &str, bytes: &[u8]) {
@@ -34,8 +34,7 @@ fn slow_copy(dir: &Path, name: &str, bytes: &[u8]) {
 
 #[test]
 fn hot_swap_under_load_never_fails_a_request() {
-    let dir = workdir(&[("p", wasm::ECHO)]);
-    let hw = Hookwall::start(BIN, dir.path(), &config(&[("demo", "\"p\"")], ""));
+    let (dir, hw) = start_demo("p", wasm::ECHO, None);
     let echo = std::fs::read(wasm::ECHO).unwrap();
     let upper = std::fs::read(wasm::UPPER).unwrap();
 
@@ -49,16 +48,8 @@ fn hot_swap_under_load_never_fails_a_request() {
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
                 let body = serde_json::to_vec(&json!({"word": "swap", "n": i})).unwrap();
-                let sig = sign_sha256_hex(SECRET, &body);
                 let id = format!("s-{i}");
-                let r = hookwall_testkit::http(
-                    addr,
-                    "POST",
-                    "/hooks/demo",
-                    &[("X-Signature", &sig), ("X-Event-Id", &id)],
-                    &body,
-                );
-                match r {
+                match send_signed(addr, "demo", &id, &body, &[]) {
                     Ok(r) if r.status == 200 => {}
                     other => failures.push(format!("{id}: {other:?}")),
                 }
@@ -121,9 +112,10 @@ fn hot_swap_under_load_never_fails_a_request() {
 
     // Every delivery was produced by one complete version: exactly one marker each.
     let orders = dir.path().join("orders.jsonl");
-    assert!(wait_for(
-        Duration::from_secs(10),
-        || read_jsonl(&orders).len() as u64 == total
+    assert!(wait_for_lines(
+        &orders,
+        total as usize,
+        Duration::from_secs(10)
     ));
     let mut by_version = [0u64; 2];
     for line in read_jsonl(&orders) {
@@ -146,11 +138,7 @@ fn hot_swap_under_load_never_fails_a_request() {
     println!(
         "hot swap ({} build): {total} requests, {broken} broken builds, reload latency (write → \
          first delivery by the new version) over {} swaps: p50 {:.0} ms, p99 {:.0} ms",
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
+        build_kind(),
         reload_ms.len(),
         rank(0.5),
         rank(0.99)
@@ -159,8 +147,7 @@ fn hot_swap_under_load_never_fails_a_request() {
 
 #[test]
 fn a_broken_plugin_keeps_the_previous_version_and_says_why() {
-    let dir = workdir(&[("p", wasm::ECHO)]);
-    let hw = Hookwall::start(BIN, dir.path(), &config(&[("demo", "\"p\"")], ""));
+    let (dir, hw) = start_demo("p", wasm::ECHO, None);
     let before = plugin_status(&hw, "p");
     swap_in(dir.path(), "p", b"definitely not wasm");
     assert!(wait_for(Duration::from_secs(5), || !plugin_status(
@@ -182,31 +169,22 @@ fn a_broken_plugin_keeps_the_previous_version_and_says_why() {
     let r = post_signed(&hw, "demo", "after-broken", &json!({"a": 1}));
     assert_eq!(r.status, 200);
     let orders = dir.path().join("orders.jsonl");
-    assert!(wait_for(Duration::from_secs(5), || read_jsonl(&orders)
-        .len()
-        == 1));
+    assert!(wait_for_lines(&orders, 1, Duration::from_secs(5)));
     assert_eq!(read_jsonl(&orders)[0]["headers"]["x-echo-config"], "none");
 
     // The CLI shows the same, through the admin API.
-    let out = run_ok(
-        Command::new(BIN)
-            .args(["plugins", "--config"])
-            .arg(&hw.config_path),
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (ok, text, err) = hw.cli(&["plugins"]);
+    assert!(ok, "{text}{err}");
     assert!(text.contains("not a valid component"), "{text}");
 }
 
 #[test]
 fn a_manifest_attaches_a_dropped_in_plugin_without_restart() {
     let dir = workdir(&[]);
-    let hw = Hookwall::start(BIN, dir.path(), &config(&[("demo", "")], ""));
+    let hw = serve(&dir, &[("demo", "")], "");
     assert_eq!(post_signed(&hw, "demo", "m-0", &json!({})).status, 200);
-    std::fs::write(
-        dir.path().join("plugins/tagger.toml"),
-        "sources = [\"demo\"]\n[config]\ngreeting = \"from-manifest\"\n",
-    )
-    .unwrap();
+    let manifest = "sources = [\"demo\"]\n[config]\ngreeting = \"from-manifest\"\n";
+    write_manifest(dir.path(), "tagger", manifest);
     swap_in(dir.path(), "tagger", &std::fs::read(wasm::ECHO).unwrap());
     assert!(wait_for(Duration::from_secs(5), || plugin_status(
         &hw, "tagger"
@@ -214,9 +192,7 @@ fn a_manifest_attaches_a_dropped_in_plugin_without_restart() {
         == json!(["demo"])));
     assert_eq!(post_signed(&hw, "demo", "m-1", &json!({})).status, 200);
     let orders = dir.path().join("orders.jsonl");
-    assert!(wait_for(Duration::from_secs(5), || read_jsonl(&orders)
-        .len()
-        == 2));
+    assert!(wait_for_lines(&orders, 2, Duration::from_secs(5)));
     let lines = read_jsonl(&orders);
     let tagged: Vec<_> = lines
         .iter()
@@ -234,9 +210,7 @@ fn a_manifest_attaches_a_dropped_in_plugin_without_restart() {
     )
     .is_null()));
     assert_eq!(post_signed(&hw, "demo", "m-2", &json!({})).status, 200);
-    assert!(wait_for(Duration::from_secs(5), || read_jsonl(&orders)
-        .len()
-        == 3));
+    assert!(wait_for_lines(&orders, 3, Duration::from_secs(5)));
     assert!(
         read_jsonl(&orders)[2]["headers"]
             .get("x-echo-config")
@@ -246,23 +220,11 @@ fn a_manifest_attaches_a_dropped_in_plugin_without_restart() {
 
 fn calls_header(dir: &Path, n: usize) -> Vec<String> {
     let orders = dir.join("orders.jsonl");
-    assert!(wait_for(Duration::from_secs(5), || read_jsonl(&orders)
-        .len()
-        == n));
+    assert!(wait_for_lines(&orders, n, Duration::from_secs(5)));
     read_jsonl(&orders)
         .iter()
         .map(|l| l["headers"]["x-calls"].as_str().unwrap().to_string())
         .collect()
-}
-
-/// Source `demo` running the `statics` plugin, with `plugins/statics.toml` = `manifest` if given.
-fn start_statics(manifest: Option<&str>) -> (tempfile::TempDir, Hookwall) {
-    let dir = workdir(&[("statics", wasm::STATICS)]);
-    if let Some(manifest) = manifest {
-        std::fs::write(dir.path().join("plugins/statics.toml"), manifest).unwrap();
-    }
-    let hw = Hookwall::start(BIN, dir.path(), &config(&[("demo", "\"statics\"")], ""));
-    (dir, hw)
 }
 
 /// Sends events `PREFIX-0` .. `PREFIX-2` (each acknowledged with a 200): the plugin's call
@@ -279,7 +241,8 @@ fn post_three(hw: &Hookwall, dir: &Path, prefix: &str) -> Vec<String> {
 
 #[test]
 fn pooled_instances_are_reused_and_a_trapped_one_is_discarded() {
-    let (dir, hw) = start_statics(Some("instances = \"pooled\"\npool_size = 1\n"));
+    let manifest = "instances = \"pooled\"\npool_size = 1\n";
+    let (dir, hw) = start_demo("statics", wasm::STATICS, Some(manifest));
     assert_eq!(plugin_status(&hw, "statics")["instances"], "pooled");
     assert_eq!(post_three(&hw, dir.path(), "p"), ["1", "2", "3"]);
     assert_eq!(
@@ -297,20 +260,17 @@ fn pooled_instances_are_reused_and_a_trapped_one_is_discarded() {
 
 #[test]
 fn fresh_instances_share_nothing_between_events() {
-    let (dir, hw) = start_statics(None);
+    let (dir, hw) = start_demo("statics", wasm::STATICS, None);
     assert_eq!(plugin_status(&hw, "statics")["instances"], "fresh");
     assert_eq!(post_three(&hw, dir.path(), "f"), ["1", "1", "1"]);
 }
 
 #[test]
 fn the_sandbox_gives_a_plugin_no_files_environment_or_network() {
-    let dir = workdir(&[("snoop", wasm::SNOOP)]);
-    let hw = Hookwall::start(BIN, dir.path(), &config(&[("demo", "\"snoop\"")], ""));
+    let (dir, hw) = start_demo("snoop", wasm::SNOOP, None);
     assert_eq!(post_signed(&hw, "demo", "snoop-1", &json!({})).status, 200);
     let orders = dir.path().join("orders.jsonl");
-    assert!(wait_for(Duration::from_secs(5), || read_jsonl(&orders)
-        .len()
-        == 1));
+    assert!(wait_for_lines(&orders, 1, Duration::from_secs(5)));
     let h = &read_jsonl(&orders)[0]["headers"];
     for key in ["x-snoop-file", "x-snoop-dir", "x-snoop-socket"] {
         assert!(
@@ -335,7 +295,7 @@ fn plugin_test_runs_a_plugin_once_and_prints_its_action() {
     assert_eq!(action["deliveries"][0]["body"]["id"], "o-1");
 
     std::fs::write(&event, br#"{"id":"o-1"}"#).unwrap();
-    let out = Command::new(BIN)
+    let out = std::process::Command::new(BIN)
         .args(["plugin", "test"])
         .arg(&plugin)
         .arg("--event")

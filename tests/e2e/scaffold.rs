@@ -7,7 +7,7 @@ use std::process::Command;
 use hookwall_testkit::{plugin_test, run_ok};
 use serde_json::Value;
 
-use crate::BIN;
+use crate::{BIN, has_header};
 
 #[test]
 fn a_scaffolded_rust_plugin_builds_and_runs() {
@@ -59,14 +59,7 @@ fn a_scaffolded_rust_plugin_builds_and_runs() {
     assert_eq!(action["action"], "forward", "{action}");
     let delivery = &action["deliveries"][0];
     assert_eq!(delivery["sink"], "out");
-    assert!(
-        delivery["headers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|h| h[0] == "x-plugin" && h[1] == "tagger"),
-        "{delivery}"
-    );
+    assert!(has_header(delivery, "x-plugin", "tagger"), "{delivery}");
     let action = run(r#"{"no": "type"}"#, &[]);
     assert_eq!(action["action"], "reject");
     assert_eq!(action["field"], "/type");

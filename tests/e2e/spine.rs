@@ -2,30 +2,26 @@
 
 use std::time::Duration;
 
-use hookwall_testkit::{Hookwall, read_jsonl, sign_sha256_hex, wait_for, wasm};
+use hookwall_testkit::{
+    Hookwall, on_threads, read_jsonl, sign_sha256_hex, wait_for, wait_for_lines, wasm,
+};
 use serde_json::json;
 
-use crate::{BIN, SECRET, config, post_signed, stored as event, workdir};
+use crate::{
+    BIN, SECRET, config, dead_letters, post_signed, send_signed, serve, serve_each, start_demo,
+    stored as event, workdir,
+};
 
 #[test]
 fn signed_event_is_transformed_by_the_plugin_and_lands_in_the_sink() {
-    let dir = workdir(&[("rust-router", wasm::RUST_ROUTER)]);
-    let hw = Hookwall::start(BIN, dir.path(), &config(&[("demo", "\"rust-router\"")], ""));
+    let (dir, hw) = start_demo("rust-router", wasm::RUST_ROUTER, None);
 
-    let r = post_signed(
-        &hw,
-        "demo",
-        "evt-1",
-        &json!({"id": "o-1", "type": "order.created", "qty": 3}),
-    );
+    let order = json!({"id": "o-1", "type": "order.created", "qty": 3});
+    let r = post_signed(&hw, "demo", "evt-1", &order);
     assert_eq!(r.status, 200, "{:?}", r);
     assert_eq!(r.json(), json!({"status": "accepted", "id": "evt-1"}));
-    let r = post_signed(
-        &hw,
-        "demo",
-        "evt-2",
-        &json!({"id": "r-1", "type": "refund.created"}),
-    );
+    let refund = json!({"id": "r-1", "type": "refund.created"});
+    let r = post_signed(&hw, "demo", "evt-2", &refund);
     assert_eq!(r.status, 200);
 
     let orders = dir.path().join("orders.jsonl");
@@ -53,12 +49,7 @@ fn signed_event_is_transformed_by_the_plugin_and_lands_in_the_sink() {
     ));
 
     // The same event id again is recognised and not delivered twice.
-    let r = post_signed(
-        &hw,
-        "demo",
-        "evt-1",
-        &json!({"id": "o-1", "type": "order.created", "qty": 3}),
-    );
+    let r = post_signed(&hw, "demo", "evt-1", &order);
     assert_eq!(r.json(), json!({"status": "duplicate", "id": "evt-1"}));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(read_jsonl(&orders).len(), 1);
@@ -67,7 +58,7 @@ fn signed_event_is_transformed_by_the_plugin_and_lands_in_the_sink() {
 #[test]
 fn bad_or_missing_signatures_get_401_and_nothing_is_stored() {
     let dir = workdir(&[]);
-    let hw = Hookwall::start(BIN, dir.path(), &config(&[("demo", "")], ""));
+    let hw = serve(&dir, &[("demo", "")], "");
     let body = br#"{"type":"order.created"}"#;
 
     let r = hw.post("/hooks/demo", &[("X-Event-Id", "no-sig")], body);
@@ -93,11 +84,7 @@ fn bad_or_missing_signatures_get_401_and_nothing_is_stored() {
     assert_eq!(r.json()["error"], "signature_malformed");
 
     for id in ["no-sig", "bad-sig", "garbled"] {
-        assert_eq!(
-            hw.admin_get(&format!("/api/v1/events/{id}")).status,
-            404,
-            "{id} was stored"
-        );
+        assert_eq!(hw.event(id).status, 404, "{id} was stored");
     }
     // A correctly signed request after them is the only thing that arrives.
     let good = sign_sha256_hex(SECRET, body);
@@ -118,8 +105,7 @@ fn bad_or_missing_signatures_get_401_and_nothing_is_stored() {
 
 #[test]
 fn plugin_rejection_is_answered_with_its_status_and_json_error() {
-    let dir = workdir(&[("rust-router", wasm::RUST_ROUTER)]);
-    let hw = Hookwall::start(BIN, dir.path(), &config(&[("demo", "\"rust-router\"")], ""));
+    let (_dir, hw) = start_demo("rust-router", wasm::RUST_ROUTER, None);
 
     let r = post_signed(&hw, "demo", "no-type", &json!({"id": "o-1"}));
     assert_eq!(r.status, 422, "{:?}", r);
@@ -127,7 +113,7 @@ fn plugin_rejection_is_answered_with_its_status_and_json_error() {
     assert_eq!(err["error"], "missing_field");
     assert_eq!(err["field"], "/type");
     assert!(err["message"].as_str().unwrap().contains("type"), "{err}");
-    assert_eq!(hw.admin_get("/api/v1/events/no-type").status, 404);
+    assert_eq!(hw.event("no-type").status, 404);
 
     let body = b"not json";
     let sig = sign_sha256_hex(SECRET, body);
@@ -145,20 +131,7 @@ fn runaway_plugins_are_stopped_and_their_events_dead_lettered() {
         ("fail", wasm::FAIL),
         ("echo", wasm::ECHO),
     ]);
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &config(
-            &[
-                ("spin", "\"spin\""),
-                ("hog", "\"hog\""),
-                ("panic", "\"panic\""),
-                ("fail", "\"fail\""),
-                ("ok", "\"echo\""),
-            ],
-            "",
-        ),
-    );
+    let hw = serve_each(&dir, &["spin", "hog", "panic", "fail"], "echo");
     let cases = [
         ("spin", "deadline exceeded"),
         ("hog", "memory limit exceeded"),
@@ -183,15 +156,13 @@ fn runaway_plugins_are_stopped_and_their_events_dead_lettered() {
         let r = post_signed(&hw, "ok", &format!("after-{source}"), &json!({"n": i}));
         assert_eq!(r.status, 200, "after {source}: {r:?}");
     }
-    let letters = hw.admin_get("/api/v1/dead-letters").json();
-    assert_eq!(
-        letters["dead_letters"].as_array().unwrap().len(),
-        cases.len()
-    );
+    assert_eq!(dead_letters(&hw).len(), cases.len());
     let orders = dir.path().join("orders.jsonl");
-    assert!(wait_for(Duration::from_secs(10), || read_jsonl(&orders)
-        .len()
-        == cases.len()));
+    assert!(wait_for_lines(
+        &orders,
+        cases.len(),
+        Duration::from_secs(10)
+    ));
     // The panic message from the guest is kept for the operator.
     assert!(
         event(&hw, "panic-1")["reason"]
@@ -222,17 +193,11 @@ fn plugin_error_can_be_answered_500_by_config() {
 fn chained_plugins_see_the_previous_output() {
     let dir = workdir(&[("upper", wasm::UPPER), ("echo", wasm::ECHO)]);
     let extra = "[plugins.config.echo]\ngreeting = \"hi\"\n";
-    let hw = Hookwall::start(
-        BIN,
-        dir.path(),
-        &config(&[("demo", "\"upper\", \"echo\"")], extra),
-    );
+    let hw = serve(&dir, &[("demo", "\"upper\", \"echo\"")], extra);
     let r = post_signed(&hw, "demo", "c-1", &json!({"word": "quiet"}));
     assert_eq!(r.status, 200, "{r:?}");
     let orders = dir.path().join("orders.jsonl");
-    assert!(wait_for(Duration::from_secs(10), || read_jsonl(&orders)
-        .len()
-        == 1));
+    assert!(wait_for_lines(&orders, 1, Duration::from_secs(10)));
     let line = &read_jsonl(&orders)[0];
     assert_eq!(line["body"]["WORD"], "QUIET");
     assert_eq!(line["headers"]["x-upper"], "1");
@@ -242,7 +207,7 @@ fn chained_plugins_see_the_previous_output() {
 #[test]
 fn ingress_errors_are_json() {
     let dir = workdir(&[]);
-    let hw = Hookwall::start(BIN, dir.path(), &config(&[("demo", "")], ""));
+    let hw = serve(&dir, &[("demo", "")], "");
 
     let r = hw.post("/hooks/demo", &[], &vec![b'a'; 5000]);
     assert_eq!(r.status, 413);
@@ -305,7 +270,7 @@ fn acknowledged_event_survives_a_crash_while_the_sink_is_down() {
 #[test]
 fn sigterm_drains_and_exits_cleanly() {
     let dir = workdir(&[]);
-    let mut hw = Hookwall::start(BIN, dir.path(), &config(&[("demo", "")], ""));
+    let mut hw = serve(&dir, &[("demo", "")], "");
     let r = post_signed(&hw, "demo", "t-1", &json!({"a": 1}));
     assert_eq!(r.status, 200);
     let status = hw.stop();
@@ -317,60 +282,36 @@ fn sigterm_drains_and_exits_cleanly() {
 
 #[test]
 fn a_plugin_can_answer_a_handshake_directly() {
-    let dir = workdir(&[("handshake", wasm::HANDSHAKE)]);
-    let hw = Hookwall::start(BIN, dir.path(), &config(&[("demo", "\"handshake\"")], ""));
-    let r = post_signed(
-        &hw,
-        "demo",
-        "hs-1",
-        &json!({"type": "challenge", "challenge": "abc123"}),
-    );
+    let (_dir, hw) = start_demo("handshake", wasm::HANDSHAKE, None);
+    let challenge = json!({"type": "challenge", "challenge": "abc123"});
+    let r = post_signed(&hw, "demo", "hs-1", &challenge);
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json(), json!({"challenge": "abc123"}));
     assert_eq!(r.header("content-type"), Some("application/json"));
     // A handshake is not an event: nothing stored, nothing delivered.
-    assert_eq!(hw.admin_get("/api/v1/events/hs-1").status, 404);
+    assert_eq!(hw.event("hs-1").status, 404);
     let r = post_signed(&hw, "demo", "ev-1", &json!({"type": "order.created"}));
     assert_eq!(r.json()["status"], "accepted");
 }
 
 #[test]
 fn stateful_plugins_keep_state_across_events_and_restarts() {
-    let dir = workdir(&[("counter", wasm::COUNTER)]);
     // Each key-value write waits for a durable commit, and the deadline is wall-clock: give a
     // stateful plugin room (as an operator would, in its manifest).
-    std::fs::write(
-        dir.path().join("plugins/counter.toml"),
-        "[limits]\ndeadline = \"5s\"\n",
-    )
-    .unwrap();
-    let mut hw = Hookwall::start(BIN, dir.path(), &config(&[("demo", "\"counter\"")], ""));
+    let manifest = "[limits]\ndeadline = \"5s\"\n";
+    let (dir, mut hw) = start_demo("counter", wasm::COUNTER, Some(manifest));
     // Concurrent events on one key: compare-and-swap must not lose a count.
-    let handles: Vec<_> = (0..8)
-        .map(|i| {
-            let (addr, id) = (hw.addr, format!("k-{i}"));
-            std::thread::spawn(move || {
-                let body = serde_json::to_vec(&json!({"type": "order.created"})).unwrap();
-                let sig = sign_sha256_hex(SECRET, &body);
-                hookwall_testkit::http(
-                    addr,
-                    "POST",
-                    "/hooks/demo",
-                    &[("X-Signature", &sig), ("X-Event-Id", &id)],
-                    &body,
-                )
-                .unwrap()
-                .status
-            })
-        })
-        .collect();
-    for h in handles {
-        assert_eq!(h.join().unwrap(), 200);
+    let addr = hw.addr;
+    let statuses = on_threads(8, |i| {
+        let body = serde_json::to_vec(&json!({"type": "order.created"})).unwrap();
+        let id = format!("k-{i}");
+        send_signed(addr, "demo", &id, &body, &[]).unwrap().status
+    });
+    for status in statuses {
+        assert_eq!(status, 200);
     }
     let orders = dir.path().join("orders.jsonl");
-    assert!(wait_for(Duration::from_secs(10), || read_jsonl(&orders)
-        .len()
-        == 8));
+    assert!(wait_for_lines(&orders, 8, Duration::from_secs(10)));
     let mut counts: Vec<u64> = read_jsonl(&orders)
         .iter()
         .map(|l| l["headers"]["x-count"].as_str().unwrap().parse().unwrap())
@@ -390,8 +331,6 @@ fn stateful_plugins_keep_state_across_events_and_restarts() {
         post_signed(&hw, "demo", "k-after", &json!({"type": "order.created"})).status,
         200
     );
-    assert!(wait_for(Duration::from_secs(10), || read_jsonl(&orders)
-        .len()
-        == 9));
+    assert!(wait_for_lines(&orders, 9, Duration::from_secs(10)));
     assert_eq!(read_jsonl(&orders)[8]["headers"]["x-count"], "9");
 }

@@ -5,32 +5,44 @@
 
 use std::time::Duration;
 
-use hookwall_testkit::{Hookwall, Tmpfs, read_jsonl, wait_for, wasm};
+use hookwall_testkit::{Hookwall, Tmpfs, read_jsonl, wait_for, wait_for_lines, wasm};
 use serde_json::{Value, json};
 
-use crate::{BIN, base_config, post_signed, workdir};
+use crate::{BIN, base_config, file_sink, open_source, post_signed, workdir};
 
-/// Two unsigned sources with the id in `X-Id`, both into the file sink `all`.
+/// Two unsigned sources with the id in `X-Id`, both into the file sink `all`; `source_extra`
+/// goes into `a`'s `verify`.
 fn two_sources(server_extra: &str, storage_extra: &str, source_extra: &str) -> String {
     let base = base_config(server_extra, storage_extra, None, "");
+    let retry = "retry = { max_attempts = 50, initial = \"50ms\", max_delay = \"200ms\" }";
     format!(
-        r#"{base}
-[sinks.all]
-type = "file"
-path = "all.jsonl"
-retry = {{ max_attempts = 50, initial = "50ms", max_delay = "200ms" }}
-
-[sources.a]
-path = "/hooks/a"
-verify = {{ scheme = "none", id_header = "X-Id"{source_extra} }}
-sinks = ["all"]
-
-[sources.b]
-path = "/hooks/b"
-verify = {{ scheme = "none", id_header = "X-Id" }}
-sinks = ["all"]
-"#
+        "{base}{}{}{}",
+        file_sink("all", "all.jsonl", retry),
+        open_source(
+            "a",
+            &format!(", id_header = \"X-Id\"{source_extra}"),
+            "all",
+            ""
+        ),
+        open_source("b", ", id_header = \"X-Id\"", "all", ""),
     )
+}
+
+/// [`two_sources`] behind the trusted proxy 127.0.0.1 (with `server_extra` lines), source `a`
+/// allowing only 192.0.2.0/24.
+fn behind_proxy(server_extra: &str) -> String {
+    let server = format!("trusted_proxies = [\"127.0.0.1/32\"]\n{server_extra}");
+    two_sources(&server, "", r#", allow_ips = ["192.0.2.0/24"]"#)
+}
+
+/// The status of event `id` posted to source `a` with these `X-Forwarded-For` and (when not
+/// empty) `Forwarded` headers.
+fn status_via(hw: &Hookwall, id: &str, xff: &str, forwarded: &str) -> u16 {
+    let mut headers = vec![("X-Forwarded-For", xff)];
+    if !forwarded.is_empty() {
+        headers.insert(0, ("Forwarded", forwarded));
+    }
+    post_id(hw, "a", id, &headers).status
 }
 
 fn post_id(
@@ -47,12 +59,7 @@ fn post_id(
 #[test]
 fn a_forged_forwarded_header_does_not_pass_the_allowlist() {
     let dir = workdir(&[]);
-    let config = two_sources(
-        r#"trusted_proxies = ["127.0.0.1/32"]"#,
-        "",
-        r#", allow_ips = ["192.0.2.0/24"]"#,
-    );
-    let mut hw = Hookwall::start(BIN, dir.path(), &config);
+    let mut hw = Hookwall::start(BIN, dir.path(), &behind_proxy(""));
     // The issue's request: the proxy appended X-Forwarded-For with the real client; the
     // client's own Forwarded names an allowed address.
     let forged = post_id(
@@ -72,51 +79,17 @@ fn a_forged_forwarded_header_does_not_pass_the_allowlist() {
     );
     assert_eq!(forged.json()["error"], "ip_not_allowed");
     // A client behind the proxy that is allowed still gets in; one in front of it does not.
-    assert_eq!(
-        post_id(&hw, "a", "f-2", &[("X-Forwarded-For", "192.0.2.5")]).status,
-        200
-    );
-    assert_eq!(
-        post_id(
-            &hw,
-            "a",
-            "f-3",
-            &[("X-Forwarded-For", "192.0.2.5, 203.0.113.9")]
-        )
-        .status,
-        403
-    );
+    assert_eq!(status_via(&hw, "f-2", "192.0.2.5", ""), 200);
+    assert_eq!(status_via(&hw, "f-3", "192.0.2.5, 203.0.113.9", ""), 403);
     hw.stop();
 
     // `trusted_hops = 1`: exactly one proxy writes; what the client put in front is ignored,
     // and a request without the proxy's entry is refused, not trusted.
-    let config = two_sources(
-        "trusted_proxies = [\"127.0.0.1/32\"]\ntrusted_hops = 1",
-        "",
-        r#", allow_ips = ["192.0.2.0/24"]"#,
-    );
+    let config = behind_proxy("trusted_hops = 1");
     std::fs::write(dir.path().join("hookwall.toml"), &config).unwrap();
     let mut hw = Hookwall::start(BIN, dir.path(), &config);
-    assert_eq!(
-        post_id(
-            &hw,
-            "a",
-            "h-1",
-            &[("X-Forwarded-For", "192.0.2.5, 203.0.113.9")]
-        )
-        .status,
-        403
-    );
-    assert_eq!(
-        post_id(
-            &hw,
-            "a",
-            "h-2",
-            &[("X-Forwarded-For", "203.0.113.9, 192.0.2.5")]
-        )
-        .status,
-        200
-    );
+    assert_eq!(status_via(&hw, "h-1", "192.0.2.5, 203.0.113.9", ""), 403);
+    assert_eq!(status_via(&hw, "h-2", "203.0.113.9, 192.0.2.5", ""), 200);
     let none = post_id(&hw, "a", "h-3", &[]);
     assert_eq!(none.status, 403);
     assert!(none.json()["error"].is_string());
@@ -124,38 +97,13 @@ fn a_forged_forwarded_header_does_not_pass_the_allowlist() {
 
     // `client_ip_header = "forwarded"`: a proxy that writes RFC 7239; X-Forwarded-For is then
     // the client's own and is ignored.
-    let config = two_sources(
-        "trusted_proxies = [\"127.0.0.1/32\"]\nclient_ip_header = \"forwarded\"",
-        "",
-        r#", allow_ips = ["192.0.2.0/24"]"#,
+    let hw = Hookwall::start(
+        BIN,
+        dir.path(),
+        &behind_proxy("client_ip_header = \"forwarded\""),
     );
-    let hw = Hookwall::start(BIN, dir.path(), &config);
-    assert_eq!(
-        post_id(
-            &hw,
-            "a",
-            "r-1",
-            &[
-                ("Forwarded", "for=192.0.2.5"),
-                ("X-Forwarded-For", "203.0.113.9")
-            ]
-        )
-        .status,
-        200
-    );
-    assert_eq!(
-        post_id(
-            &hw,
-            "a",
-            "r-2",
-            &[
-                ("Forwarded", "for=203.0.113.9"),
-                ("X-Forwarded-For", "192.0.2.5")
-            ]
-        )
-        .status,
-        403
-    );
+    assert_eq!(status_via(&hw, "r-1", "203.0.113.9", "for=192.0.2.5"), 200);
+    assert_eq!(status_via(&hw, "r-2", "192.0.2.5", "for=203.0.113.9"), 403);
 }
 
 #[test]
@@ -168,7 +116,7 @@ fn two_sources_with_the_same_ids_do_not_swallow_each_other() {
     assert_eq!(b.json()["status"], "accepted", "{:?}", b.json());
     // Each is its own event, found by source and the sender's id, which it keeps.
     for source in ["a", "b"] {
-        let r = hw.admin_get(&format!("/api/v1/events/{source}/42"));
+        let r = hw.event(&format!("{source}/42"));
         assert_eq!(r.status, 200, "{source}");
         assert_eq!(r.json()["source"], source);
         assert_eq!(r.json()["id"], "42");
@@ -184,9 +132,7 @@ fn two_sources_with_the_same_ids_do_not_swallow_each_other() {
     assert_eq!(bare.json()["candidates"].as_array().unwrap().len(), 2);
     // Both are delivered, under different delivery ids (a receiver dedupes on them).
     let sink = dir.path().join("all.jsonl");
-    assert!(wait_for(Duration::from_secs(10), || read_jsonl(&sink)
-        .len()
-        == 2));
+    assert!(wait_for_lines(&sink, 2, Duration::from_secs(10)));
     let lines = read_jsonl(&sink);
     assert_ne!(lines[0]["delivery_id"], lines[1]["delivery_id"]);
     // Within one source an id is still deduplicated, also after a restart.
@@ -194,7 +140,7 @@ fn two_sources_with_the_same_ids_do_not_swallow_each_other() {
     hw.restart();
     assert_eq!(post_id(&hw, "b", "42", &[]).json()["status"], "duplicate");
     assert_eq!(post_id(&hw, "a", "43", &[]).json()["status"], "accepted");
-    assert_eq!(hw.admin_get("/api/v1/events/43").json()["source"], "a");
+    assert_eq!(hw.event("43").json()["source"], "a");
 }
 
 /// Posts ~48 KB events to source `a` until one is refused; returns the ids answered 2xx.
@@ -275,11 +221,7 @@ fn a_full_disk_refuses_events_then_recovers_by_itself() {
         > acked.len()));
     let delivered: Vec<Value> = read_jsonl(&sink);
     for id in &acked {
-        assert_eq!(
-            hw.admin_get(&format!("/api/v1/events/{id}")).status,
-            200,
-            "{id}"
-        );
+        assert_eq!(hw.event(id).status, 200, "{id}");
         assert!(
             delivered.iter().any(|l| l["id"] == id.as_str()),
             "{id} not delivered"
@@ -326,7 +268,7 @@ fn a_store_writer_panic_ends_the_process_and_a_restart_loses_nothing() {
     assert_eq!(status.code(), Some(70), "{}", hw.log());
     assert!(hw.log().contains("store writer panicked"));
     let hw = Hookwall::start(BIN, dir.path(), &config);
-    assert_eq!(hw.admin_get("/api/v1/events/a/before").status, 200);
+    assert_eq!(hw.event("a/before").status, 200);
     assert_eq!(post_id(&hw, "a", "boom", &[]).json()["status"], "accepted");
 }
 
@@ -378,12 +320,12 @@ fn per_client_rate_limits_count_the_client_behind_a_trusted_proxy() {
         "rate_limit = { rate = \"1/m\", burst = 2, by = \"client_ip\" }\n\n[sources.b]",
     );
     let hw = Hookwall::start(BIN, dir.path(), &config);
-    let from = |client: &str, id: &str| post_id(&hw, "a", id, &[("X-Forwarded-For", client)]);
-    assert_eq!(from("198.51.100.1", "c-1").status, 200);
-    assert_eq!(from("198.51.100.1", "c-2").status, 200);
-    let limited = from("198.51.100.1", "c-3");
+    let from = |client: &str, id: &str| status_via(&hw, id, client, "");
+    assert_eq!(from("198.51.100.1", "c-1"), 200);
+    assert_eq!(from("198.51.100.1", "c-2"), 200);
+    let limited = post_id(&hw, "a", "c-3", &[("X-Forwarded-For", "198.51.100.1")]);
     assert_eq!(limited.status, 429);
     assert!(limited.header("retry-after").is_some());
     // Another client behind the same proxy has its own budget.
-    assert_eq!(from("198.51.100.2", "c-4").status, 200);
+    assert_eq!(from("198.51.100.2", "c-4"), 200);
 }

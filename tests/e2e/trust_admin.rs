@@ -9,21 +9,32 @@
 //!   route, the dashboard included (421 `misdirected_request`): DNS rebinding.
 //! - With a token, a wrong token is 401 whether or not its length matches the right one.
 
-use hookwall_testkit::{Hookwall, Reply, http};
+use hookwall_testkit::{Hookwall, Reply};
 use serde_json::{Value, json};
 
-use crate::{BIN, base_config, hmac_source, post_signed, workdir};
+use crate::{BIN, base_config, file_sink, hmac_source, post_signed, workdir};
 
-/// The quick start's shape: one HMAC source into the `orders-file` sink, a tokenless admin
-/// (plus `admin_extra`).
-fn quick_start(admin_extra: &str) -> String {
+const PAUSE: &str = "/api/v1/sinks/orders-file/pause";
+
+/// Hookwall in a new work dir with the quick start's shape: one HMAC source into the
+/// `orders-file` sink, a tokenless admin (plus `admin_extra`).
+fn quick_start(admin_extra: &str) -> (tempfile::TempDir, Hookwall) {
     let base = base_config("", "", None, admin_extra);
+    let sink = file_sink("orders-file", "orders.jsonl", "");
     let source = hmac_source("demo", "", "orders-file");
-    format!("{base}\n[sinks.orders-file]\ntype = \"file\"\npath = \"orders.jsonl\"\n{source}")
+    let dir = workdir(&[]);
+    let hw = Hookwall::start(BIN, dir.path(), &format!("{base}{sink}{source}"));
+    (dir, hw)
 }
 
-fn admin(hw: &Hookwall, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
-    http(hw.admin, method, path, headers, body).expect("request to hookwall admin")
+/// `POST` [`PAUSE`] with these headers and no body.
+fn pause(hw: &Hookwall, headers: &[(&str, &str)]) -> Reply {
+    hw.admin_request("POST", PAUSE, headers, b"")
+}
+
+/// `GET /api/v1/sinks` with these headers.
+fn sinks(hw: &Hookwall, headers: &[(&str, &str)]) -> Reply {
+    hw.admin_request("GET", "/api/v1/sinks", headers, b"")
 }
 
 /// `orders-file`'s `paused` flag, read through the admin API.
@@ -36,6 +47,15 @@ fn paused(hw: &Hookwall) -> bool {
         .find(|s| s["name"] == "orders-file")
         .expect("orders-file in /api/v1/sinks");
     sink["paused"].as_bool().expect("paused is a bool")
+}
+
+fn assert_served(r: &Reply, what: &str) {
+    assert_eq!(
+        r.status,
+        200,
+        "{what}: {:?}",
+        String::from_utf8_lossy(&r.body)
+    );
 }
 
 fn assert_refused(r: &Reply, status: u16, code: &str, what: &str) {
@@ -52,70 +72,42 @@ fn assert_refused(r: &Reply, status: u16, code: &str, what: &str) {
 
 #[test]
 fn a_cross_site_request_cannot_change_a_tokenless_admin() {
-    let dir = workdir(&[]);
-    let hw = Hookwall::start(BIN, dir.path(), &quick_start(""));
-    let pause = "/api/v1/sinks/orders-file/pause";
+    let (_dir, hw) = quick_start("");
     assert!(!paused(&hw));
 
     // What a page on http://evil.example can send without a preflight: refused, not paused.
-    let r = admin(
-        &hw,
-        "POST",
-        pause,
-        &[
-            ("Content-Type", "text/plain"),
-            ("Origin", "http://evil.example"),
-        ],
-        b"",
-    );
+    let text = ("Content-Type", "text/plain");
+    let r = pause(&hw, &[text, ("Origin", "http://evil.example")]);
     assert_refused(&r, 403, "cross_origin", "text/plain from evil.example");
     assert!(!paused(&hw), "a cross-site request paused the sink");
     // Each defence on its own.
-    let r = admin(&hw, "POST", pause, &[("Content-Type", "text/plain")], b"");
+    let r = pause(&hw, &[text]);
     assert_refused(&r, 415, "unsupported_media_type", "text/plain, no Origin");
-    let r = admin(&hw, "POST", pause, &[], b"");
+    let r = pause(&hw, &[]);
     assert_refused(&r, 415, "unsupported_media_type", "no content type");
     let json_ct = ("Content-Type", "application/json");
-    let r = admin(
-        &hw,
-        "POST",
-        pause,
-        &[json_ct, ("Origin", "http://evil.example")],
-        b"",
-    );
+    let r = pause(&hw, &[json_ct, ("Origin", "http://evil.example")]);
     assert_refused(&r, 403, "cross_origin", "JSON from evil.example");
-    let r = admin(&hw, "POST", pause, &[json_ct, ("Origin", "null")], b"");
+    let r = pause(&hw, &[json_ct, ("Origin", "null")]);
     assert_refused(&r, 403, "cross_origin", "Origin: null");
-    let r = admin(
-        &hw,
-        "POST",
-        pause,
-        &[json_ct, ("Sec-Fetch-Site", "cross-site")],
-        b"",
-    );
+    let r = pause(&hw, &[json_ct, ("Sec-Fetch-Site", "cross-site")]);
     assert_refused(&r, 403, "cross_origin", "Sec-Fetch-Site: cross-site");
     assert!(!paused(&hw), "a refused request paused the sink");
     // Replay and purge are guarded the same way.
     for path in ["/api/v1/replay", "/api/v1/dead-letters/purge"] {
-        let r = admin(
-            &hw,
-            "POST",
-            path,
-            &[("Content-Type", "text/plain")],
-            br#"{"all":true}"#,
-        );
+        let r = hw.admin_request("POST", path, &[text], br#"{"all":true}"#);
         assert_refused(&r, 415, "unsupported_media_type", path);
     }
 
     // A non-browser client: JSON, no Origin, no body.
-    let r = admin(&hw, "POST", pause, &[json_ct], b"");
+    let r = pause(&hw, &[json_ct]);
     assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json(), json!({"sink": "orders-file", "paused": true}));
     assert!(paused(&hw));
     // The dashboard: its own origin.
     let own = format!("http://{}", hw.admin);
     let resume = "/api/v1/sinks/orders-file/resume";
-    let r = admin(&hw, "POST", resume, &[json_ct, ("Origin", &own)], b"");
+    let r = hw.admin_request("POST", resume, &[json_ct, ("Origin", &own)], b"");
     assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
     assert!(!paused(&hw));
     // The CLI's client sends JSON.
@@ -130,8 +122,7 @@ fn a_cross_site_request_cannot_change_a_tokenless_admin() {
 
 #[test]
 fn a_tokenless_admin_answers_only_to_its_own_names() {
-    let dir = workdir(&[]);
-    let hw = Hookwall::start(BIN, dir.path(), &quick_start(""));
+    let (_dir, hw) = quick_start("");
     let port = hw.admin.port();
     let evil = format!("evil.example:{port}");
     // A rebound name: the attacker's page reads from 127.0.0.1 under its own Host.
@@ -143,21 +134,18 @@ fn a_tokenless_admin_answers_only_to_its_own_names() {
         "/healthz",
         "/metrics",
     ] {
-        let r = admin(&hw, "GET", path, &[("Host", &evil)], b"");
+        let r = hw.admin_request("GET", path, &[("Host", &evil)], b"");
         assert_refused(&r, 421, "misdirected_request", path);
     }
-    let r = admin(
+    let r = pause(
         &hw,
-        "POST",
-        "/api/v1/sinks/orders-file/pause",
         &[("Host", &evil), ("Content-Type", "application/json")],
-        b"",
     );
     assert_refused(&r, 421, "misdirected_request", "POST under a foreign Host");
     assert!(!paused(&hw));
     let other_port = format!("localhost:{}", port.wrapping_add(1));
     for host in ["hookwall.internal", other_port.as_str(), "localhost"] {
-        let r = admin(&hw, "GET", "/api/v1/sinks", &[("Host", host)], b"");
+        let r = sinks(&hw, &[("Host", host)]);
         assert_refused(&r, 421, "misdirected_request", host);
     }
 
@@ -169,62 +157,33 @@ fn a_tokenless_admin_answers_only_to_its_own_names() {
         format!("LocalHost:{port}"),
         format!("[::1]:{port}"),
     ] {
-        let r = admin(&hw, "GET", "/api/v1/sinks", &[("Host", &host)], b"");
-        assert_eq!(
-            r.status,
-            200,
-            "{host}: {:?}",
-            String::from_utf8_lossy(&r.body)
-        );
+        assert_served(&sinks(&hw, &[("Host", &host)]), &host);
     }
 }
 
 #[test]
 fn allowed_hosts_names_the_listener_under_more_names() {
-    let dir = workdir(&[]);
-    let config = quick_start("allowed_hosts = [\"hookwall.internal\"]");
-    let hw = Hookwall::start(BIN, dir.path(), &config);
+    let (_dir, hw) = quick_start("allowed_hosts = [\"hookwall.internal\"]");
     let port = hw.admin.port();
     // No port in the entry: any port.
     for host in [
         "hookwall.internal".to_string(),
         format!("hookwall.internal:{port}"),
     ] {
-        let r = admin(&hw, "GET", "/api/v1/sinks", &[("Host", &host)], b"");
-        assert_eq!(
-            r.status,
-            200,
-            "{host}: {:?}",
-            String::from_utf8_lossy(&r.body)
-        );
+        assert_served(&sinks(&hw, &[("Host", &host)]), &host);
     }
-    let r = admin(
-        &hw,
-        "GET",
-        "/dashboard",
-        &[("Host", "hookwall.internal")],
-        b"",
-    );
+    let r = hw.admin_request("GET", "/dashboard", &[("Host", "hookwall.internal")], b"");
     assert_eq!(r.status, 200);
-    let r = admin(
-        &hw,
-        "GET",
-        "/api/v1/sinks",
-        &[("Host", "other.internal")],
-        b"",
-    );
+    let r = sinks(&hw, &[("Host", "other.internal")]);
     assert_refused(&r, 421, "misdirected_request", "a name not listed");
     // An Origin among its names is not foreign.
-    let r = admin(
+    let r = pause(
         &hw,
-        "POST",
-        "/api/v1/sinks/orders-file/pause",
         &[
             ("Host", "hookwall.internal"),
             ("Origin", "https://hookwall.internal"),
             ("Content-Type", "application/json"),
         ],
-        b"",
     );
     assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
     assert!(paused(&hw));
@@ -233,8 +192,7 @@ fn allowed_hosts_names_the_listener_under_more_names() {
 #[test]
 fn a_wrong_admin_token_is_refused_whatever_its_length() {
     const TOKEN: &str = "trust-admin-token-0123456789";
-    let dir = workdir(&[]);
-    let hw = Hookwall::start(BIN, dir.path(), &quick_start(&format!("token = {TOKEN:?}")));
+    let (_dir, hw) = quick_start(&format!("token = {TOKEN:?}"));
     let wrong_length = "Bearer trust-admin-token";
     let same_length = format!("Bearer {}X", &TOKEN[..TOKEN.len() - 1]);
     let right = format!("Bearer {TOKEN}");
@@ -244,35 +202,22 @@ fn a_wrong_admin_token_is_refused_whatever_its_length() {
         (&format!("{right}0"), "a longer token"),
         ("Bearer ", "an empty token"),
     ] {
-        let r = admin(&hw, "GET", "/api/v1/sinks", &[("Authorization", auth)], b"");
+        let r = sinks(&hw, &[("Authorization", auth)]);
         assert_refused(&r, 401, "unauthorized", what);
     }
-    let r = admin(&hw, "GET", "/api/v1/sinks", &[], b"");
+    let r = sinks(&hw, &[]);
     assert_refused(&r, 401, "unauthorized", "no token");
     let auth = ("Authorization", right.as_str());
-    let r = admin(&hw, "GET", "/api/v1/sinks", &[auth], b"");
+    let r = sinks(&hw, &[auth]);
     assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
 
     // With a token, any Host is served (the token is the defence), but a state-changing
     // request from another page is still refused, token or not.
-    let r = admin(
-        &hw,
-        "GET",
-        "/api/v1/sinks",
-        &[auth, ("Host", "evil.example")],
-        b"",
-    );
+    let r = sinks(&hw, &[auth, ("Host", "evil.example")]);
     assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
-    let pause = "/api/v1/sinks/orders-file/pause";
     let json_ct = ("Content-Type", "application/json");
-    let r = admin(
-        &hw,
-        "POST",
-        pause,
-        &[auth, json_ct, ("Origin", "http://evil.example")],
-        b"",
-    );
+    let r = pause(&hw, &[auth, json_ct, ("Origin", "http://evil.example")]);
     assert_refused(&r, 403, "cross_origin", "cross-site with the token");
-    let r = admin(&hw, "POST", pause, &[auth, json_ct], b"");
+    let r = pause(&hw, &[auth, json_ct]);
     assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
 }

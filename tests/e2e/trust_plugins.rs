@@ -4,30 +4,22 @@
 //! is per call, so printing never traps it (item 10).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use hookwall_testkit::{Hookwall, read_jsonl, wait_for, wasm};
+use hookwall_testkit::{on_threads, read_jsonl, wait_for, wait_for_lines, wasm};
 use serde_json::{Value, json};
 
-use crate::{BIN, config, plugin_status, post_signed, stored, workdir};
+use crate::{
+    config, dead_letters, plugin_status, post_signed, run_config, serve, start_demo, stored,
+    workdir, write_config, write_manifest,
+};
 
 /// What the secret file outside the plugins directory holds: it must never reach a plugin.
 const SECRET_TEXT: &str = "host-secret-never-for-plugins";
 
-fn dead_letters(hw: &Hookwall) -> Vec<Value> {
-    let r = hw.admin_get("/api/v1/dead-letters");
-    assert_eq!(r.status, 200, "{r:?}");
-    r.json()["dead_letters"].as_array().unwrap().clone()
-}
-
 /// `hookwall check` on `dir`'s config: (ok, stderr).
 fn check(dir: &Path) -> (bool, String) {
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(dir.join("hookwall.toml"))
-        .output()
-        .unwrap();
+    let out = run_config("check", &dir.join("hookwall.toml"));
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -42,10 +34,8 @@ fn manifest_file_values_outside_the_plugins_directory_refuse_to_load() {
     std::fs::create_dir(dir.path().join("plugins/sub")).unwrap();
     std::os::unix::fs::symlink("../secret.txt", dir.path().join("plugins/link.txt")).unwrap();
     std::fs::write(dir.path().join("plugins/inside.txt"), "hello").unwrap();
-    let text = config(&[("demo", "\"echo\"")], "")
-        .replace("{listen}", "127.0.0.1:0")
-        .replace("{admin}", "127.0.0.1:0");
-    std::fs::write(dir.path().join("hookwall.toml"), text).unwrap();
+    let text = config(&[("demo", "\"echo\"")], "");
+    write_config(dir.path(), &text, "127.0.0.1:0", "127.0.0.1:0");
     let absolute = secret.to_str().unwrap();
     for value in [
         absolute,
@@ -53,11 +43,8 @@ fn manifest_file_values_outside_the_plugins_directory_refuse_to_load() {
         "sub/../../secret.txt",
         "link.txt",
     ] {
-        std::fs::write(
-            dir.path().join("plugins/echo.toml"),
-            format!("[config]\ngreeting_file = {value:?}\n"),
-        )
-        .unwrap();
+        let manifest = format!("[config]\ngreeting_file = {value:?}\n");
+        write_manifest(dir.path(), "echo", &manifest);
         let (ok, stderr) = check(dir.path());
         assert!(!ok, "{value}: the plugin loaded:\n{stderr}");
         assert!(
@@ -68,11 +55,8 @@ fn manifest_file_values_outside_the_plugins_directory_refuse_to_load() {
     }
     // A file inside the directory (also through `..` that stays inside) is fine.
     for value in ["inside.txt", "sub/../inside.txt"] {
-        std::fs::write(
-            dir.path().join("plugins/echo.toml"),
-            format!("[config]\ngreeting_file = {value:?}\n"),
-        )
-        .unwrap();
+        let manifest = format!("[config]\ngreeting_file = {value:?}\n");
+        write_manifest(dir.path(), "echo", &manifest);
         let (ok, stderr) = check(dir.path());
         assert!(ok, "{value}: {stderr}");
     }
@@ -83,9 +67,12 @@ fn a_reloaded_manifest_cannot_reach_outside_and_value_files_still_reload() {
     let dir = workdir(&[("echo", wasm::ECHO)]);
     std::fs::write(dir.path().join("secret.txt"), SECRET_TEXT).unwrap();
     std::fs::write(dir.path().join("plugins/greeting.txt"), "hello").unwrap();
-    let manifest = dir.path().join("plugins/echo.toml");
-    std::fs::write(&manifest, "[config]\ngreeting_file = \"greeting.txt\"\n").unwrap();
-    let hw = Hookwall::start(BIN, dir.path(), &config(&[("demo", "\"echo\"")], ""));
+    write_manifest(
+        dir.path(),
+        "echo",
+        "[config]\ngreeting_file = \"greeting.txt\"\n",
+    );
+    let hw = serve(&dir, &[("demo", "\"echo\"")], "");
     let orders = dir.path().join("orders.jsonl");
     let greetings = || -> Vec<Value> {
         read_jsonl(&orders)
@@ -108,7 +95,11 @@ fn a_reloaded_manifest_cannot_reach_outside_and_value_files_still_reload() {
     }));
 
     // A manifest that reaches outside is refused, naming the key; the last good version stays.
-    std::fs::write(&manifest, "[config]\ngreeting_file = \"../secret.txt\"\n").unwrap();
+    write_manifest(
+        dir.path(),
+        "echo",
+        "[config]\ngreeting_file = \"../secret.txt\"\n",
+    );
     assert!(wait_for(Duration::from_secs(5), || plugin_status(
         &hw, "echo"
     )["last_error"]
@@ -123,35 +114,18 @@ fn a_reloaded_manifest_cannot_reach_outside_and_value_files_still_reload() {
     assert!(!hw.log().contains(SECRET_TEXT));
 }
 
-/// The `statics` plugin for source `demo`, at most 2 calls at once, each given 2 s.
-fn start_bounded() -> (tempfile::TempDir, Hookwall) {
-    let dir = workdir(&[("statics", wasm::STATICS)]);
-    std::fs::write(
-        dir.path().join("plugins/statics.toml"),
-        "[limits]\nmax_concurrent_calls = 2\ndeadline = \"2s\"\n",
-    )
-    .unwrap();
-    let hw = Hookwall::start(BIN, dir.path(), &config(&[("demo", "\"statics\"")], ""));
-    (dir, hw)
-}
-
 #[test]
 fn a_plugin_at_capacity_answers_503_and_dead_letters_nothing() {
-    let (dir, hw) = start_bounded();
-    let hw = std::sync::Arc::new(hw);
+    // The `statics` plugin for source `demo`, at most 2 calls at once, each given 2 s.
+    let manifest = "[limits]\nmax_concurrent_calls = 2\ndeadline = \"2s\"\n";
+    let (dir, hw) = start_demo("statics", wasm::STATICS, Some(manifest));
     // Eight calls of 1.5 s against a bound of 2 and a 2 s wait: two run at once, two more get a
     // permit after 1.5 s, and the rest wait 2 s and are refused.
     let body = json!({"busy_ms": 1500});
-    let threads: Vec<_> = (0..8)
-        .map(|i| {
-            let (hw, body) = (hw.clone(), body.clone());
-            std::thread::spawn(move || {
-                let id = format!("c-{i}");
-                (id.clone(), post_signed(&hw, "demo", &id, &body))
-            })
-        })
-        .collect();
-    let replies: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let replies = on_threads(8, |i| {
+        let id = format!("c-{i}");
+        (id.clone(), post_signed(&hw, "demo", &id, &body))
+    });
     let mut accepted = Vec::new();
     let mut refused = Vec::new();
     for (id, r) in &replies {
@@ -177,9 +151,11 @@ fn a_plugin_at_capacity_answers_503_and_dead_letters_nothing() {
     // Nothing dead-lettered, nothing stored for a refusal, every accepted one delivered.
     assert!(dead_letters(&hw).is_empty(), "{:?}", dead_letters(&hw));
     let orders = dir.path().join("orders.jsonl");
-    assert!(wait_for(Duration::from_secs(10), || read_jsonl(&orders)
-        .len()
-        == accepted.len()));
+    assert!(wait_for_lines(
+        &orders,
+        accepted.len(),
+        Duration::from_secs(10)
+    ));
     let events = hw.admin_get("/api/v1/events?limit=100").json();
     assert_eq!(
         events["events"].as_array().unwrap().len(),
@@ -198,9 +174,11 @@ fn a_plugin_at_capacity_answers_503_and_dead_letters_nothing() {
     let retry = post_signed(&hw, "demo", &refused[0], &json!({}));
     assert_eq!(retry.status, 200, "{retry:?}");
     assert_eq!(retry.json()["status"], "accepted", "{retry:?}");
-    assert!(wait_for(Duration::from_secs(10), || read_jsonl(&orders)
-        .len()
-        == accepted.len() + 1));
+    assert!(wait_for_lines(
+        &orders,
+        accepted.len() + 1,
+        Duration::from_secs(10)
+    ));
     assert!(dead_letters(&hw).is_empty());
 }
 
@@ -210,24 +188,12 @@ fn a_plugin_at_capacity_answers_503_and_dead_letters_nothing() {
 /// refuses the rest with 503, and nothing is dead-lettered.
 #[test]
 fn a_burst_beyond_capacity_is_refused_never_dead_lettered() {
-    let dir = workdir(&[("statics", wasm::STATICS)]);
-    std::fs::write(
-        dir.path().join("plugins/statics.toml"),
-        "[limits]\ndeadline = \"2s\"\n",
-    )
-    .unwrap();
-    let hw = Hookwall::start(BIN, dir.path(), &config(&[("demo", "\"statics\"")], ""));
-    let hw = std::sync::Arc::new(hw);
-    let threads: Vec<_> = (0..260)
-        .map(|i| {
-            let hw = hw.clone();
-            std::thread::spawn(move || {
-                let r = post_signed(&hw, "demo", &format!("b-{i}"), &json!({"busy_ms": 1000}));
-                (r.status, r.header("retry-after").map(str::to_string))
-            })
-        })
-        .collect();
-    let replies: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let manifest = "[limits]\ndeadline = \"2s\"\n";
+    let (dir, hw) = start_demo("statics", wasm::STATICS, Some(manifest));
+    let replies = on_threads(260, |i| {
+        let r = post_signed(&hw, "demo", &format!("b-{i}"), &json!({"busy_ms": 1000}));
+        (r.status, r.header("retry-after").map(str::to_string))
+    });
     let accepted = replies.iter().filter(|(s, _)| *s == 200).count();
     let refused = replies.iter().filter(|(s, _)| *s == 503).count();
     assert_eq!(
@@ -244,29 +210,20 @@ fn a_burst_beyond_capacity_is_refused_never_dead_lettered() {
     );
     assert!(dead_letters(&hw).is_empty(), "{:?}", dead_letters(&hw));
     let orders = dir.path().join("orders.jsonl");
-    assert!(wait_for(Duration::from_secs(20), || read_jsonl(&orders)
-        .len()
-        == accepted));
+    assert!(wait_for_lines(&orders, accepted, Duration::from_secs(20)));
 }
 
 #[test]
 fn a_pooled_plugin_printing_on_every_call_never_traps() {
-    let dir = workdir(&[("statics", wasm::STATICS)]);
-    std::fs::write(
-        dir.path().join("plugins/statics.toml"),
-        "instances = \"pooled\"\npool_size = 1\n",
-    )
-    .unwrap();
-    let hw = Hookwall::start(BIN, dir.path(), &config(&[("demo", "\"statics\"")], ""));
+    let manifest = "instances = \"pooled\"\npool_size = 1\n";
+    let (dir, hw) = start_demo("statics", wasm::STATICS, Some(manifest));
     // 50 × 100 B of stderr from one warm instance: far past the 2 KiB a call may keep.
     for i in 0..50 {
         let r = post_signed(&hw, "demo", &format!("s-{i}"), &json!({"stderr": 100}));
         assert_eq!(r.status, 200, "event {i}: {r:?}");
     }
     let orders = dir.path().join("orders.jsonl");
-    assert!(wait_for(Duration::from_secs(10), || read_jsonl(&orders)
-        .len()
-        == 50));
+    assert!(wait_for_lines(&orders, 50, Duration::from_secs(10)));
     // One instance served them all (the call count went up to 50).
     let calls: Vec<String> = read_jsonl(&orders)
         .iter()

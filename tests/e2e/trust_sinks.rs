@@ -8,35 +8,29 @@ use std::path::Path;
 use std::time::Duration;
 
 use hookwall_testkit::upstream::{Answer, Upstream};
-use hookwall_testkit::{Hookwall, Tmpfs, free_port, wait_for};
+use hookwall_testkit::{Hookwall, Tmpfs, free_port, on_threads, wait_for};
 use serde_json::{Value, json};
 
-use crate::{BIN, base_config, hmac_source, post_signed, workdir};
+use crate::{BIN, base_config, file_sink, hmac_source, open_source, post_signed, stored, workdir};
 
 /// Quick retries that never give up during a test, and no circuit breaker pausing them.
 const KEEP_TRYING: &str = "retry = { max_attempts = 1000, initial = \"50ms\", max_delay = \"200ms\" }\ncircuit = { failures = 0 }";
 
-/// `GET /api/v1/events/{id}`, asserted to be found.
-fn event(hw: &Hookwall, id: &str) -> Value {
-    let r = hw.admin_get(&format!("/api/v1/events/{id}"));
-    assert_eq!(
-        r.status,
-        200,
-        "event {id}: {}",
-        String::from_utf8_lossy(&r.body)
-    );
-    r.json()
-}
-
 /// The event's delivery to `sink`.
 fn delivery(hw: &Hookwall, id: &str, sink: &str) -> Value {
-    event(hw, id)["deliveries"]
+    stored(hw, id)["deliveries"]
         .as_array()
         .unwrap()
         .iter()
         .find(|d| d["sink"] == sink)
         .unwrap_or_else(|| panic!("event {id} has no delivery to {sink}"))
         .clone()
+}
+
+/// Whether every event of `ids` has its delivery to `sink` in `state`.
+fn all_in_state(hw: &Hookwall, ids: &[String], sink: &str, state: &str) -> bool {
+    ids.iter()
+        .all(|id| delivery(hw, id, sink)["state"] == state)
 }
 
 /// The id the 2xx answer gives (the stored id, whatever form the store uses).
@@ -100,10 +94,13 @@ fn the_file_sink_confirms_only_lines_that_reached_the_disk() {
     let out = disk.join("events.jsonl");
     let dir = workdir(&[]);
     let config = format!(
-        "{}\n[sinks.disk]\ntype = \"file\"\npath = \"{}\"\n{KEEP_TRYING}\n\
-         batch = {{ max_events = 1 }}\n{}",
+        "{}{}{}",
         base_config("max_body_bytes = 1048576", "", None, ""),
-        out.display(),
+        file_sink(
+            "disk",
+            &out.display().to_string(),
+            &format!("{KEEP_TRYING}\nbatch = {{ max_events = 1 }}")
+        ),
         hmac_source("shop", "", "disk")
     );
     let hw = Hookwall::start(BIN, dir.path(), &config);
@@ -154,10 +151,9 @@ fn the_file_sink_confirms_only_lines_that_reached_the_disk() {
     );
 
     std::fs::remove_file(&filler).unwrap();
+    let all_delivered = || all_in_state(&hw, &ids, "disk", "delivered");
     assert!(
-        wait_for(Duration::from_secs(30), || ids
-            .iter()
-            .all(|id| delivery(&hw, id, "disk")["state"] == "delivered")),
+        wait_for(Duration::from_secs(30), all_delivered),
         "every event delivered once space is back:\n{}",
         hw.log()
     );
@@ -190,17 +186,14 @@ sinks = ["disk", "app"]
 path = "/hooks/forwarding"
 verify = {{ scheme = "bearer", secrets = ["env:FWD_TOKEN"], id_header = "X-Event-Id", forward_credentials = true }}
 sinks = ["disk"]
-
-[sinks.disk]
-type = "file"
-path = "out.jsonl"
-
+{}
 [sinks.app]
 type = "http"
 url = "env:APP_URL"
 retry = {{ max_attempts = 2, initial = "50ms", max_delay = "100ms" }}
 "#,
-        base_config("", "", None, "")
+        base_config("", "", None, ""),
+        file_sink("disk", "out.jsonl", ""),
     );
     let url = format!(
         "http://127.0.0.1:{}/services/T000/B000/{URL_SECRET}",
@@ -249,9 +242,9 @@ retry = {{ max_attempts = 2, initial = "50ms", max_delay = "100ms" }}
     );
     assert!(!contains(&std::fs::read(&out).unwrap(), TOKEN));
     // The admin API.
-    let shown = event(&hw, &id).to_string();
+    let shown = stored(&hw, &id).to_string();
     assert!(!shown.contains(TOKEN), "{shown}");
-    assert!(event(&hw, &forwarded).to_string().contains(FORWARDED));
+    assert!(stored(&hw, &forwarded).to_string().contains(FORWARDED));
     // The store's files, byte for byte: the forwarded token is there, the other is not.
     let data = all_bytes(&dir.path().join("data"));
     assert!(
@@ -300,52 +293,28 @@ retry = {{ max_attempts = 2, initial = "50ms", max_delay = "100ms" }}
 fn retention_prunes_closed_events_behind_thousands_of_old_open_ones() {
     const OPEN: usize = 8_100;
     let dir = workdir(&[]);
+    let id_header = ", id_header = \"X-Event-Id\"";
     let config = format!(
-        r#"{}
-[sources.backlog]
-path = "/hooks/backlog"
-verify = {{ scheme = "none", id_header = "X-Event-Id" }}
-sinks = ["held"]
-
-[sources.shop]
-path = "/hooks/shop"
-verify = {{ scheme = "none", id_header = "X-Event-Id" }}
-sinks = ["disk"]
-
-[sinks.held]
-type = "file"
-path = "held.jsonl"
-paused = true
-
-[sinks.disk]
-type = "file"
-path = "out.jsonl"
-"#,
-        base_config("", "retention = \"2s\"\nfsync = false", None, "")
+        "{}{}{}{}{}",
+        base_config("", "retention = \"2s\"\nfsync = false", None, ""),
+        open_source("backlog", id_header, "held", ""),
+        open_source("shop", id_header, "disk", ""),
+        file_sink("held", "held.jsonl", "paused = true"),
+        file_sink("disk", "out.jsonl", ""),
     );
     let hw = Hookwall::start(BIN, dir.path(), &config);
     let started = std::time::Instant::now();
-    let backlog: Vec<String> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..4)
-            .map(|w| {
-                let hw = &hw;
-                s.spawn(move || {
-                    (w..OPEN)
-                        .step_by(4)
-                        .map(|i| {
-                            let id = format!("old-{i}");
-                            let headers = [("X-Event-Id", id.as_str())];
-                            accepted_id(&hw.post("/hooks/backlog", &headers, b"{}"))
-                        })
-                        .collect::<Vec<_>>()
-                })
+    let per_worker = on_threads(4, |w| {
+        (w..OPEN)
+            .step_by(4)
+            .map(|i| {
+                let id = format!("old-{i}");
+                let headers = [("X-Event-Id", id.as_str())];
+                accepted_id(&hw.post("/hooks/backlog", &headers, b"{}"))
             })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap())
-            .collect()
+            .collect::<Vec<_>>()
     });
+    let backlog: Vec<String> = per_worker.into_iter().flatten().collect();
     eprintln!("{OPEN} open events posted in {:?}", started.elapsed());
     let closed: Vec<String> = (0..20)
         .map(|i| {
@@ -357,7 +326,7 @@ path = "out.jsonl"
     assert!(wait_for(Duration::from_secs(20), || complete_lines(&out)
         .len()
         == 20));
-    let gone = |id: &String| hw.admin_get(&format!("/api/v1/events/{id}")).status == 404;
+    let gone = |id: &String| hw.event(id).status == 404;
     assert!(
         wait_for(Duration::from_secs(30), || closed.iter().all(gone)),
         "closed events older than the retention are pruned:\n{}",
@@ -400,10 +369,9 @@ fn a_huge_answer_body_is_not_buffered_and_the_status_decides() {
             ))
         })
         .collect();
+    let all_delivered = || all_in_state(&hw, &ids, "app", "delivered");
     assert!(
-        wait_for(Duration::from_secs(30), || ids
-            .iter()
-            .all(|id| delivery(&hw, id, "app")["state"] == "delivered")),
+        wait_for(Duration::from_secs(30), all_delivered),
         "a 2xx with a huge body delivers:\n{}",
         hw.log()
     );

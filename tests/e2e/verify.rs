@@ -3,7 +3,6 @@
 //! handshakes, a plugin handshake verified first, `allow_ips` behind a trusted proxy,
 //! `explain`, and per-source response control.
 
-use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -12,7 +11,7 @@ use hmac::{Hmac, Mac};
 use hookwall_testkit::{Hookwall, Reply, wasm};
 use serde_json::{Value, json};
 
-use crate::{BIN, workdir};
+use crate::{BIN, base_config, file_sink, source, workdir};
 
 const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const STRIPE: &str = "whsec_stripe_whole_string_is_the_key";
@@ -40,60 +39,25 @@ const SCHEMES: &[(&str, &str, &str)] = &[
     ("api-key", ", header = \"X-Api-Key\"", PLAIN),
 ];
 
+/// The presets in [`SCHEMES`], each at `/hooks/SCHEME`, and five GitHub-signed sources for the
+/// plugin handshake, `explain`, `allow_ips` and custom responses, all into `events.jsonl`.
 fn config() -> String {
-    let mut text = String::from(
-        r#"
-[server]
-listen = "{listen}"
-trusted_proxies = ["127.0.0.1/32"]
-
-[storage]
-path = "data"
-
-[plugins]
-dir = "plugins"
-
-[admin]
-listen = "{admin}"
-
-[sinks.events]
-type = "file"
-path = "events.jsonl"
-
-[sources.plugin-handshake]
-path = "/hooks/plugin-handshake"
-verify = { scheme = "github", secrets = ["e2e-shared-secret"] }
-plugins = ["handshake"]
-sinks = ["events"]
-
-[sources.explained]
-path = "/hooks/explained"
-verify = { scheme = "github", secrets = ["e2e-shared-secret"], explain = true }
-sinks = ["events"]
-
-[sources.ipguard]
-path = "/hooks/ipguard"
-verify = { scheme = "github", secrets = ["e2e-shared-secret"], allow_ips = ["203.0.113.0/24"] }
-sinks = ["events"]
-
-[sources.quiet]
-path = "/hooks/quiet"
-verify = { scheme = "github", secrets = ["e2e-shared-secret"] }
-sinks = ["events"]
-respond = { status = 204 }
-
-[sources.plain-ok]
-path = "/hooks/plain-ok"
-verify = { scheme = "github", secrets = ["e2e-shared-secret"] }
-sinks = ["events"]
-respond = { status = 202, body = "ok" }
-"#,
-    );
+    let base = base_config("trusted_proxies = [\"127.0.0.1/32\"]", "", Some(""), "");
+    let mut text = format!("{base}{}", file_sink("events", "events.jsonl", ""));
+    let github = |extra: &str| format!("{{ scheme = \"github\", secrets = [\"{PLAIN}\"]{extra} }}");
+    let mut add = |name: &str, verify: &str, plugins: &str, extra: &str| {
+        text.push_str(&source(name, verify, plugins, "events", extra));
+    };
+    add("plugin-handshake", &github(""), "\"handshake\"", "");
+    add("explained", &github(", explain = true"), "", "");
+    let allow = github(", allow_ips = [\"203.0.113.0/24\"]");
+    add("ipguard", &allow, "", "");
+    add("quiet", &github(""), "", "respond = { status = 204 }");
+    let ok = "respond = { status = 202, body = \"ok\" }";
+    add("plain-ok", &github(""), "", ok);
     for (scheme, extra, secret) in SCHEMES {
-        text.push_str(&format!(
-            "\n[sources.{scheme}]\npath = \"/hooks/{scheme}\"\n\
-             verify = {{ scheme = \"{scheme}\", secrets = [\"{secret}\"]{extra} }}\nsinks = [\"events\"]\n"
-        ));
+        let verify = format!("{{ scheme = \"{scheme}\", secrets = [\"{secret}\"]{extra} }}");
+        add(scheme, &verify, "", "");
     }
     text
 }
@@ -228,6 +192,13 @@ fn provider_request(scheme: &str, id: &str, ts: u64) -> Sent {
     }
 }
 
+/// Hookwall on [`config`] in a new work dir with the `handshake` plugin.
+fn start() -> (tempfile::TempDir, Hookwall) {
+    let dir = workdir(&[("handshake", wasm::HANDSHAKE)]);
+    let hw = Hookwall::start(BIN, dir.path(), &config());
+    (dir, hw)
+}
+
 fn post(hw: &Hookwall, sent: &Sent) -> Reply {
     let headers: Vec<(&str, &str)> = sent
         .headers
@@ -244,8 +215,7 @@ fn scheme_carries_id(scheme: &str) -> bool {
 
 #[test]
 fn every_scheme_verifies_through_the_binary_and_tampering_is_refused() {
-    let dir = workdir(&[("handshake", wasm::HANDSHAKE)]);
-    let hw = Hookwall::start(BIN, dir.path(), &config());
+    let (_dir, hw) = start();
     for (i, (scheme, _, _)) in SCHEMES.iter().enumerate() {
         let id = format!("evt-{i}-{scheme}");
         let sent = provider_request(scheme, &id, now_secs());
@@ -300,27 +270,20 @@ fn every_scheme_verifies_through_the_binary_and_tampering_is_refused() {
 
 #[test]
 fn send_signs_for_every_scheme() {
-    let dir = workdir(&[("handshake", wasm::HANDSHAKE)]);
-    let hw = Hookwall::start(BIN, dir.path(), &config());
+    let (dir, hw) = start();
     let file = dir.path().join("event.json");
     std::fs::write(
         &file,
         br#"{"id":"evt_send","event_id":"evt_send","type":"x"}"#,
     )
     .unwrap();
+    let file = file.to_str().unwrap();
     for (scheme, _, _) in SCHEMES {
-        let out = Command::new(BIN)
-            .args(["send", "--config"])
-            .arg(&hw.config_path)
-            .args(["--source", scheme, "--id", &format!("send-{scheme}")])
-            .arg(&file)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
+        let id = format!("send-{scheme}");
+        let (ok, stdout, stderr) = hw.cli(&["send", "--source", scheme, "--id", &id, file]);
         assert!(
-            out.status.success() && stdout.starts_with("200 "),
-            "{scheme}: {stdout}{}\n{}",
-            String::from_utf8_lossy(&out.stderr),
+            ok && stdout.starts_with("200 "),
+            "{scheme}: {stdout}{stderr}\n{}",
             hw.log()
         );
     }
@@ -328,8 +291,7 @@ fn send_signs_for_every_scheme() {
 
 #[test]
 fn built_in_handshakes_answer_and_never_reach_sinks() {
-    let dir = workdir(&[("handshake", wasm::HANDSHAKE)]);
-    let hw = Hookwall::start(BIN, dir.path(), &config());
+    let (dir, hw) = start();
     let t = now_secs().to_string();
 
     // Slack Events API url_verification (Slack docs' example body).
@@ -385,8 +347,7 @@ fn built_in_handshakes_answer_and_never_reach_sinks() {
 
 #[test]
 fn a_plugin_handshake_is_verified_first() {
-    let dir = workdir(&[("handshake", wasm::HANDSHAKE)]);
-    let hw = Hookwall::start(BIN, dir.path(), &config());
+    let (_dir, hw) = start();
     let body = br#"{"type":"challenge","challenge":"c-1"}"#;
     let r = hw.post(
         "/hooks/plugin-handshake",
@@ -412,8 +373,7 @@ fn a_plugin_handshake_is_verified_first() {
 
 #[test]
 fn explain_allow_ips_and_custom_responses() {
-    let dir = workdir(&[("handshake", wasm::HANDSHAKE)]);
-    let hw = Hookwall::start(BIN, dir.path(), &config());
+    let (_dir, hw) = start();
     let body = br#"{"a": 1}"#;
     let sig = format!("sha256={}", hex::encode(hmac256(PLAIN.as_bytes(), &[body])));
 

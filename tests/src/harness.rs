@@ -43,6 +43,16 @@ pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Runs `work(i)` for each `i` in `0..n`, each on its own (scoped) thread, all at once: the
+/// results, in the order of `i`.
+pub fn on_threads<T: Send>(n: usize, work: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    std::thread::scope(|s| {
+        let work = &work;
+        let handles: Vec<_> = (0..n).map(|i| s.spawn(move || work(i))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
 /// Runs `cmd` to completion and asserts it exited successfully (the failure message is its
 /// stdout and stderr); returns its output.
 pub fn run_ok(cmd: &mut Command) -> std::process::Output {

@@ -14,8 +14,8 @@ use std::sync::atomic::Ordering;
 
 use crate::config::{Config, ConfigError, OnPluginError, RespondConfig};
 use crate::dedupe::{self, Begin, Claim, Dedupe, DedupeError};
-use crate::event::InboundRequest;
-use crate::plugin::{ChainOutcome, Event, PluginBusy, PluginHost, Rejection, Reply, Routed};
+use crate::event::{Event, InboundRequest, Rejection, Reply, Routed};
+use crate::plugin::{ChainOutcome, PluginBusy, PluginHost};
 use crate::ratelimit::overload::{Overload, Overloaded};
 use crate::ratelimit::{self, RateLimitError, RateLimiter};
 use crate::redis::SharedRedis;

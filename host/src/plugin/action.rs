@@ -6,83 +6,9 @@
 //! actions into an outcome in [`super::chain`].
 
 use crate::event::Priority;
+pub use crate::event::{Event, Rejection, Reply, Routed};
 
 use super::CallFailure;
-
-/// A verified event as plugins see it.
-#[derive(Debug, Clone)]
-pub struct Event {
-    /// The event's id (the sender's, or a UUIDv7 at intake), kept by every delivery made
-    /// from it.
-    pub id: String,
-    /// The source it arrived on.
-    pub source: String,
-    /// When it arrived, in ms since the Unix epoch.
-    pub received_at_ms: u64,
-    /// The request's method.
-    pub method: String,
-    /// The request's path.
-    pub path: String,
-    /// The raw query string, without `?`.
-    pub query: String,
-    /// Header names are lowercase.
-    pub headers: Vec<(String, String)>,
-    /// The request body (for a later plugin of a chain: the previous plugin's output).
-    pub body: Vec<u8>,
-}
-
-/// A stored event as its plugins see it again (a replay re-runs the current chain on it).
-impl From<&crate::store::EventRecord> for Event {
-    fn from(record: &crate::store::EventRecord) -> Event {
-        Event {
-            id: record.id.clone(),
-            source: record.source.clone(),
-            received_at_ms: record.received_at_ms,
-            method: record.method.clone(),
-            path: record.path.clone(),
-            query: record.query.clone(),
-            headers: record.headers.clone(),
-            body: record.body.clone(),
-        }
-    }
-}
-
-/// One message routed to a named sink.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Routed {
-    /// The sink it goes to.
-    pub sink: String,
-    /// The headers it is delivered with.
-    pub headers: Vec<(String, String)>,
-    /// The body it is delivered with.
-    pub body: Vec<u8>,
-    /// Its dispatch priority within the sink.
-    pub priority: Priority,
-}
-
-/// A plugin's refusal, answered to the sender.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    /// A client error (4xx); anything else is answered as 422.
-    pub status: u16,
-    /// A machine-readable reason.
-    pub code: String,
-    /// A human-readable reason.
-    pub message: String,
-    /// The request field at fault, if any.
-    pub field: Option<String>,
-}
-
-/// A plugin's direct answer to the sender (a provider handshake).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    /// A success (2xx); anything else is answered as 200.
-    pub status: u16,
-    /// The reply's headers.
-    pub headers: Vec<(String, String)>,
-    /// The reply's body.
-    pub body: Vec<u8>,
-}
 
 /// The result of running a source's chain.
 #[derive(Debug)]

@@ -15,7 +15,7 @@ use crate::dedupe::{self, DedupeError};
 use crate::pipeline::{IngestError, Ingested};
 use crate::ratelimit::{self, RateLimitError, overload};
 use crate::telemetry::metrics;
-use crate::verify::VerifyError;
+use crate::verify::{VerifyError, VerifyFailure};
 
 /// `Retry-After` when the store cannot commit.
 const STORE_RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -277,24 +277,7 @@ pub fn ingested_outcome(outcome: &Ingested) -> &'static str {
 pub fn classify(source: &str, e: &IngestError) -> Refusal {
     let unavailable = StatusCode::SERVICE_UNAVAILABLE;
     match e {
-        IngestError::Verify(failure) => {
-            let v = &failure.error;
-            tracing::info!(source, code = v.code(), reason = %v,
-                diagnostic = %failure.diagnostic, "verification failed");
-            let (status, outcome) = match v {
-                VerifyError::IpNotAllowed { .. } => (StatusCode::FORBIDDEN, "forbidden"),
-                _ => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            };
-            let mut r = Refusal::new(status, v.code(), v.to_string(), outcome);
-            r.verify_failure = Some(v.code());
-            if failure.explain {
-                r.extra.insert(
-                    "explain".into(),
-                    serde_json::to_value(&*failure.diagnostic).unwrap_or_default(),
-                );
-            }
-            r
-        }
+        IngestError::Verify(failure) => verify_refusal(source, failure),
         IngestError::Rejected(rej) => {
             let status =
                 StatusCode::from_u16(rej.status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
@@ -377,6 +360,27 @@ pub fn classify(source: &str, e: &IngestError) -> Refusal {
             .retry_after(overload::RETRY_AFTER)
         }
     }
+}
+
+/// A failed verification: 403 for `allow_ips`, else 401, with the diagnostic when the source
+/// asked for `explain`.
+fn verify_refusal(source: &str, failure: &VerifyFailure) -> Refusal {
+    let v = &failure.error;
+    tracing::info!(source, code = v.code(), reason = %v,
+            diagnostic = %failure.diagnostic, "verification failed");
+    let (status, outcome) = match v {
+        VerifyError::IpNotAllowed { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+        _ => (StatusCode::UNAUTHORIZED, "unauthorized"),
+    };
+    let mut r = Refusal::new(status, v.code(), v.to_string(), outcome);
+    r.verify_failure = Some(v.code());
+    if failure.explain {
+        r.extra.insert(
+            "explain".into(),
+            serde_json::to_value(&*failure.diagnostic).unwrap_or_default(),
+        );
+    }
+    r
 }
 
 /// Classifies, counts and answers a refusal of the pipeline.

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::StoreError;
 
+use crate::event::Event;
 pub use crate::event::Priority;
 
 /// What happened to an accepted event.
@@ -50,6 +51,22 @@ pub struct EventRecord {
     pub status: EventStatus,
     /// Sequence numbers of this event's deliveries, assigned at commit.
     pub deliveries: Vec<u64>,
+}
+
+/// A stored event as its plugins see it again (a replay re-runs the current chain on it).
+impl From<&EventRecord> for Event {
+    fn from(record: &EventRecord) -> Event {
+        Event {
+            id: record.id.clone(),
+            source: record.source.clone(),
+            received_at_ms: record.received_at_ms,
+            method: record.method.clone(),
+            path: record.path.clone(),
+            query: record.query.clone(),
+            headers: record.headers.clone(),
+            body: record.body.clone(),
+        }
+    }
 }
 
 /// An event about to be committed, with the deliveries its plugins routed.
