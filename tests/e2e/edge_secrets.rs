@@ -193,3 +193,19 @@ fn admin_listener_refuses_a_public_address_without_a_token() {
     // Nothing was bound.
     assert!(std::net::TcpListener::bind(("0.0.0.0", port)).is_ok());
 }
+
+/// Everything that can fail is built before any port is bound (`App::build`): with the webhook
+/// port already taken and a sink that cannot be built, the sink is what `serve` refuses (a
+/// config error naming its key, exit 64), not the port.
+#[test]
+fn serve_refuses_a_bad_sink_before_binding_any_port() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let source = open_source("demo", "", "app", "");
+    let (code, stderr) = check_exit(&format!(
+        "[server]\nlisten = \"{}\"\n{source}[sinks.app]\ntype = \"http\"\nurl = \"ftp://example.invalid/hook\"\n",
+        taken.local_addr().unwrap()
+    ));
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("sinks.app.url"), "{stderr}");
+    assert!(!stderr.contains("cannot listen"), "{stderr}");
+}

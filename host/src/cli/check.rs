@@ -7,11 +7,6 @@ use crate::plugin::PluginHost;
 /// Checks the config at `path` and prints what it would run.
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let config = super::load_config(path)?;
-    // Each sink kind checks what only it understands (URL shapes, subjects), as `serve` does
-    // before binding.
-    for (name, sink) in &config.sinks {
-        crate::sink::build(name, sink, &config.base_dir)?;
-    }
     let plugins = PluginHost::load(&config, None)?;
     let loaded = plugins.plugins();
     println!(

@@ -171,9 +171,14 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Loads and validates the config, secrets included (they must resolve before anything starts).
+/// Loads and validates the config, secrets included (they must resolve before anything
+/// starts), and builds every sink once: each kind checks what only it understands (URL shapes,
+/// subjects), so `check` and `serve` refuse a bad sink alike, as a config error (exit 64).
 pub(crate) fn load_config(path: &Path) -> anyhow::Result<Config> {
     let config = Config::load(path)?;
     config.check_secrets()?;
+    for (name, sink) in &config.sinks {
+        crate::sink::build(name, sink, &config.base_dir)?;
+    }
     Ok(config)
 }
