@@ -4,7 +4,7 @@
 //! arrived (event-to-delivery latency), so the number covers ingest, the durable commit, the
 //! delivery worker and the sink's HTTP client.
 //!
-//! The original request is found from the delivery's `webhook-id` (`EVENT:SINK:N`): the
+//! The original request is found from the delivery's `webhook-id` (`SOURCE:EVENT:SINK:N`): the
 //! event ids of the request pool are `lg-TAG-INDEX`, and the client writes each index's send
 //! time into [`SendTimes`].
 
@@ -91,9 +91,12 @@ impl Drop for SinkServer {
     }
 }
 
-/// The pool index in a delivery id `lg-TAG-INDEX:SINK:N`.
+/// The pool index in a delivery id `SOURCE:lg-TAG-INDEX:SINK:N`.
 fn pool_index(delivery_id: &str) -> Option<usize> {
-    let event = delivery_id.split(':').next()?;
+    // The pool's event ids are `lg-TAG-INDEX`; the source before them is config's.
+    let event = delivery_id
+        .split(':')
+        .find(|part| part.starts_with("lg-"))?;
     event.rsplit('-').next()?.parse().ok()
 }
 
@@ -149,8 +152,9 @@ mod tests {
 
     #[test]
     fn the_pool_index_comes_from_the_delivery_id() {
+        assert_eq!(pool_index("bench:lg-cmp-1234:bench:0"), Some(1234));
         assert_eq!(pool_index("lg-cmp-1234:bench:0"), Some(1234));
         assert_eq!(pool_index("lg-cmp-7"), Some(7));
-        assert_eq!(pool_index("other:bench:0"), None);
+        assert_eq!(pool_index("bench:other:bench:0"), None);
     }
 }
