@@ -155,31 +155,28 @@ impl Admin {
         if let Some(resp) = self.ops(&path, req.uri().query()).await {
             return resp;
         }
-        let result = if let Some(id) = path.strip_prefix("/api/v1/events/") {
-            self.event(id)
-        } else if path == "/api/v1/sinks" {
+        if let Some(id) = path.strip_prefix("/api/v1/events/") {
+            return match self.event(id) {
+                Ok(Lookup::One(body)) => respond::json(StatusCode::OK, &body),
+                Ok(Lookup::Ambiguous(body)) => respond::json(StatusCode::CONFLICT, &body),
+                Ok(Lookup::None) => {
+                    respond::error(StatusCode::NOT_FOUND, "not_found", "no such event")
+                }
+                Err(e) => store_error(&e),
+            };
+        }
+        let result = if path == "/api/v1/sinks" {
             self.sinks()
         } else if path == "/api/v1/plugins" {
-            Ok(Some(json!({ "plugins": self.plugins.status() })))
+            Ok(json!({ "plugins": self.plugins.status() }))
         } else if let (true, Some(pipeline)) = (path == "/api/v1/intake", &self.pipeline) {
-            Ok(Some(pipeline.intake_report()))
+            Ok(pipeline.intake_report())
         } else {
             return respond::error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint");
         };
         match result {
-            Ok(Some(body)) if body.get("error").is_some() => {
-                respond::json(StatusCode::CONFLICT, &body)
-            }
-            Ok(Some(body)) => respond::json(StatusCode::OK, &body),
-            Ok(None) => respond::error(StatusCode::NOT_FOUND, "not_found", "no such event"),
-            Err(e) => {
-                tracing::error!(error = %e, "admin query failed");
-                respond::error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "store_error",
-                    "the store could not be read",
-                )
-            }
+            Ok(body) => respond::json(StatusCode::OK, &body),
+            Err(e) => store_error(&e),
         }
     }
 
@@ -199,15 +196,17 @@ impl Admin {
     /// `GET /api/v1/events/{source}/{id}`, or `GET /api/v1/events/{id}` when exactly one
     /// source holds an event with that id. When several do, the answer is 409 naming each
     /// `/api/v1/events/{source}/{id}`, never one of them picked at random.
-    fn event(&self, path: &str) -> Result<Option<Value>, crate::store::StoreError> {
+    fn event(&self, path: &str) -> Result<Lookup, crate::store::StoreError> {
         let decode = |s: &str| {
             percent_encoding::percent_decode_str(s)
                 .decode_utf8_lossy()
                 .into_owned()
         };
         if let Some((source, id)) = path.split_once('/') {
-            let found = self.store.event(&decode(source), &decode(id))?;
-            return Ok(found.map(|(event, deliveries)| event_json(&event, &deliveries)));
+            return Ok(match self.store.event(&decode(source), &decode(id))? {
+                Some((event, deliveries)) => Lookup::One(event_json(&event, &deliveries)),
+                None => Lookup::None,
+            });
         }
         let id = decode(path);
         let sources = self
@@ -221,20 +220,23 @@ impl Admin {
                 found.push((source, hit));
             }
         }
-        match found.len() {
-            0 => Ok(None),
-            1 => Ok(found.pop().map(|(_, (e, d))| event_json(&e, &d))),
-            n => Ok(Some(json!({
+        Ok(match found.len() {
+            0 => Lookup::None,
+            1 => match found.pop() {
+                Some((_, (e, d))) => Lookup::One(event_json(&e, &d)),
+                None => Lookup::None,
+            },
+            n => Lookup::Ambiguous(json!({
                 "error": "ambiguous_event_id",
                 "message": format!("{n} sources hold an event with id {id:?}; ask for one by source"),
                 "candidates": found.iter()
                     .map(|(source, _)| format!("/api/v1/events/{source}/{id}"))
                     .collect::<Vec<_>>(),
-            }))),
-        }
+            })),
+        })
     }
 
-    fn sinks(&self) -> Result<Option<Value>, crate::store::StoreError> {
+    fn sinks(&self) -> Result<Value, crate::store::StoreError> {
         let mut out = Vec::new();
         for name in &self.sinks {
             out.push(json!({
@@ -244,8 +246,28 @@ impl Admin {
                 "circuit_open": self.delivery.is_circuit_open(name),
             }));
         }
-        Ok(Some(json!({ "sinks": out })))
+        Ok(json!({ "sinks": out }))
     }
+}
+
+/// What an event lookup found.
+enum Lookup {
+    /// The event, as JSON.
+    One(Value),
+    /// No such event.
+    None,
+    /// Several sources hold the id: the 409 body naming each.
+    Ambiguous(Value),
+}
+
+/// 500 for a store that could not be read (logged; the client gets no detail).
+fn store_error(e: &crate::store::StoreError) -> Response<Full<Bytes>> {
+    tracing::error!(error = %e, "admin query failed");
+    respond::error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "store_error",
+        "the store could not be read",
+    )
 }
 
 fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
