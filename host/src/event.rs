@@ -59,6 +59,15 @@ impl Priority {
             Priority::Normal => 1,
         }
     }
+
+    /// The priority of a stored rank ([`Priority::rank`]); an unknown rank reads as normal.
+    pub fn from_rank(rank: u8) -> Priority {
+        if rank == 0 {
+            Priority::High
+        } else {
+            Priority::Normal
+        }
+    }
 }
 
 /// A verified event as plugins see it.

@@ -1,20 +1,49 @@
 //! One attempt: send a unit to the sink, then record each delivery's outcome in the store.
 //!
 //! Confirmed → delivered; failed → rescheduled with exponential backoff and full jitter (or the
-//! receiver's `Retry-After`), or dead-lettered after the last attempt, past `max_age`, or at
-//! once for a permanent error. [`Worker::outcomes`] makes that decision without I/O; the
-//! result goes back to [`Dispatch`](super::dispatch::Dispatch) as [`Attempted`].
+//! receiver's `Retry-After`, never sooner than `retry.initial`), or dead-lettered after the
+//! last attempt, past `max_age`, or at once for a permanent error. A batch refused for good is
+//! not dead-lettered as a whole: its deliveries go again alone, so only the bad one ends in the
+//! dead-letter queue. [`Policy::outcomes`] makes those decisions without I/O; the result goes
+//! back to [`Dispatch`](super::dispatch::Dispatch) as [`Attempted`].
+//!
+//! A result the store cannot record (the disk is full) is held by the attempt and recorded
+//! when the store takes writes again: the unit keeps its slot and its keys meanwhile, so its
+//! deliveries are not sent again, and a success is not re-sent.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
 
-use super::dispatch::{Attempted, STORE_ERROR_PAUSE};
+use super::dispatch::{Attempted, Health, STORE_ERROR_PAUSE};
 use super::worker::Worker;
 use crate::config::RetryConfig;
 use crate::sink::SinkError;
-use crate::store::{DeliveryRecord, DeliveryUpdate};
+use crate::store::{DeliveryRecord, DeliveryUpdate, StoreError};
+
+/// The longest pause between two tries at recording results the store refused.
+const MAX_RECORD_PAUSE: Duration = Duration::from_secs(30);
+
+/// A sink's retry policy: what a result means for each delivery.
+#[derive(Debug, Clone)]
+pub(super) struct Policy {
+    /// The sink's name (metrics, logs).
+    pub sink: String,
+    /// `retry = { … }`.
+    pub retry: RetryConfig,
+}
+
+/// What one attempt's result means.
+#[derive(Debug)]
+pub(super) struct Outcomes {
+    /// One per delivery of the unit, in order.
+    pub updates: Vec<DeliveryUpdate>,
+    /// What the circuit breaker learns.
+    pub health: Health,
+    /// A batch was refused for good: its deliveries go alone from now on.
+    pub split: bool,
+}
 
 impl Worker {
     /// Sends one unit and records the outcome.
@@ -34,53 +63,94 @@ impl Worker {
             Err(e) => tracing::warn!(sink = %self.name, deliveries = unit.len(),
                 first_id = %unit[0].id, status = ?e.status, error = %e, "delivery attempt failed"),
         }
-        let updates = self.outcomes(&unit, &result, self.clock.now_ms(), &mut rand::rng());
-        let results = updates
-            .iter()
-            .map(|u| match u {
-                DeliveryUpdate::Retry { seq, .. } => (*seq, true),
-                DeliveryUpdate::Delivered { seq, .. } | DeliveryUpdate::Dead { seq, .. } => {
-                    (*seq, false)
-                }
-            })
-            .collect();
-        if let Err(e) = self.store.update_deliveries(updates).await {
-            // The sink may have the unit already; it stays pending and is sent again
-            // (at-least-once), which is safe because every delivery carries its stable id.
-            tracing::error!(sink = %self.name, error = %e, "cannot record delivery results");
-            tokio::time::sleep(STORE_ERROR_PAUSE).await;
-        }
+        let outcomes = self
+            .policy
+            .outcomes(&unit, &result, self.clock.now_ms(), &mut rand::rng());
+        let results = outcomes.updates.iter().map(next_due).collect();
+        self.record(outcomes.updates).await;
         Attempted {
             results,
-            success: result.is_ok(),
+            health: outcomes.health,
+            split: outcomes.split,
         }
     }
 
+    /// Records `updates`, trying again (1 s, doubling up to 30 s) while the store refuses, until
+    /// they are recorded or the workers stop. A success is thus never sent twice for want of a
+    /// disk; only a stop with results still unrecorded leaves them pending, to go again after
+    /// the restart (at least once, with their stable ids).
+    async fn record(&self, updates: Vec<DeliveryUpdate>) {
+        let mut pause = STORE_ERROR_PAUSE;
+        let mut stopped = self.stopped.clone();
+        loop {
+            let e = match self.store.update_deliveries(updates.clone()).await {
+                Ok(()) => return,
+                Err(e) => e,
+            };
+            if matches!(e, StoreError::Closed) || *stopped.borrow() {
+                tracing::warn!(sink = %self.name, error = %e, deliveries = updates.len(),
+                    "stopping with delivery results not recorded: they go again after the restart");
+                return;
+            }
+            tracing::error!(sink = %self.name, error = %e, deliveries = updates.len(),
+                retry_in = ?pause, "cannot record delivery results; holding them (not re-sending)");
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = stopped.changed() => {}
+            }
+            pause = (pause * 2).min(MAX_RECORD_PAUSE);
+        }
+    }
+}
+
+/// A recorded update's seq and, for a retry, its next due time.
+pub(super) fn next_due(update: &DeliveryUpdate) -> (u64, Option<u64>) {
+    match update {
+        DeliveryUpdate::Retry { seq, due_ms, .. } => (*seq, Some(*due_ms)),
+        DeliveryUpdate::Delivered { seq, .. } | DeliveryUpdate::Dead { seq, .. } => (*seq, None),
+    }
+}
+
+impl Policy {
     /// What `result` means for each delivery of `unit`, at `at_ms`: delivered, retried later,
     /// or dead-lettered.
-    pub(super) fn outcomes(
+    pub fn outcomes(
         &self,
         unit: &[DeliveryRecord],
         result: &Result<(), SinkError>,
         at_ms: u64,
         rng: &mut impl Rng,
-    ) -> Vec<DeliveryUpdate> {
-        unit.iter()
+    ) -> Outcomes {
+        let split = unit.len() > 1 && result.as_ref().is_err_and(|e| e.permanent);
+        let health = match result {
+            Err(e) if !e.permanent => Health::Failing,
+            _ => Health::Up,
+        };
+        let updates = unit
+            .iter()
             .map(|d| {
                 let seq = d.seq;
                 let Err(e) = result else {
-                    metrics::histogram!("hookwall_delivery_latency_seconds", "sink" => self.name.clone())
+                    metrics::histogram!("hookwall_delivery_latency_seconds", "sink" => self.sink.clone())
                         .record(at_ms.saturating_sub(d.received_at_ms) as f64 / 1000.0);
                     return DeliveryUpdate::Delivered { seq, at_ms };
                 };
+                if split {
+                    // Which item the sink refused is unknown: each goes again, alone, now.
+                    return DeliveryUpdate::Retry {
+                        seq,
+                        at_ms,
+                        error: format!("{e} (the batch was refused; retrying each delivery alone)"),
+                        status: e.status,
+                        due_ms: at_ms,
+                    };
+                }
                 let attempt = d.attempts.len() as u32 + 1;
-                let delay = e
-                    .retry_after
-                    .unwrap_or_else(|| backoff(&self.retry, attempt, rng));
+                let delay = self.delay(e, attempt, rng);
                 if let Some((reason, error)) = self.dead_letter(d, e, attempt, at_ms, delay) {
-                    metrics::counter!("hookwall_dead_letters_total", "sink" => self.name.clone(), "reason" => reason)
+                    metrics::counter!("hookwall_dead_letters_total", "sink" => self.sink.clone(), "reason" => reason)
                         .increment(1);
-                    tracing::warn!(sink = %self.name, delivery = %d.id, %error, "dead-lettered");
+                    tracing::warn!(sink = %self.sink, delivery = %d.id, %error, "dead-lettered");
                     return DeliveryUpdate::Dead {
                         seq,
                         at_ms,
@@ -96,11 +166,27 @@ impl Worker {
                     due_ms: at_ms + delay.as_millis() as u64,
                 }
             })
-            .collect()
+            .collect();
+        Outcomes {
+            updates,
+            health,
+            split,
+        }
+    }
+
+    /// How long until retry number `attempt`: the receiver's `Retry-After` (never sooner than
+    /// `retry.initial`, so `Retry-After: 0` or a past date cannot burn the attempts back to
+    /// back), else the backoff.
+    fn delay(&self, e: &SinkError, attempt: u32, rng: &mut impl Rng) -> Duration {
+        match e.retry_after {
+            Some(after) => after.max(self.retry.initial),
+            None => backoff(&self.retry, attempt, rng),
+        }
     }
 
     /// Whether failed attempt number `attempt` of `d` ends it, retried after `delay`: the
-    /// metric's reason and the recorded error if so.
+    /// metric's reason and the recorded error if so. `max_age` counts from when the delivery
+    /// was queued: its event's receipt, or the replay that queued it again.
     fn dead_letter(
         &self,
         d: &DeliveryRecord,
@@ -111,7 +197,7 @@ impl Worker {
     ) -> Option<(&'static str, String)> {
         let max = self.retry.max_attempts;
         let age_at_retry = Duration::from_millis(
-            (at_ms + delay.as_millis() as u64).saturating_sub(d.received_at_ms),
+            (at_ms + delay.as_millis() as u64).saturating_sub(d.queued_at_ms),
         );
         if e.permanent {
             Some(("permanent", format!("permanent failure: {e}")))

@@ -1,15 +1,21 @@
 //! Dispatch: the decisions of one sink's worker, as a state machine without I/O.
 //!
-//! The worker alternates two steps. [`Dispatch::dispatch_round`] looks at what is due and
-//! starts as many units as the sink allows now (concurrency, the circuit breaker, per-key
-//! order, the rate, a batch left to fill), then says how long to [`Wait`] at most.
+//! The worker alternates two steps. [`Dispatch::dispatch_round`] takes what is due from the
+//! sink's [`Schedule`] and starts as many units as the sink allows now (concurrency, the
+//! circuit breaker, the rate, a batch left to fill), then says how long to [`Wait`] at most.
 //! [`Dispatch::settle`] takes back a finished (or panicked) unit, freeing its keys and its slot
-//! and feeding the breaker. Everything outside — the store's pending rows and the attempts —
-//! goes through a [`Port`], and time through the worker's [`Clock`], so a unit test drives the
-//! whole loop with a fake port and a manual clock.
+//! and feeding the breaker. New pending deliveries come in through [`Dispatch::arrive`] (the
+//! store's feed) and, at start, [`Dispatch::add`] (the store's pending rows). Everything
+//! outside (the records' bodies, the attempts) goes through a [`Port`], and time through the
+//! worker's [`Clock`], so tests drive the whole loop with a fake port and a manual clock
+//! (`tests/sim.rs` runs thousands of randomized schedules that way).
+//!
+//! Cost: a round reads from the store only the records it is about to send; deliveries that
+//! cannot go (their key busy or waiting, not yet due) are never looked at, so a round with
+//! nothing due does no work however long the backlog is.
 //!
 //! Invariant: `running` counts the units started through [`Port::send`] and not yet settled,
-//! and `in_flight` holds exactly their seqs.
+//! and the schedule's taken deliveries are exactly theirs (between rounds).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -19,37 +25,31 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::flow::{self, Admission};
+use super::schedule::{self, Schedule, Scheduled};
 use super::unit::UnitLimits;
 use crate::clock::Clock;
 use crate::config::{CircuitConfig, Rate, SinkConfig};
-use crate::store::{DeliveryRecord, StoreError};
+use crate::store::{DeliveryRecord, DeliveryState, StoreError};
 
 /// An idle worker still looks at the store this often, in case a wake-up was missed.
 pub(super) const IDLE_POLL: Duration = Duration::from_secs(30);
-/// Pending deliveries read at start to restore per-key order (beyond this, keys whose head is
-/// further back start unheld).
-const MAX_ORDER_RESTORE: usize = 100_000;
-/// Due deliveries passed over in one dispatch round (their keys busy) before the worker waits.
-pub(super) const MAX_SKIPPED: usize = 10_000;
 /// Due deliveries read from the store at once, however many units would fit.
 const MAX_FETCH: usize = 10_000;
+/// Records read at once to learn the order keys of new deliveries.
+const KEY_READ_CHUNK: usize = 1024;
 /// After a store error, wait this long before trying again.
 pub(super) const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
-/// What a dispatch round reaches outside itself: the sink's pending deliveries in the store,
-/// and the attempts it starts. The worker plugs in the store and its task set; tests a fake.
+/// What dispatch reaches outside itself: the store's records of the sink's deliveries, and
+/// the attempts it starts. The worker plugs in the store and its task set; tests a fake.
 pub(super) trait Port {
-    /// Up to `limit` deliveries due at `now_ms`, high priority first, then by due time,
-    /// skipping the seqs in `except`.
-    fn due(
-        &mut self,
-        now_ms: u64,
-        limit: usize,
-        except: &HashSet<u64>,
-    ) -> Result<Vec<DeliveryRecord>, StoreError>;
+    /// The records of `seqs` that are still pending, in any order; a seq settled or removed
+    /// meanwhile is left out.
+    fn load(&mut self, seqs: &[u64]) -> Result<Vec<DeliveryRecord>, StoreError>;
 
-    /// When the next pending delivery not in `except` falls due, if any.
-    fn next_due_ms(&mut self, except: &HashSet<u64>) -> Result<Option<u64>, StoreError>;
+    /// Whether the store takes writes now: results sent while it does not could not be
+    /// recorded, so nothing new goes.
+    fn writable(&mut self) -> bool;
 
     /// Starts an attempt at `unit`; its result comes back through [`Dispatch::settle`].
     fn send(&mut self, unit: Vec<DeliveryRecord>);
@@ -60,13 +60,25 @@ pub(super) trait Port {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Wait(pub Duration);
 
-/// What one attempt did: each delivery's seq and whether it is still pending (a retry).
+/// What one attempt did.
 #[derive(Debug)]
 pub(super) struct Attempted {
-    /// `(seq, still pending)` for each delivery of the unit.
-    pub results: Vec<(u64, bool)>,
-    /// Whether the sink took the unit (the circuit breaker counts this).
-    pub success: bool,
+    /// Each delivery's seq and, if it is still pending (a retry), when it is due again.
+    pub results: Vec<(u64, Option<u64>)>,
+    /// What the circuit breaker learns from it.
+    pub health: Health,
+    /// The sink refused the whole batch for good: its deliveries go alone from now on, so only
+    /// the bad one ends in the dead-letter queue.
+    pub split: bool,
+}
+
+/// What an attempt says about the sink itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Health {
+    /// The sink took the unit, or answered a permanent refusal: it is up.
+    Up,
+    /// The sink failed (an error, a timeout, a 5xx, a 429).
+    Failing,
 }
 
 /// A unit that came back.
@@ -109,19 +121,22 @@ impl DispatchConfig {
     }
 }
 
-/// The dispatch state of one sink's worker: what is in flight and the flow controls.
+/// The dispatch state of one sink's worker: its schedule, what is in flight, the flow
+/// controls.
 pub(super) struct Dispatch {
     config: DispatchConfig,
+    /// The JSON pointer of `order_key`.
+    pointer: Option<String>,
     clock: Clock,
-    order: flow::Order,
+    schedule: Schedule,
     breaker: flow::Breaker,
     pace: Option<flow::Pace>,
-    /// Seqs of the deliveries in units being sent.
-    in_flight: HashSet<u64>,
-    /// In-flight seq → its order key.
-    keys: HashMap<u64, String>,
     /// Units being sent.
     running: usize,
+    /// The first seq of the unit sent as the breaker's probe, while it is out.
+    probe: Option<u64>,
+    /// Arrivals whose order keys could not be read yet (a store error): tried again first.
+    unkeyed: Vec<Scheduled>,
 }
 
 /// What one round has learned so far; dropped when the round ends.
@@ -133,24 +148,27 @@ struct Round {
     /// A partial batch left to fill (`batch.max_wait`): until when, and its seqs.
     fill_until: Option<Instant>,
     filling: HashSet<u64>,
-    /// Due deliveries passed over because their keys are busy or held.
-    skipped: HashSet<u64>,
-    /// A store read failed.
+    /// A store read failed, or the store takes no writes.
     store_error: bool,
 }
 
 impl Dispatch {
-    /// Nothing in flight; the breaker shares its state through `circuit_open`.
+    /// Nothing known or in flight; the breaker shares its state through `circuit_open`.
     pub fn new(config: DispatchConfig, circuit_open: Arc<AtomicBool>, clock: Clock) -> Dispatch {
         Dispatch {
-            order: flow::Order::new(config.order_key.as_deref()),
+            pointer: config
+                .order_key
+                .as_deref()
+                .and_then(|k| k.strip_prefix("json:"))
+                .map(str::to_string),
             breaker: flow::Breaker::new(&config.sink, config.circuit, circuit_open),
             pace: config.rate.map(|r| flow::Pace::new(r, clock.clone())),
             config,
             clock,
-            in_flight: HashSet::new(),
-            keys: HashMap::new(),
+            schedule: Schedule::default(),
             running: 0,
+            probe: None,
+            unkeyed: Vec::new(),
         }
     }
 
@@ -159,15 +177,59 @@ impl Dispatch {
         self.running
     }
 
-    /// With an order key, rebuilds the held keys from the sink's pending deliveries (at start).
-    pub fn restore_order(&mut self, port: &mut impl Port) {
-        if self.config.order_key.is_none() {
+    /// The sink's pending deliveries known to the schedule.
+    #[cfg(test)]
+    pub fn pending(&self) -> usize {
+        self.schedule.len()
+    }
+
+    /// Whether [`Dispatch::add`] needs each delivery's body (to read its order key).
+    pub fn needs_bodies(&self) -> bool {
+        self.pointer.is_some()
+    }
+
+    /// Adds a pending delivery (at start, from the store's rows); `body` gives its order key.
+    pub fn add(&mut self, s: Scheduled, body: Option<&[u8]>) {
+        let key = self
+            .pointer
+            .as_deref()
+            .zip(body)
+            .and_then(|(p, b)| schedule::order_key(p, b));
+        self.schedule.insert(s, key);
+    }
+
+    /// Takes in deliveries the store queued since the last round. Without an order key this
+    /// is bookkeeping only; with one, the new records are read for their keys (in chunks, so
+    /// memory stays bounded whatever the bodies' size).
+    pub fn arrive(&mut self, port: &mut impl Port, arrivals: Vec<Scheduled>) {
+        if self.pointer.is_none() {
+            for s in arrivals {
+                self.schedule.insert(s, None);
+            }
             return;
         }
-        match port.due(u64::MAX, MAX_ORDER_RESTORE, &HashSet::new()) {
-            Ok(pending) => self.order.restore(&pending),
-            Err(e) => tracing::error!(sink = %self.config.sink, error = %e,
-                "cannot read pending deliveries to restore key order"),
+        let mut new = std::mem::take(&mut self.unkeyed);
+        new.extend(
+            arrivals
+                .into_iter()
+                .filter(|s| !self.schedule.contains(s.seq)),
+        );
+        for chunk in new.chunks(KEY_READ_CHUNK) {
+            let seqs: Vec<u64> = chunk.iter().map(|s| s.seq).collect();
+            match port.load(&seqs) {
+                Ok(records) => {
+                    for r in records {
+                        if let Some(s) = scheduled(&r) {
+                            self.add(s, Some(&r.body));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(sink = %self.config.sink, error = %e,
+                        "cannot read new deliveries for their order keys; trying again");
+                    self.unkeyed.extend_from_slice(chunk);
+                }
+            }
         }
     }
 
@@ -178,11 +240,16 @@ impl Dispatch {
             hold_until: None,
             fill_until: None,
             filling: HashSet::new(),
-            skipped: HashSet::new(),
             store_error: false,
         };
-        while !paused && round.skipped.len() < MAX_SKIPPED && self.step(port, &mut round) {}
-        self.wait(port, &round, paused)
+        if !paused {
+            if port.writable() {
+                while self.step(port, &mut round) {}
+            } else {
+                round.store_error = true;
+            }
+        }
+        self.wait(&round, paused)
     }
 
     /// Takes back a unit that came back from its attempt.
@@ -191,30 +258,37 @@ impl Dispatch {
         self.running -= 1;
         match done {
             Done::Attempted(attempted) => {
-                self.breaker.record(attempted.success, self.clock.instant());
-                for (seq, retrying) in attempted.results {
-                    self.in_flight.remove(&seq);
-                    if let Some(k) = self.keys.remove(&seq) {
-                        self.order.settle(seq, &k, retrying);
+                let first = attempted.results.first().map(|(seq, _)| *seq);
+                let probe = first.is_some() && self.probe == first;
+                if probe {
+                    self.probe = None;
+                }
+                self.breaker
+                    .record(attempted.health == Health::Up, probe, self.clock.instant());
+                for (seq, retry_at) in attempted.results {
+                    if attempted.split {
+                        self.schedule.set_solo(seq);
                     }
+                    self.schedule.settle(seq, retry_at);
                 }
             }
             Done::Panicked(seqs) => {
+                if seqs.first().is_some_and(|s| self.probe == Some(*s)) {
+                    self.probe = None;
+                }
                 for seq in seqs {
-                    self.in_flight.remove(&seq);
-                    if let Some(k) = self.keys.remove(&seq) {
-                        self.order.release(&k);
-                    }
+                    self.schedule.give_back(seq, None);
                 }
             }
         }
     }
 
-    /// One fetch of due deliveries, and the units made of them started or held back. `false`
+    /// One take of due deliveries, and the units made of them started or held back. `false`
     /// when the round is over: no room, nothing due, something held, or a store error.
     fn step(&mut self, port: &mut impl Port, round: &mut Round) -> bool {
         let now = self.clock.instant();
-        round.cap = match self.breaker.admission(now) {
+        let admission = self.breaker.admission(now);
+        round.cap = match admission {
             Admission::Open => self.config.concurrency,
             Admission::Probe => 1,
             Admission::WaitUntil(t) => {
@@ -229,64 +303,74 @@ impl Dispatch {
         let limit = room
             .saturating_mul(self.config.limits.max_events)
             .min(MAX_FETCH);
-        let except: HashSet<u64> = self.in_flight.union(&round.skipped).copied().collect();
         let now_ms = self.clock.now_ms();
-        let due = match port.due(now_ms, limit, &except) {
+        let seqs = self.schedule.take_due(now_ms, limit);
+        if seqs.is_empty() {
+            return false;
+        }
+        let due = match self.load_due(port, &seqs, now_ms) {
             Ok(due) => due,
             Err(e) => {
                 tracing::error!(sink = %self.config.sink, error = %e,
                     "cannot read pending deliveries");
+                for seq in seqs {
+                    self.schedule.give_back(seq, None);
+                }
                 round.store_error = true;
                 return false;
             }
         };
-        if due.is_empty() {
-            return false;
-        }
-        // A fetch cut short by `limit` may leave more due behind its last unit, so that unit is
+        // A take cut short by `limit` may leave more due behind its last unit, so that unit is
         // not partial for want of deliveries: it is not held.
-        let truncated = due.len() >= limit;
-        let admitted = self.admit(due, &mut round.skipped);
-        let units = self.config.limits.group(admitted);
+        let truncated = seqs.len() >= limit;
+        let units = self
+            .config
+            .limits
+            .group(due, |d| self.schedule.is_solo(d.seq));
         let last = units.len().saturating_sub(1);
         for (i, unit) in units.into_iter().enumerate() {
             // Only the last unit can be partial: `group` closed the others when full.
             let may_fill = !truncated && i == last;
-            self.place(port, round, unit, may_fill, (now, now_ms));
+            let probe = admission == Admission::Probe;
+            self.place(port, round, unit, (may_fill, probe), (now, now_ms));
         }
-        // Fetching again would return the held deliveries again.
+        // Taking again would return the held deliveries again.
         round.hold_until.is_none() && round.fill_until.is_none()
     }
 
-    /// The due deliveries whose keys are free (their keys now busy); the others are skipped.
-    fn admit(
+    /// The records of the taken `seqs`, in the order taken. Seqs no longer pending leave the
+    /// schedule; records due later than the schedule thought go back at their due time.
+    fn load_due(
         &mut self,
-        due: Vec<DeliveryRecord>,
-        skipped: &mut HashSet<u64>,
-    ) -> Vec<DeliveryRecord> {
-        let mut admitted = Vec::new();
-        for d in due {
-            let key = self.order.key(&d);
-            if self.order.admit(&d, key.as_ref()) {
-                if let Some(k) = key {
-                    self.keys.insert(d.seq, k);
-                }
-                admitted.push(d);
-            } else {
-                skipped.insert(d.seq);
+        port: &mut impl Port,
+        seqs: &[u64],
+        now_ms: u64,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let mut by_seq: HashMap<u64, DeliveryRecord> =
+            port.load(seqs)?.into_iter().map(|r| (r.seq, r)).collect();
+        let mut due = Vec::with_capacity(seqs.len());
+        for &seq in seqs {
+            match by_seq.remove(&seq) {
+                None => self.schedule.remove(seq),
+                Some(r) => match r.state {
+                    DeliveryState::Pending { due_ms } if due_ms > now_ms => {
+                        self.schedule.give_back(seq, Some(due_ms));
+                    }
+                    _ => due.push(r),
+                },
             }
         }
-        admitted
+        Ok(due)
     }
 
     /// Sends `unit`, or holds it back (full, circuit or rate held, or a batch left to fill:
-    /// `may_fill` for the last unit of a fetch that was not cut short).
+    /// `may_fill` for the last unit of a take that was not cut short).
     fn place(
         &mut self,
         port: &mut impl Port,
         round: &mut Round,
         unit: Vec<DeliveryRecord>,
-        may_fill: bool,
+        (may_fill, probe): (bool, bool),
         (now, now_ms): (Instant, u64),
     ) {
         let blocked = self.running >= round.cap || round.hold_until.is_some();
@@ -299,11 +383,9 @@ impl Dispatch {
             self.pace.as_ref().and_then(flow::Pace::check)
         };
         if blocked || pace_wait.is_some() || fill_by.is_some() {
-            // Not sent this round: its keys are free again, it stays pending.
+            // Not sent this round: ready again, it stays pending.
             for d in &unit {
-                if let Some(k) = self.keys.remove(&d.seq) {
-                    self.order.release(&k);
-                }
+                self.schedule.give_back(d.seq, None);
             }
             if let Some(w) = pace_wait {
                 round.hold_until = Some(now + w);
@@ -314,35 +396,29 @@ impl Dispatch {
             }
             return;
         }
-        self.in_flight.extend(unit.iter().map(|d| d.seq));
+        if probe {
+            self.probe = unit.first().map(|d| d.seq);
+        }
         self.running += 1;
         port.send(unit);
     }
 
     /// How long to sleep after `round`: until what held it, or the next due delivery, or a
     /// batch's fill deadline, whichever comes first; [`IDLE_POLL`] at most.
-    fn wait(&self, port: &mut impl Port, round: &Round, paused: bool) -> Wait {
+    fn wait(&self, round: &Round, paused: bool) -> Wait {
         let now = self.clock.instant();
-        let wait = if round.store_error {
+        let wait = if round.store_error || !self.unkeyed.is_empty() {
             STORE_ERROR_PAUSE
         } else if let Some(t) = round.hold_until {
             t.saturating_duration_since(now)
         } else if paused || self.running >= round.cap {
             IDLE_POLL
         } else {
-            let except: HashSet<u64> = self
-                .in_flight
-                .iter()
-                .chain(&round.skipped)
-                .chain(&round.filling)
-                .copied()
-                .collect();
-            match port.next_due_ms(&except) {
-                Ok(Some(at)) => {
+            match self.schedule.next_due_ms_except(&round.filling) {
+                Some(at) => {
                     Duration::from_millis(at.saturating_sub(self.clock.now_ms())).min(IDLE_POLL)
                 }
-                Ok(None) => IDLE_POLL,
-                Err(_) => STORE_ERROR_PAUSE,
+                None => IDLE_POLL,
             }
         };
         // A batch being filled goes at its deadline at the latest; new deliveries (the store's
@@ -351,5 +427,23 @@ impl Dispatch {
             Some(t) => wait.min(t.saturating_duration_since(now)),
             None => wait,
         })
+    }
+
+    /// The schedule (tests check its invariant and its size).
+    #[cfg(test)]
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+}
+
+/// A stored record's place in the schedule, if it is pending.
+pub(super) fn scheduled(r: &DeliveryRecord) -> Option<Scheduled> {
+    match r.state {
+        DeliveryState::Pending { due_ms } => Some(Scheduled {
+            seq: r.seq,
+            due_ms,
+            priority: r.priority,
+        }),
+        _ => None,
     }
 }

@@ -1,27 +1,36 @@
 //! Delivery: move pending deliveries from the store to their sinks, with retries.
 //!
-//! [`Workers`] runs one worker task per sink. It asks the store for what is due (high priority
-//! first, then by due time), groups it into units (one delivery, or a batch), and runs up to
+//! [`Workers`] runs one worker task per sink. Each keeps its sink's pending deliveries in an
+//! in-memory schedule (seq, due time, priority, order key: no bodies), fed by the store as it
+//! commits and rebuilt from the store's pending rows at start. It takes what is due (high
+//! priority first, then by due time; of each order key only the oldest pending delivery),
+//! reads just those records, groups them into units (one delivery, or a batch), and runs up to
 //! `concurrency` units at once. With `batch.max_wait`, a partial batch of normal-priority
 //! deliveries is left pending until its oldest delivery has been due that long (or it fills):
 //! the worker only shortens its own sleep to that deadline, so waiting batches cost no timers
 //! either. Each unit's result is recorded in the store as soon as it is known: confirmed →
 //! delivered; failed → rescheduled with exponential backoff and full jitter (or the receiver's
 //! `Retry-After`), or dead-lettered after the last attempt, past `max_age`, or at once for a
-//! permanent error. Retries are rows in the store's schedule, not timers: the worker sleeps
-//! until the next due time or until the store's writer wakes it with new work, so a million
-//! pending retries cost disk, not memory. Nothing is held in memory that the store does not
-//! also have, so a crash at any point loses nothing: undelivered rows are still pending and go
-//! out again (at least once; every delivery carries its stable id).
+//! permanent error. Retries are entries in the schedule, not timers: the worker sleeps until
+//! the next due time or until the store's feed brings new work. The store is the truth: the
+//! schedule only indexes it, so a crash at any point loses nothing: undelivered rows are still
+//! pending and go out again (at least once; every delivery carries its stable id). At start,
+//! the pending deliveries of a sink no longer in the config are dead-lettered ("sink removed
+//! from the config"), so they can be listed, purged, or replayed once the sink is back.
+//! `docs/delivery-guarantees.md` states what a receiver may rely on.
 //!
-//! Files: `dispatch` decides what goes when (a state machine without I/O, driven by the unit
-//! tests), `worker` runs it against the store, the tasks and the timer, `attempt` sends one
-//! unit and records its outcome, `unit` groups deliveries into units, `flow` keeps per-key
-//! order, the circuit breaker and the rate.
+//! Files: `schedule` indexes the pending deliveries, `dispatch` decides what goes when (a
+//! state machine without I/O, driven by the unit tests and the simulation in `tests/sim.rs`),
+//! `worker` runs it against the store, the tasks and the timer, `attempt` sends one unit and
+//! records its outcome, `unit` groups deliveries into units, `flow` keeps the circuit breaker
+//! and the rate.
 
 mod attempt;
+#[doc(hidden)]
+pub mod bench;
 mod dispatch;
 mod flow;
+mod schedule;
 mod unit;
 mod worker;
 
@@ -33,6 +42,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use attempt::Policy;
 pub use attempt::backoff;
 use dispatch::{Dispatch, DispatchConfig};
 use worker::Worker;
@@ -125,9 +135,13 @@ impl Workers {
             let worker = Worker {
                 name: name.clone(),
                 sink: sink::build(name, config, base_dir)?,
-                retry: config.retry.clone(),
+                policy: Policy {
+                    sink: name.clone(),
+                    retry: config.retry.clone(),
+                },
                 store: store.clone(),
                 clock: clock.clone(),
+                stopped: stopped.clone(),
             };
             let dispatch =
                 Dispatch::new(DispatchConfig::for_sink(name, config), open, clock.clone());
@@ -137,6 +151,10 @@ impl Workers {
                 paused: rx,
             });
         }
+        tokio::spawn(dead_letter_removed_sinks(
+            store.clone(),
+            sinks.keys().cloned().collect(),
+        ));
         let workers = ready
             .into_iter()
             .map(|r| {
@@ -164,6 +182,31 @@ impl Workers {
         let _ = self.stop.send(true);
         for w in self.workers {
             let _ = w.await;
+        }
+    }
+}
+
+/// The reason given to the pending deliveries of a sink that is no longer configured.
+pub const REMOVED_SINK: &str = "sink removed from the config";
+
+/// Dead-letters the pending deliveries of every sink not in `configured`: nothing would ever
+/// send them, and in the dead-letter queue they are listed, purgeable, and replayable once
+/// the sink is back.
+async fn dead_letter_removed_sinks(store: Store, configured: std::collections::BTreeSet<String>) {
+    let pending = match store.pending_sinks() {
+        Ok(sinks) => sinks,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list the sinks with pending deliveries");
+            return;
+        }
+    };
+    for sink in pending.iter().filter(|s| !configured.contains(*s)) {
+        match store.dead_letter_sink(sink, REMOVED_SINK).await {
+            Ok(n) => tracing::warn!(sink = %sink, deliveries = n,
+                "pending deliveries of a sink no longer in the config were dead-lettered; \
+                 replay them once the sink is back, or purge them"),
+            Err(e) => tracing::error!(sink = %sink, error = %e,
+                "cannot dead-letter the deliveries of a removed sink"),
         }
     }
 }

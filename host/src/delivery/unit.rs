@@ -55,13 +55,18 @@ impl UnitLimits {
     }
 
     /// Groups due deliveries into units, in order. A high-priority delivery always goes alone,
-    /// so it never waits for a batch to fill or ride behind one.
-    pub fn group(&self, due: Vec<DeliveryRecord>) -> Vec<Vec<DeliveryRecord>> {
+    /// so it never waits for a batch to fill or ride behind one; so does one that `alone` names
+    /// (a batch holding it was refused for good).
+    pub fn group(
+        &self,
+        due: Vec<DeliveryRecord>,
+        alone: impl Fn(&DeliveryRecord) -> bool,
+    ) -> Vec<Vec<DeliveryRecord>> {
         let mut units: Vec<Vec<DeliveryRecord>> = Vec::new();
         let mut current: Vec<DeliveryRecord> = Vec::new();
         let mut bytes = 0usize;
         for d in due {
-            if d.priority == Priority::High || self.max_events == 1 {
+            if d.priority == Priority::High || self.max_events == 1 || alone(&d) {
                 units.push(vec![d]);
                 continue;
             }

@@ -1,20 +1,22 @@
 //! One sink's worker task: the I/O around [`Dispatch`].
 //!
-//! The worker owns the sink, the store handle and the attempts in flight (a `JoinSet`). Its
-//! loop asks [`Dispatch`] for a round, which reads the store and starts attempts through
-//! [`WorkerPort`], then sleeps until a unit finishes, the store wakes it with new work, the
-//! round's [`Wait`](super::dispatch::Wait) runs out, or stop or pause changes. All decisions are
-//! in [`Dispatch`]; this file only connects it to tasks, the store and the timer.
+//! The worker owns the sink, the store handle and the attempts in flight (a `JoinSet`). At
+//! start it registers the sink's feed with the store, then reads the sink's pending rows into
+//! the schedule (the feed catches whatever commits meanwhile). Its loop hands the feed's new
+//! deliveries to [`Dispatch`], asks it for a round, which starts attempts through
+//! [`WorkerPort`], then sleeps until a unit finishes, the feed has new work, the round's
+//! [`Wait`](super::dispatch::Wait) runs out, or stop or pause changes. All decisions are in
+//! [`Dispatch`]; this file only connects it to tasks, the store and the timer.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio::task::{self, JoinSet};
 
-use super::dispatch::{Attempted, Dispatch, Done, Port};
+use super::attempt::Policy;
+use super::dispatch::{Attempted, Dispatch, Done, Port, STORE_ERROR_PAUSE};
 use crate::clock::Clock;
-use crate::config::RetryConfig;
 use crate::sink::Sink;
 use crate::store::{DeliveryRecord, Store, StoreError};
 
@@ -24,10 +26,13 @@ pub(super) struct Worker {
     pub name: String,
     pub sink: Arc<dyn Sink>,
     /// `retry = { … }`: when a failed delivery goes again, and when it is dead-lettered.
-    pub retry: RetryConfig,
+    pub policy: Policy,
     pub store: Store,
     /// Stamps the outcomes; the same clock as the worker's [`Dispatch`].
     pub clock: Clock,
+    /// Set when the workers stop: an attempt holding results it cannot record gives up then
+    /// (its deliveries stay pending and go again after the restart).
+    pub stopped: watch::Receiver<bool>,
 }
 
 impl Worker {
@@ -38,24 +43,50 @@ impl Worker {
         mut stopped: watch::Receiver<bool>,
         mut paused: watch::Receiver<bool>,
     ) {
-        let wake = self.store.waker(&self.name);
+        let feed = self.store.feed(&self.name);
         let mut running = Running::default();
-        dispatch.restore_order(&mut self.port(&mut running));
+        let mut restored = false;
         while !*stopped.borrow() {
+            restored = restored || self.restore(&mut dispatch);
             let is_paused = *paused.borrow();
-            let wait = dispatch.dispatch_round(&mut self.port(&mut running), is_paused);
+            let mut port = self.port(&mut running);
+            dispatch.arrive(&mut port, feed.drain());
+            let mut wait = dispatch.dispatch_round(&mut port, is_paused);
+            if !restored {
+                wait.0 = wait.0.min(STORE_ERROR_PAUSE);
+            }
             debug_assert_eq!(dispatch.running(), running.set.len());
             tokio::select! {
                 Some(done) = running.next(&self.name), if !running.set.is_empty() => {
                     dispatch.settle(done);
                 }
-                () = wake.notified() => {}
+                () = feed.notified() => {}
                 () = tokio::time::sleep(wait.0) => {}
                 _ = stopped.changed() => {}
                 _ = paused.changed() => {}
             }
         }
         while running.set.join_next().await.is_some() {}
+    }
+
+    /// Reads the sink's pending deliveries into the schedule (again, if a read failed: what
+    /// is already known keeps its place). False if the store could not be read.
+    fn restore(&self, dispatch: &mut Dispatch) -> bool {
+        let with_bodies = dispatch.needs_bodies();
+        let read = self
+            .store
+            .scan_pending(&self.name, with_bodies, |q, body| dispatch.add(q, body));
+        match read {
+            Ok(n) => {
+                tracing::debug!(sink = %self.name, pending = n, "schedule restored");
+                true
+            }
+            Err(e) => {
+                tracing::error!(sink = %self.name, error = %e,
+                    "cannot read the pending deliveries; trying again");
+                false
+            }
+        }
     }
 
     fn port<'a>(self: &'a Arc<Self>, running: &'a mut Running) -> WorkerPort<'a> {
@@ -89,28 +120,19 @@ impl Running {
     }
 }
 
-/// [`Port`] onto the store (the sink's pending rows) and the worker's tasks.
+/// [`Port`] onto the store (the sink's records) and the worker's tasks.
 struct WorkerPort<'a> {
     worker: &'a Arc<Worker>,
     running: &'a mut Running,
 }
 
 impl Port for WorkerPort<'_> {
-    fn due(
-        &mut self,
-        now_ms: u64,
-        limit: usize,
-        except: &HashSet<u64>,
-    ) -> Result<Vec<DeliveryRecord>, StoreError> {
-        let w = self.worker;
-        w.store
-            .due_deliveries_except(&w.name, now_ms, limit, except)
+    fn load(&mut self, seqs: &[u64]) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.worker.store.pending_records(seqs)
     }
 
-    fn next_due_ms(&mut self, except: &HashSet<u64>) -> Result<Option<u64>, StoreError> {
-        self.worker
-            .store
-            .next_due_ms_except(&self.worker.name, except)
+    fn writable(&mut self) -> bool {
+        self.worker.store.write_error().is_none()
     }
 
     fn send(&mut self, unit: Vec<DeliveryRecord>) {

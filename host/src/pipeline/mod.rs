@@ -253,6 +253,11 @@ impl Pipeline {
         &self.store
     }
 
+    /// Whether a sink called `name` is configured.
+    pub fn has_sink(&self, name: &str) -> bool {
+        self.sinks.contains(name)
+    }
+
     /// The source with config name `name`.
     pub fn source_named(&self, name: &str) -> Option<Arc<Source>> {
         self.sources_by_path

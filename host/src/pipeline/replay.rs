@@ -1,12 +1,17 @@
 //! Replay: give dead letters another chance with the *current* plugins.
 //!
-//! For each selected dead letter the stored raw request is run through its source's plugin
-//! chain as it is now (so fixing a plugin and replaying recovers its events), and the result
-//! replaces the letter in one commit: new pending deliveries under the same event id, whose
-//! stable delivery ids come out the same when the routing does (a receiver that dedupes is
-//! safe). A delivery's dead letter replays only the deliveries routed to that sink, so other
-//! sinks that already have the event do not get it twice. A plugin that fails again makes a
-//! new dead letter.
+//! - A **delivery's** dead letter (its sink gave up) re-sends exactly that delivery: the same
+//!   delivery id, headers and body as stored, due now, with a fresh `max_attempts` and
+//!   `max_age` budget. The plugins do not run again and its siblings (delivered, or in
+//!   flight) are not touched, so a receiver gets exactly what it missed. While its sink is not
+//!   in the config the letter stays in the queue (skipped).
+//! - A **plugin failure's** dead letter runs the stored raw request through its source's
+//!   plugin chain as it is now (so fixing a plugin and replaying recovers its events): new
+//!   pending deliveries under the same event id, to every sink it routes to (none had it),
+//!   whose stable delivery ids come out the same when the routing does. A plugin that fails
+//!   again makes a new dead letter.
+//!
+//! Either way the letter is replaced in one commit.
 
 use super::{IngestError, Pipeline};
 use crate::plugin::{ChainOutcome, Event};
@@ -20,7 +25,7 @@ pub const MAX_REPLAY: usize = 10_000;
 pub struct ReplayReport {
     /// Letters replaced by new deliveries (or a new status).
     pub replayed: usize,
-    /// Letters left in the queue: their source or event is gone.
+    /// Letters left in the queue: their source, event or sink is gone.
     pub skipped: usize,
 }
 
@@ -45,6 +50,16 @@ pub async fn replay(
     let mut report = ReplayReport::default();
     let mut replays = Vec::new();
     for (seq, letter) in letters {
+        if let Some(sink) = &letter.sink {
+            if pipeline.has_sink(sink) {
+                replays.push(Replay::Resend { letter: seq });
+            } else {
+                tracing::warn!(letter = seq, sink = %sink,
+                    "cannot replay: the sink is not in the config");
+                report.skipped += 1;
+            }
+            continue;
+        }
         let (Some(source), Some((event, _))) = (
             pipeline.source_named(&letter.source),
             store.event(&letter.source, &letter.event_id)?,
@@ -83,7 +98,6 @@ pub async fn replay(
         };
         let deliveries = routed
             .into_iter()
-            .filter(|r| letter.sink.as_ref().is_none_or(|s| *s == r.sink))
             .map(|r| NewDelivery {
                 sink: r.sink,
                 headers: r.headers,
@@ -91,7 +105,7 @@ pub async fn replay(
                 priority: r.priority,
             })
             .collect();
-        replays.push(Replay {
+        replays.push(Replay::Rerouted {
             letter: seq,
             status,
             deliveries,

@@ -12,8 +12,6 @@
 //! finds candidates in a read transaction (which never holds up the writer) and the writer
 //! re-checks each before deleting it.
 
-use std::collections::BTreeSet;
-
 use redb::ReadableTable;
 
 use super::records::{
@@ -46,20 +44,35 @@ impl LetterFilter {
     }
 }
 
-/// A replay of one dead letter: the event's new status and routed deliveries, computed by
-/// running the current plugins on the stored request.
+/// A replay of one dead letter.
 #[derive(Debug, Clone)]
-pub struct Replay {
-    /// The dead letter's number.
-    pub letter: u64,
-    /// The event's status after this run of the plugins.
-    pub status: EventStatus,
-    /// The deliveries they routed, queued when the replay commits.
-    pub deliveries: Vec<NewDelivery>,
+pub enum Replay {
+    /// A plugin failure's letter: the event's new status and routed deliveries, computed by
+    /// running the current plugins on the stored request.
+    Rerouted {
+        /// The dead letter's number.
+        letter: u64,
+        /// The event's status after this run of the plugins.
+        status: EventStatus,
+        /// The deliveries they routed, queued when the replay commits.
+        deliveries: Vec<NewDelivery>,
+    },
+    /// A delivery's letter: exactly the dead delivery is queued again (same id, headers and
+    /// body), due now, with a fresh retry budget. Its delivered siblings are not touched.
+    Resend {
+        /// The dead letter's number.
+        letter: u64,
+    },
 }
 
 pub(super) enum DlqOp {
     Replay(Vec<Replay>),
+    /// Dead-letter up to `limit` pending deliveries of a sink that is no longer configured.
+    Orphan {
+        sink: String,
+        reason: String,
+        limit: usize,
+    },
     Purge(Vec<u64>),
     /// `event_times` keys whose events looked settled (re-checked before deleting).
     Prune(Vec<PruneCursor>),
@@ -122,6 +135,27 @@ impl Store {
             .map_err(StoreError::storage)?
             .map(|v| records::decode(v.value(), || format!("delivery {seq}")))
             .transpose()
+    }
+
+    /// Dead-letters every pending delivery of `sink` (one that is no longer in the config,
+    /// whose deliveries nothing would ever send) with `reason`, so they are listed, purgeable
+    /// and replayable once the sink is back. Returns how many; commits in steps of 10,000.
+    pub async fn dead_letter_sink(&self, sink: &str, reason: &str) -> Result<usize, StoreError> {
+        const STEP: usize = 10_000;
+        let mut total = 0;
+        loop {
+            let n = self
+                .dlq(DlqOp::Orphan {
+                    sink: sink.to_string(),
+                    reason: reason.to_string(),
+                    limit: STEP,
+                })
+                .await?;
+            total += n;
+            if n < STEP {
+                return Ok(total);
+            }
+        }
     }
 
     /// Commits replays: each letter still queued is removed, its delivery resolved, and the
@@ -206,21 +240,43 @@ pub(super) fn apply(
     t: &mut Tables,
     op: &DlqOp,
     next_seq: &mut u64,
-    touched: &mut BTreeSet<String>,
+    touched: &mut super::Arrivals,
 ) -> Result<usize, StoreError> {
     match op {
         DlqOp::Replay(replays) => {
+            let now_ms = crate::clock::now_ms();
             let mut n = 0;
             for r in replays {
-                let Some((letter, mut event)) = take_letter(t, r.letter)? else {
+                let (Replay::Rerouted { letter: no, .. } | Replay::Resend { letter: no }) = r;
+                let Some((letter, mut event)) = take_letter(t, *no)? else {
                     continue;
                 };
-                if let Some(seq) = letter.delivery {
-                    resolve_delivery(t, seq, format!("replayed (dead letter {})", r.letter))?;
+                match (r, letter.delivery) {
+                    (Replay::Resend { .. }, Some(seq)) => {
+                        resend(t, &mut event, (*no, seq), now_ms, next_seq, touched)?;
+                    }
+                    (
+                        Replay::Rerouted {
+                            status, deliveries, ..
+                        },
+                        delivery,
+                    ) => {
+                        if let Some(seq) = delivery {
+                            resolve_delivery(t, seq, format!("replayed (dead letter {no})"))?;
+                        }
+                        event.status = status.clone();
+                        writer::insert_deliveries(
+                            t, &mut event, deliveries, now_ms, next_seq, touched,
+                        )?;
+                        writer::plugin_letter(t, &event, now_ms, next_seq)?;
+                    }
+                    (Replay::Resend { .. }, None) => {
+                        return Err(StoreError::Storage(format!(
+                            "dead letter {no} is a plugin failure: it is replayed by running \
+                             the plugins, not resent"
+                        )));
+                    }
                 }
-                event.status = r.status.clone();
-                writer::insert_deliveries(t, &mut event, &r.deliveries, next_seq, touched)?;
-                writer::plugin_letter(t, &event, crate::clock::now_ms(), next_seq)?;
                 put_event(t, &event)?;
                 n += 1;
             }
@@ -246,7 +302,68 @@ pub(super) fn apply(
             Ok(n)
         }
         DlqOp::Prune(candidates) => prune(t, candidates),
+        DlqOp::Orphan {
+            sink,
+            reason,
+            limit,
+        } => orphan(t, sink, reason, *limit, next_seq),
     }
+}
+
+/// Moves up to `limit` pending deliveries of `sink` to the dead-letter queue.
+fn orphan(
+    t: &mut Tables,
+    sink: &str,
+    reason: &str,
+    limit: usize,
+    next_seq: &mut u64,
+) -> Result<usize, StoreError> {
+    let rows: Vec<(u8, u64, u64)> = t
+        .pending
+        .range((sink, 0u8, 0u64, 0u64)..=(sink, u8::MAX, u64::MAX, u64::MAX))
+        .map_err(StoreError::storage)?
+        .take(limit)
+        .map(|row| {
+            row.map(|(k, _)| {
+                let (_, rank, due, seq) = k.value();
+                (rank, due, seq)
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map_err(StoreError::storage)?;
+    let at_ms = crate::clock::now_ms();
+    for &(rank, due, seq) in &rows {
+        t.pending
+            .remove((sink, rank, due, seq))
+            .map_err(StoreError::storage)?;
+        let Some(bytes) = t.deliveries.get(seq).map_err(StoreError::storage)? else {
+            continue;
+        };
+        let mut record: DeliveryRecord =
+            records::decode(bytes.value(), || format!("delivery {seq}"))?;
+        drop(bytes);
+        record.state = DeliveryState::Dead {
+            reason: reason.to_string(),
+        };
+        t.deliveries
+            .insert(seq, records::encode(&record)?.as_slice())
+            .map_err(StoreError::storage)?;
+        let letter = DeadLetter {
+            event_id: record.event_id.clone(),
+            source: record.source.clone(),
+            delivery: Some(seq),
+            sink: Some(sink.to_string()),
+            reason: reason.to_string(),
+            at_ms,
+        };
+        t.dead_letters
+            .insert(
+                writer::take_seq(next_seq),
+                records::encode(&letter)?.as_slice(),
+            )
+            .map_err(StoreError::storage)?;
+    }
+    Ok(rows.len())
 }
 
 /// Removes letter `seq` from the queue; `None` if it is gone (replayed or purged meanwhile)
@@ -260,6 +377,42 @@ fn take_letter(t: &mut Tables, seq: u64) -> Result<Option<(DeadLetter, EventReco
     let key = super::event_key(&letter.source, &letter.event_id);
     let event = load_event(&t.events, &key)?;
     Ok(event.map(|e| (letter, e)))
+}
+
+/// Queues dead delivery `seq` (of letter `no`) again as a new delivery of `event`: same id,
+/// headers, body and priority, no attempts, due and queued at `now_ms`. The dead one is
+/// resolved, pointing at its successor.
+fn resend(
+    t: &mut Tables,
+    event: &mut EventRecord,
+    (no, seq): (u64, u64),
+    now_ms: u64,
+    next_seq: &mut u64,
+    touched: &mut super::Arrivals,
+) -> Result<(), StoreError> {
+    let Some(bytes) = t.deliveries.get(seq).map_err(StoreError::storage)? else {
+        return Ok(());
+    };
+    let dead: DeliveryRecord = records::decode(bytes.value(), || format!("delivery {seq}"))?;
+    drop(bytes);
+    if !matches!(dead.state, DeliveryState::Dead { .. }) {
+        return Ok(());
+    }
+    let new_seq = writer::take_seq(next_seq);
+    let again = DeliveryRecord {
+        seq: new_seq,
+        attempts: Vec::new(),
+        state: DeliveryState::Pending { due_ms: now_ms },
+        queued_at_ms: now_ms,
+        ..dead
+    };
+    writer::queue_delivery(t, &again, touched)?;
+    event.deliveries.push(new_seq);
+    resolve_delivery(
+        t,
+        seq,
+        format!("replayed (dead letter {no}) as delivery {new_seq}"),
+    )
 }
 
 fn put_event(t: &mut Tables, event: &EventRecord) -> Result<(), StoreError> {

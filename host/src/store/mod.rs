@@ -33,7 +33,7 @@ pub mod upkeep;
 
 mod writer;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -130,25 +130,77 @@ pub struct Store {
 struct Inner {
     db: Arc<cell::DbCell>,
     jobs: mpsc::Sender<writer::Job>,
-    wakers: Arc<Wakers>,
+    feeds: Arc<Feeds>,
     gauges: Arc<load::Gauges>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-/// Per-sink wake-ups: the writer pokes a sink's delivery worker when it commits work for it.
-#[derive(Default)]
-pub(crate) struct Wakers(Mutex<HashMap<String, Arc<Notify>>>);
+/// A delivery the writer queued, as a sink's schedule needs it: no body, no headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Queued {
+    /// The delivery's sequence number.
+    pub seq: u64,
+    /// When it is due, in milliseconds since the Unix epoch.
+    pub due_ms: u64,
+    /// Its priority within the sink.
+    pub priority: Priority,
+}
 
-impl Wakers {
-    fn get(&self, sink: &str) -> Arc<Notify> {
+/// One sink's feed: the deliveries committed for it since its worker last looked, and a
+/// wake-up. The writer fills it after each commit; the worker drains it.
+#[derive(Default)]
+pub struct Feed {
+    queued: Mutex<Vec<Queued>>,
+    notify: Notify,
+}
+
+impl Feed {
+    /// What was queued since the last call, oldest first.
+    pub fn drain(&self) -> Vec<Queued> {
+        std::mem::take(&mut *self.queued.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Resolves when something new was queued (at once if it was since the last wait).
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+}
+
+/// The feeds of the sinks that have a worker: only those are filled.
+#[derive(Default)]
+pub(crate) struct Feeds(Mutex<HashMap<String, Arc<Feed>>>);
+
+impl Feeds {
+    fn get(&self, sink: &str) -> Arc<Feed> {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(sink.to_string()).or_default().clone()
     }
 
-    pub(crate) fn wake(&self, sink: &str) {
+    fn publish(&self, arrivals: Arrivals) {
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get(sink) {
-            n.notify_one();
+        for (sink, queued) in arrivals.0 {
+            if let Some(feed) = map.get(&sink) {
+                feed.queued
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(queued);
+                feed.notify.notify_one();
+            }
+        }
+    }
+}
+
+/// What one commit queued, per sink (published once it is durable).
+#[derive(Default)]
+pub(crate) struct Arrivals(HashMap<String, Vec<Queued>>);
+
+impl Arrivals {
+    fn add(&mut self, sink: &str, queued: Queued) {
+        match self.0.get_mut(sink) {
+            Some(list) => list.push(queued),
+            None => {
+                self.0.insert(sink.to_string(), vec![queued]);
+            }
         }
     }
 }
@@ -198,14 +250,14 @@ impl Store {
             (next, pending)
         };
         let db = Arc::new(cell::DbCell::new(&dir.join(DB_FILE), db));
-        let wakers = Arc::new(Wakers::default());
+        let feeds = Arc::new(Feeds::default());
         let gauges = Arc::new(load::Gauges::new(pending));
         let (jobs, rx) = mpsc::channel(WRITE_QUEUE_DEPTH);
         let handle = writer::spawn(
             db.clone(),
             rx,
             next_seq,
-            wakers.clone(),
+            feeds.clone(),
             gauges.clone(),
             fsync,
         )
@@ -214,7 +266,7 @@ impl Store {
             inner: Arc::new(Inner {
                 db,
                 jobs,
-                wakers,
+                feeds,
                 gauges,
                 writer: Mutex::new(Some(handle)),
             }),
@@ -265,9 +317,11 @@ impl Store {
         self.ask(|resp| writer::Job::Update { updates, resp }).await
     }
 
-    /// A handle that is notified when new work for `sink` is committed.
-    pub fn waker(&self, sink: &str) -> Arc<Notify> {
-        self.inner.wakers.get(sink)
+    /// Sink `sink`'s feed of newly queued deliveries; from this call on, every commit that
+    /// queues a delivery for it is published there (a worker registers before it reads the
+    /// pending rows, so nothing falls between the two).
+    pub fn feed(&self, sink: &str) -> Arc<Feed> {
+        self.inner.feeds.get(sink)
     }
 
     /// Up to `limit` deliveries for `sink` that are due at `now_ms`, high priority first.
@@ -277,71 +331,107 @@ impl Store {
         now_ms: u64,
         limit: usize,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
-        self.due_deliveries_except(sink, now_ms, limit, &HashSet::new())
+        let mut seqs = Vec::new();
+        self.scan_pending(sink, false, |q, _| {
+            if q.due_ms <= now_ms {
+                seqs.push((q.priority.rank(), q.due_ms, q.seq));
+            }
+        })?;
+        seqs.sort_unstable();
+        seqs.truncate(limit);
+        let seqs: Vec<u64> = seqs.into_iter().map(|(_, _, seq)| seq).collect();
+        let mut out = self.pending_records(&seqs)?;
+        out.sort_by_key(|d| seqs.iter().position(|s| *s == d.seq));
+        Ok(out)
     }
 
-    /// Like [`Store::due_deliveries`], skipping the seqs in `except` (those in flight).
-    pub fn due_deliveries_except(
-        &self,
-        sink: &str,
-        now_ms: u64,
-        limit: usize,
-        except: &HashSet<u64>,
-    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+    /// When the next delivery for `sink` falls due, if any is pending.
+    pub fn next_due_ms(&self, sink: &str) -> Result<Option<u64>, StoreError> {
+        let mut next: Option<u64> = None;
+        self.scan_pending(sink, false, |q, _| {
+            next = Some(next.map_or(q.due_ms, |n| n.min(q.due_ms)));
+        })?;
+        Ok(next)
+    }
+
+    /// The records of `seqs` that are still pending, in the order given (a seq settled or
+    /// pruned meanwhile is left out). One read transaction.
+    pub fn pending_records(&self, seqs: &[u64]) -> Result<Vec<DeliveryRecord>, StoreError> {
         let txn = self.inner.db.begin_read()?;
-        let pending = txn.open_table(PENDING).map_err(StoreError::storage)?;
         let deliveries = txn.open_table(DELIVERIES).map_err(StoreError::storage)?;
-        let mut out = Vec::new();
-        for rank in [Priority::High.rank(), Priority::Normal.rank()] {
-            let range = pending
-                .range((sink, rank, 0u64, 0u64)..=(sink, rank, now_ms, u64::MAX))
-                .map_err(StoreError::storage)?;
-            for row in range {
-                if out.len() >= limit {
-                    return Ok(out);
-                }
-                let (key, _) = row.map_err(StoreError::storage)?;
-                let seq = key.value().3;
-                if except.contains(&seq) {
-                    continue;
-                }
-                if let Some(bytes) = deliveries.get(seq).map_err(StoreError::storage)? {
-                    out.push(records::decode(bytes.value(), || {
-                        format!("delivery {seq}")
-                    })?);
+        let mut out = Vec::with_capacity(seqs.len());
+        for &seq in seqs {
+            if let Some(bytes) = deliveries.get(seq).map_err(StoreError::storage)? {
+                let record: DeliveryRecord =
+                    records::decode(bytes.value(), || format!("delivery {seq}"))?;
+                if matches!(record.state, DeliveryState::Pending { .. }) {
+                    out.push(record);
                 }
             }
         }
         Ok(out)
     }
 
-    /// When the next delivery for `sink` falls due, if any is pending.
-    pub fn next_due_ms(&self, sink: &str) -> Result<Option<u64>, StoreError> {
-        self.next_due_ms_except(sink, &HashSet::new())
-    }
-
-    /// Like [`Store::next_due_ms`], ignoring the seqs in `except` (those in flight).
-    pub fn next_due_ms_except(
+    /// Calls `each` with every pending delivery of `sink` (high priority first, then by due
+    /// time), and with its body if `with_bodies` (one record decoded at a time, so memory stays
+    /// bounded however large the backlog). Returns how many there were.
+    pub fn scan_pending(
         &self,
         sink: &str,
-        except: &HashSet<u64>,
-    ) -> Result<Option<u64>, StoreError> {
+        with_bodies: bool,
+        mut each: impl FnMut(Queued, Option<&[u8]>),
+    ) -> Result<usize, StoreError> {
         let txn = self.inner.db.begin_read()?;
         let pending = txn.open_table(PENDING).map_err(StoreError::storage)?;
-        let mut next: Option<u64> = None;
-        for rank in [Priority::High.rank(), Priority::Normal.rank()] {
-            let range = pending
-                .range((sink, rank, 0u64, 0u64)..=(sink, rank, u64::MAX, u64::MAX))
-                .map_err(StoreError::storage)?;
-            for row in range {
-                let (_, _, due, seq) = row.map_err(StoreError::storage)?.0.value();
-                if !except.contains(&seq) {
-                    next = Some(next.map_or(due, |n: u64| n.min(due)));
-                    break;
-                }
+        let deliveries = txn.open_table(DELIVERIES).map_err(StoreError::storage)?;
+        let range = pending
+            .range((sink, 0u8, 0u64, 0u64)..=(sink, u8::MAX, u64::MAX, u64::MAX))
+            .map_err(StoreError::storage)?;
+        let mut n = 0;
+        for row in range {
+            let (_, rank, due_ms, seq) = row.map_err(StoreError::storage)?.0.value();
+            let queued = Queued {
+                seq,
+                due_ms,
+                priority: Priority::from_rank(rank),
+            };
+            n += 1;
+            if !with_bodies {
+                each(queued, None);
+                continue;
+            }
+            if let Some(bytes) = deliveries.get(seq).map_err(StoreError::storage)? {
+                let record: DeliveryRecord =
+                    records::decode(bytes.value(), || format!("delivery {seq}"))?;
+                each(queued, Some(&record.body));
             }
         }
-        Ok(next)
+        Ok(n)
+    }
+
+    /// The sinks that have pending deliveries (a sink removed from the config may be among
+    /// them).
+    pub fn pending_sinks(&self) -> Result<Vec<String>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let pending = txn.open_table(PENDING).map_err(StoreError::storage)?;
+        let mut sinks: Vec<String> = Vec::new();
+        let mut row = pending.first().map_err(StoreError::storage)?;
+        while let Some((key, _)) = row {
+            let sink = key.value().0.to_string();
+            // Skip to the first row after this sink's: sinks are few, rows may be many.
+            let next = pending
+                .range((sink.as_str(), u8::MAX, u64::MAX, u64::MAX)..)
+                .map_err(StoreError::storage)?
+                .find(|r| match r {
+                    Ok((k, _)) => k.value().0 != sink,
+                    Err(_) => true,
+                })
+                .transpose()
+                .map_err(StoreError::storage)?;
+            sinks.push(sink);
+            row = next;
+        }
+        Ok(sinks)
     }
 
     /// Number of deliveries waiting for `sink` (due now or later).

@@ -191,6 +191,67 @@ pub struct DeliveryRecord {
     pub attempts: Vec<Attempt>,
     /// Where it stands now.
     pub state: DeliveryState,
+    /// When it was queued, in milliseconds since the Unix epoch: its event's receipt, or the
+    /// replay that queued it again. `retry.max_age` counts from here.
+    pub queued_at_ms: u64,
+}
+
+/// A delivery as stored before `queued_at_ms` was appended: read with the event's receipt
+/// as its queue time.
+#[derive(Deserialize)]
+struct DeliveryRecordV1 {
+    seq: u64,
+    id: String,
+    event_id: String,
+    source: String,
+    received_at_ms: u64,
+    sink: String,
+    headers: Vec<(String, String)>,
+    #[serde(with = "serde_bytes")]
+    body: Vec<u8>,
+    priority: Priority,
+    attempts: Vec<Attempt>,
+    state: DeliveryState,
+}
+
+impl From<DeliveryRecordV1> for DeliveryRecord {
+    fn from(v1: DeliveryRecordV1) -> DeliveryRecord {
+        DeliveryRecord {
+            seq: v1.seq,
+            id: v1.id,
+            event_id: v1.event_id,
+            source: v1.source,
+            queued_at_ms: v1.received_at_ms,
+            received_at_ms: v1.received_at_ms,
+            sink: v1.sink,
+            headers: v1.headers,
+            body: v1.body,
+            priority: v1.priority,
+            attempts: v1.attempts,
+            state: v1.state,
+        }
+    }
+}
+
+/// A record type the store decodes, and how to read its older layouts. Postcard is not
+/// self-describing: a field appended to a struct makes older records end early, which the
+/// current layout refuses and [`Stored::legacy`] reads.
+pub(super) trait Stored: DeserializeOwned {
+    /// `bytes` in an older layout, if they are one.
+    fn legacy(_bytes: &[u8]) -> Option<Self> {
+        None
+    }
+}
+
+impl Stored for EventRecord {}
+impl Stored for DeadLetter {}
+
+impl Stored for DeliveryRecord {
+    fn legacy(bytes: &[u8]) -> Option<Self> {
+        postcard::from_bytes::<DeliveryRecordV1>(bytes)
+            .ok()
+            .map(DeliveryRecord::from)
+    }
 }
 
 /// An entry of the dead-letter queue: a failed plugin run or a delivery that gave up.
@@ -214,13 +275,15 @@ pub(super) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     postcard::to_stdvec(value).map_err(StoreError::storage)
 }
 
-pub(super) fn decode<T: DeserializeOwned>(
+pub(super) fn decode<T: Stored>(
     bytes: &[u8],
     what: impl FnOnce() -> String,
 ) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
-        what: what(),
-        reason: e.to_string(),
+    postcard::from_bytes(bytes).or_else(|e| {
+        T::legacy(bytes).ok_or_else(|| StoreError::Corrupt {
+            what: what(),
+            reason: e.to_string(),
+        })
     })
 }
 
@@ -229,6 +292,47 @@ mod tests {
     use serde::Serialize;
 
     /// Stores written before bodies were encoded as byte strings must still decode.
+    #[test]
+    fn a_delivery_stored_before_queued_at_ms_reads_with_its_receipt_time() {
+        #[derive(Serialize)]
+        struct V1 {
+            seq: u64,
+            id: String,
+            event_id: String,
+            source: String,
+            received_at_ms: u64,
+            sink: String,
+            headers: Vec<(String, String)>,
+            body: Vec<u8>,
+            priority: super::Priority,
+            attempts: Vec<super::Attempt>,
+            state: super::DeliveryState,
+        }
+        let old = postcard::to_stdvec(&V1 {
+            seq: 7,
+            id: "s:e:k:0".into(),
+            event_id: "e".into(),
+            source: "s".into(),
+            received_at_ms: 1234,
+            sink: "k".into(),
+            headers: vec![("a".into(), "b".into())],
+            body: b"{}".to_vec(),
+            priority: super::Priority::High,
+            attempts: Vec::new(),
+            state: super::DeliveryState::Pending { due_ms: 1234 },
+        })
+        .unwrap();
+        let d: super::DeliveryRecord = super::decode(&old, || "delivery 7".into()).unwrap();
+        assert_eq!(
+            (d.seq, d.queued_at_ms, d.body.as_slice()),
+            (7, 1234, &b"{}"[..])
+        );
+        let again: super::DeliveryRecord =
+            super::decode(&super::encode(&d).unwrap(), || "delivery 7".into()).unwrap();
+        assert_eq!(again.queued_at_ms, 1234);
+        assert!(super::decode::<super::DeliveryRecord>(b"\xff", || "x".into()).is_err());
+    }
+
     #[test]
     fn a_byte_string_body_encodes_like_the_old_byte_sequence() {
         #[derive(Serialize)]

@@ -5,7 +5,7 @@
 //! would roll the store back to the last durable commit, possibly the start of the process,
 //! and redb, which frees pages only at durable commits, would keep growing the file.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,8 +20,8 @@ use super::records::{
     NewEvent,
 };
 use super::{
-    AcceptOutcome, DEAD_LETTERS, DELIVERIES, EVENT_TIMES, EVENTS, META, PENDING, PLUGIN_KV,
-    StoreError, Wakers,
+    AcceptOutcome, Arrivals, DEAD_LETTERS, DELIVERIES, EVENT_TIMES, EVENTS, Feeds, META, PENDING,
+    PLUGIN_KV, Queued, StoreError,
 };
 
 /// Jobs folded into one transaction at most; bounds the latency of the first job in a batch.
@@ -96,7 +96,7 @@ impl Job {
         &self,
         t: &mut Tables,
         next_seq: &mut u64,
-        touched: &mut BTreeSet<String>,
+        touched: &mut Arrivals,
     ) -> Result<Done, StoreError> {
         Ok(match self {
             Job::Accept { event, mark, .. } => {
@@ -105,7 +105,7 @@ impl Job {
             Job::PurgeMarks { now_ms, limit, .. } => Done::Count(marks::purge(t, *now_ms, *limit)?),
             Job::Update { updates, .. } => {
                 for u in updates {
-                    update(t, u, next_seq, touched)?;
+                    update(t, u, next_seq)?;
                 }
                 Done::Unit
             }
@@ -234,7 +234,7 @@ pub(super) fn spawn(
     db: Arc<DbCell>,
     rx: mpsc::Receiver<Job>,
     next_seq: u64,
-    wakers: Arc<Wakers>,
+    feeds: Arc<Feeds>,
     gauges: Arc<Gauges>,
     fsync: bool,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -244,7 +244,7 @@ pub(super) fn spawn(
         .spawn(move || {
             let writer = Writer {
                 db: &db,
-                wakers: &wakers,
+                feeds: &feeds,
                 gauges: &gauges,
                 panic_at_accept,
             };
@@ -265,7 +265,7 @@ pub(super) fn spawn(
 /// What the writer thread works with.
 struct Writer<'a> {
     db: &'a DbCell,
-    wakers: &'a Wakers,
+    feeds: &'a Feeds,
     gauges: &'a Gauges,
     panic_at_accept: bool,
 }
@@ -361,7 +361,7 @@ impl Writer<'_> {
 
     /// Commits `batch` as one transaction and answers every job in it.
     fn write(&self, state: &mut State, batch: Vec<Job>, stop: bool) {
-        let mut touched = BTreeSet::new();
+        let mut touched = Arrivals::default();
         let seq_before = state.next_seq;
         // The last commit before stopping is always durable, so `fsync = false` loses data
         // only on a crash, and then at most LAZY_SYNC_INTERVAL of it.
@@ -389,9 +389,7 @@ impl Writer<'_> {
                 for (job, done) in batch.into_iter().zip(replies) {
                     job.answer(Ok(done));
                 }
-                for sink in &touched {
-                    self.wakers.wake(sink);
-                }
+                self.feeds.publish(touched);
             }
             Err(e) => {
                 state.next_seq = seq_before;
@@ -462,7 +460,7 @@ fn commit(
     db: &DbCell,
     batch: &[Job],
     next_seq: &mut u64,
-    touched: &mut BTreeSet<String>,
+    touched: &mut Arrivals,
     durable: bool,
 ) -> Result<(Vec<Done>, u64), StoreError> {
     let mut txn = db.begin_write()?;
@@ -500,7 +498,7 @@ fn accept(
     event: &NewEvent,
     mark: Option<&DedupeMark>,
     next_seq: &mut u64,
-    touched: &mut BTreeSet<String>,
+    touched: &mut Arrivals,
 ) -> Result<AcceptOutcome, StoreError> {
     if let Some(mark) = mark
         && let Some(id) = marks::live_mark(t, mark, event.record.received_at_ms)?
@@ -522,7 +520,15 @@ fn accept(
     }
     let mut record = event.record.clone();
     record.deliveries.clear();
-    insert_deliveries(t, &mut record, &event.deliveries, next_seq, touched)?;
+    let queued_at_ms = record.received_at_ms;
+    insert_deliveries(
+        t,
+        &mut record,
+        &event.deliveries,
+        queued_at_ms,
+        next_seq,
+        touched,
+    )?;
     plugin_letter(t, &record, record.received_at_ms, next_seq)?;
     t.events
         .insert(key.as_str(), records::encode(&record)?.as_slice())
@@ -536,13 +542,15 @@ fn accept(
 /// Adds `new` as pending deliveries of `record` (appending their seqs to it). Each gets the
 /// stable id `SOURCE:EVENT:SINK:N`, N counting `new`'s deliveries to that sink, so routing the
 /// same event the same way again (a replay) yields the same ids, and two sources' events with
-/// the same id never share one (a receiver dedupes on it).
+/// the same id never share one (a receiver dedupes on it). `retry.max_age` counts from
+/// `queued_at_ms`.
 pub(super) fn insert_deliveries(
     t: &mut Tables,
     record: &mut EventRecord,
     new: &[NewDelivery],
+    queued_at_ms: u64,
     next_seq: &mut u64,
-    touched: &mut BTreeSet<String>,
+    touched: &mut Arrivals,
 ) -> Result<(), StoreError> {
     let mut per_sink: HashMap<&str, usize> = HashMap::new();
     // Due at receipt: a new event's place in its sink's order; a replayed one is due at once
@@ -564,17 +572,42 @@ pub(super) fn insert_deliveries(
             priority: d.priority,
             attempts: Vec::new(),
             state: DeliveryState::Pending { due_ms },
+            queued_at_ms,
         };
         *n += 1;
-        t.deliveries
-            .insert(seq, records::encode(&delivery)?.as_slice())
-            .map_err(StoreError::storage)?;
-        t.pending
-            .insert((d.sink.as_str(), d.priority.rank(), due_ms, seq), ())
-            .map_err(StoreError::storage)?;
-        touched.insert(d.sink.clone());
+        queue_delivery(t, &delivery, touched)?;
         record.deliveries.push(seq);
     }
+    Ok(())
+}
+
+/// Writes `delivery` (pending) with its row in the schedule, and publishes it to its sink.
+pub(super) fn queue_delivery(
+    t: &mut Tables,
+    delivery: &DeliveryRecord,
+    touched: &mut Arrivals,
+) -> Result<(), StoreError> {
+    let DeliveryState::Pending { due_ms } = delivery.state else {
+        return Err(StoreError::Storage(format!(
+            "delivery {} queued while not pending",
+            delivery.seq
+        )));
+    };
+    let (seq, priority) = (delivery.seq, delivery.priority);
+    t.deliveries
+        .insert(seq, records::encode(delivery)?.as_slice())
+        .map_err(StoreError::storage)?;
+    t.pending
+        .insert((delivery.sink.as_str(), priority.rank(), due_ms, seq), ())
+        .map_err(StoreError::storage)?;
+    touched.add(
+        &delivery.sink,
+        Queued {
+            seq,
+            due_ms,
+            priority,
+        },
+    );
     Ok(())
 }
 
@@ -640,12 +673,7 @@ fn kv(t: &mut Tables, op: &KvOp) -> Result<bool, StoreError> {
     }
 }
 
-fn update(
-    t: &mut Tables,
-    update: &DeliveryUpdate,
-    next_seq: &mut u64,
-    touched: &mut BTreeSet<String>,
-) -> Result<(), StoreError> {
+fn update(t: &mut Tables, update: &DeliveryUpdate, next_seq: &mut u64) -> Result<(), StoreError> {
     let seq = match update {
         DeliveryUpdate::Delivered { seq, .. }
         | DeliveryUpdate::Retry { seq, .. }
@@ -694,7 +722,7 @@ fn update(
                     (),
                 )
                 .map_err(StoreError::storage)?;
-            touched.insert(record.sink.clone());
+            // Not published: the worker that recorded this retry has it in its schedule.
         }
         DeliveryUpdate::Dead {
             at_ms,

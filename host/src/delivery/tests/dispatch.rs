@@ -2,7 +2,6 @@
 //! records what is sent, a manual clock stands for time. Each test plays rounds and
 //! completions and checks what goes out and how long the worker would sleep.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -10,60 +9,45 @@ use std::time::Duration;
 use crate::clock::{Clock, ManualTime};
 use crate::config::{CircuitConfig, Rate};
 use crate::delivery::dispatch::{
-    Attempted, Dispatch, DispatchConfig, Done, IDLE_POLL, Port, STORE_ERROR_PAUSE, Wait,
+    Attempted, Dispatch, DispatchConfig, Done, Health, IDLE_POLL, Port, STORE_ERROR_PAUSE, Wait,
 };
+use crate::delivery::schedule::Scheduled;
 use crate::delivery::unit::UnitLimits;
 use crate::event::Priority;
 use crate::store::{Attempt, DeliveryRecord, DeliveryState, StoreError};
 
 const START_MS: u64 = 1_000_000;
 
-/// The sink's pending rows (as the store keeps them) and the units sent.
+/// The sink's pending rows (as the store keeps them), what the store's feed has not handed
+/// over yet, and the units sent.
 #[derive(Default)]
 struct FakePort {
     pending: Vec<DeliveryRecord>,
+    arrivals: Vec<Scheduled>,
     sent: Vec<Vec<u64>>,
     broken: bool,
-}
-
-fn due_ms(d: &DeliveryRecord) -> u64 {
-    match d.state {
-        DeliveryState::Pending { due_ms } => due_ms,
-        _ => unreachable!("only pending rows are kept"),
-    }
+    /// Records read so far.
+    loaded: usize,
 }
 
 impl Port for FakePort {
-    fn due(
-        &mut self,
-        now_ms: u64,
-        limit: usize,
-        except: &HashSet<u64>,
-    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+    fn load(&mut self, seqs: &[u64]) -> Result<Vec<DeliveryRecord>, StoreError> {
         if self.broken {
             return Err(StoreError::Storage("disk on fire".into()));
         }
-        let mut due: Vec<DeliveryRecord> = self
+        let wanted: std::collections::HashSet<u64> = seqs.iter().copied().collect();
+        let found: Vec<DeliveryRecord> = self
             .pending
             .iter()
-            .filter(|d| due_ms(d) <= now_ms && !except.contains(&d.seq))
+            .filter(|d| wanted.contains(&d.seq))
             .cloned()
             .collect();
-        due.sort_by_key(|d| (d.priority != Priority::High, due_ms(d), d.seq));
-        due.truncate(limit);
-        Ok(due)
+        self.loaded += found.len();
+        Ok(found)
     }
 
-    fn next_due_ms(&mut self, except: &HashSet<u64>) -> Result<Option<u64>, StoreError> {
-        if self.broken {
-            return Err(StoreError::Storage("disk on fire".into()));
-        }
-        Ok(self
-            .pending
-            .iter()
-            .filter(|d| !except.contains(&d.seq))
-            .map(due_ms)
-            .min())
+    fn writable(&mut self) -> bool {
+        true
     }
 
     fn send(&mut self, unit: Vec<DeliveryRecord>) {
@@ -129,6 +113,12 @@ impl Rig {
             priority: Priority::Normal,
             attempts: Vec::new(),
             state: DeliveryState::Pending { due_ms },
+            queued_at_ms: due_ms,
+        });
+        self.port.arrivals.push(Scheduled {
+            seq,
+            due_ms,
+            priority: Priority::Normal,
         });
     }
 
@@ -138,6 +128,8 @@ impl Rig {
     }
 
     fn round_paused(&mut self, paused: bool) -> (Vec<Vec<u64>>, Wait) {
+        let arrivals = std::mem::take(&mut self.port.arrivals);
+        self.dispatch.arrive(&mut self.port, arrivals);
         let wait = self.dispatch.dispatch_round(&mut self.port, paused);
         (std::mem::take(&mut self.port.sent), wait)
     }
@@ -150,8 +142,9 @@ impl Rig {
     fn delivered(&mut self, seqs: &[u64]) {
         self.port.pending.retain(|d| !seqs.contains(&d.seq));
         self.dispatch.settle(Done::Attempted(Attempted {
-            results: seqs.iter().map(|s| (*s, false)).collect(),
-            success: true,
+            results: seqs.iter().map(|s| (*s, None)).collect(),
+            health: Health::Up,
+            split: false,
         }));
     }
 
@@ -172,8 +165,9 @@ impl Rig {
             d.state = DeliveryState::Pending { due_ms };
         }
         self.dispatch.settle(Done::Attempted(Attempted {
-            results: seqs.iter().map(|s| (*s, true)).collect(),
-            success: false,
+            results: seqs.iter().map(|s| (*s, Some(due_ms))).collect(),
+            health: Health::Failing,
+            split: false,
         }));
     }
 }
@@ -346,4 +340,44 @@ fn a_partial_batch_waits_to_fill_and_goes_full_or_at_its_deadline() {
     );
     rig.advance(ms(150));
     assert_eq!(rig.round().0, vec![vec![1, 2]], "its deadline: partial");
+}
+
+#[test]
+fn a_waiting_key_neither_starves_other_keys_nor_costs_a_read() {
+    let mut rig = Rig::new(DispatchConfig {
+        order_key: Some("json:/k".into()),
+        ..config()
+    });
+    rig.add(1, 0, r#"{"k":"hot"}"#);
+    assert_eq!(rig.round().0, vec![vec![1]]);
+    rig.failed(&[1], 600_000);
+    for seq in 2..=10_001 {
+        rig.add(seq, 0, r#"{"k":"hot"}"#);
+    }
+    rig.add(20_000, 0, r#"{"k":"cold"}"#);
+    rig.add(20_001, 0, r#"{"k":"cold2"}"#);
+    let (sent, wait) = rig.round();
+    assert_eq!(
+        sent,
+        vec![vec![20_000], vec![20_001]],
+        "free keys go at once"
+    );
+    assert_eq!(
+        wait,
+        Wait(IDLE_POLL),
+        "all slots but the free keys' are idle"
+    );
+    rig.delivered(&[20_000]);
+    rig.delivered(&[20_001]);
+    let before = rig.port.loaded;
+    assert_eq!(
+        rig.round(),
+        (vec![], Wait(IDLE_POLL)),
+        "the hot key waits ten minutes; nothing else is due"
+    );
+    assert_eq!(
+        rig.port.loaded, before,
+        "a round with nothing due reads nothing"
+    );
+    assert_eq!(rig.dispatch.pending(), 10_001);
 }

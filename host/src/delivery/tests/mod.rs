@@ -1,18 +1,19 @@
 //! Unit tests of the delivery engine's pure parts: backoff, outcomes, grouping into units.
-//! [`dispatch`] drives the worker's decisions without I/O.
+//! [`dispatch`] drives the worker's decisions without I/O; [`sim`] drives them through
+//! thousands of randomized schedules of time and faults.
 
 mod dispatch;
+mod sim;
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use super::attempt::Policy;
+use super::dispatch::Health;
 use super::unit::UnitLimits;
-use super::worker::Worker;
 use super::*;
-use crate::clock::Clock;
 use crate::config::RetryConfig;
 use crate::event::Priority;
-use crate::sink::{Sink, SinkError};
+use crate::sink::SinkError;
 use crate::store::{Attempt, DeliveryRecord, DeliveryState, DeliveryUpdate};
 
 fn retry() -> RetryConfig {
@@ -47,24 +48,10 @@ fn backoff_grows_and_is_capped() {
     assert!(mean(2) < mean(3) && mean(3) < mean(4) && mean(4) < mean(5));
 }
 
-struct Never;
-
-#[async_trait::async_trait]
-impl Sink for Never {
-    async fn deliver(&self, _: &[DeliveryRecord]) -> Result<(), SinkError> {
-        Err(SinkError::transient("unused"))
-    }
-}
-
-fn worker() -> Worker {
-    let dir = tempfile::tempdir().unwrap();
-    Worker {
-        name: "app".into(),
-        sink: Arc::new(Never),
+fn worker() -> Policy {
+    Policy {
+        sink: "app".into(),
         retry: retry(),
-        // The store is only needed by `attempt`; these tests call `outcomes`.
-        store: Store::open(dir.path()).unwrap(),
-        clock: Clock::system(),
     }
 }
 
@@ -99,6 +86,7 @@ fn delivery(seq: u64, attempts: usize, priority: Priority) -> DeliveryRecord {
             })
             .collect(),
         state: DeliveryState::Pending { due_ms: 1_000 },
+        queued_at_ms: 1_000,
     }
 }
 
@@ -110,7 +98,7 @@ async fn failures_are_classified() {
     let mut e = SinkError::transient("503");
     e.status = Some(503);
     let [DeliveryUpdate::Retry { due_ms, status, .. }] =
-        w.outcomes(&fresh, &Err(e.clone()), 2_000, &mut rng)[..]
+        w.outcomes(&fresh, &Err(e.clone()), 2_000, &mut rng).updates[..]
     else {
         panic!("a transient error is retried")
     };
@@ -119,7 +107,7 @@ async fn failures_are_classified() {
 
     e.retry_after = Some(Duration::from_secs(7));
     let [DeliveryUpdate::Retry { due_ms, .. }] =
-        w.outcomes(&fresh, &Err(e.clone()), 2_000, &mut rng)[..]
+        w.outcomes(&fresh, &Err(e.clone()), 2_000, &mut rng).updates[..]
     else {
         panic!("retried")
     };
@@ -127,13 +115,14 @@ async fn failures_are_classified() {
 
     let last = [delivery(1, 9, Priority::Normal)];
     assert!(matches!(
-        w.outcomes(&last, &Err(e.clone()), 2_000, &mut rng)[..],
+        w.outcomes(&last, &Err(e.clone()), 2_000, &mut rng).updates[..],
         [DeliveryUpdate::Dead { .. }]
     ));
     let mut bad = SinkError::permanent("400");
     bad.status = Some(400);
     assert!(matches!(
-        w.outcomes(&fresh, &Err(bad), 2_000, &mut rng)[..],
+        w.outcomes(&fresh, &Err(bad.clone()), 2_000, &mut rng)
+            .updates[..],
         [DeliveryUpdate::Dead {
             status: Some(400),
             ..
@@ -142,12 +131,65 @@ async fn failures_are_classified() {
     // Past max_age: no further retry.
     let late = 1_000 + 3_600_000;
     assert!(matches!(
-        w.outcomes(&fresh, &Err(SinkError::transient("down")), late, &mut rng)[..],
+        w.outcomes(&fresh, &Err(SinkError::transient("down")), late, &mut rng)
+            .updates[..],
         [DeliveryUpdate::Dead { .. }]
     ));
     assert!(matches!(
-        w.outcomes(&fresh, &Ok(()), 2_000, &mut rng)[..],
+        w.outcomes(&fresh, &Ok(()), 2_000, &mut rng).updates[..],
         [DeliveryUpdate::Delivered { .. }]
+    ));
+}
+
+#[test]
+fn retry_after_has_a_floor_and_a_refused_batch_splits() {
+    let w = worker();
+    let mut rng = rand::rng();
+    let fresh = [delivery(1, 0, Priority::Normal)];
+    let mut e = SinkError::transient("429");
+    e.retry_after = Some(Duration::ZERO);
+    let o = w.outcomes(&fresh, &Err(e), 2_000, &mut rng);
+    let [DeliveryUpdate::Retry { due_ms, .. }] = o.updates[..] else {
+        panic!("retried")
+    };
+    assert_eq!(due_ms, 2_100, "Retry-After: 0 waits retry.initial");
+    assert_eq!(o.health, Health::Failing);
+
+    // A permanent refusal proves the sink is up; of a batch, nobody knows which item was bad:
+    // each goes again alone, now, and none is dead-lettered yet.
+    let batch = [
+        delivery(1, 0, Priority::Normal),
+        delivery(2, 0, Priority::Normal),
+    ];
+    let o = w.outcomes(&batch, &Err(SinkError::permanent("422")), 2_000, &mut rng);
+    assert!(o.split);
+    assert_eq!(o.health, Health::Up);
+    assert!(
+        o.updates
+            .iter()
+            .all(|u| matches!(u, DeliveryUpdate::Retry { due_ms: 2_000, .. }))
+    );
+    let o = w.outcomes(&fresh, &Err(SinkError::permanent("422")), 2_000, &mut rng);
+    assert!(!o.split);
+    assert!(matches!(o.updates[..], [DeliveryUpdate::Dead { .. }]));
+}
+
+#[test]
+fn max_age_counts_from_the_replay_that_queued_it_again() {
+    let w = worker();
+    let mut rng = rand::rng();
+    let mut replayed = delivery(1, 0, Priority::Normal);
+    let late = 1_000 + 3_600_000;
+    replayed.queued_at_ms = late - 10_000;
+    assert!(matches!(
+        w.outcomes(
+            &[replayed],
+            &Err(SinkError::transient("down")),
+            late,
+            &mut rng
+        )
+        .updates[..],
+        [DeliveryUpdate::Retry { .. }]
     ));
 }
 
@@ -161,7 +203,7 @@ async fn units_respect_limits_and_high_priority_goes_alone() {
         delivery(4, 0, Priority::Normal),
     ];
     let units: Vec<Vec<u64>> = w
-        .group(due)
+        .group(due, |_| false)
         .iter()
         .map(|u| u.iter().map(|d| d.seq).collect())
         .collect();
@@ -210,7 +252,7 @@ async fn a_partial_batch_waits_for_max_wait_from_its_oldest_due_time() {
     let due: Vec<_> = (1..=5)
         .map(|s| due_at(s, 1_000, Priority::Normal))
         .collect();
-    let units = w.group(due);
+    let units = w.group(due, |_| false);
     assert_eq!(
         units.iter().map(Vec::len).collect::<Vec<_>>(),
         vec![2, 2, 1]

@@ -1,0 +1,404 @@
+//! Schedule: one sink's pending deliveries as an in-memory index, without their bodies.
+//!
+//! The store keeps every delivery (body, headers, attempts); the schedule keeps what dispatch
+//! decides on: each pending delivery's seq, due time, priority and order key, about 100 bytes
+//! each whatever the body's size. Dispatch asks it for what is due and reads only those
+//! records from the store, so a round costs O(log n) per delivery it starts, never a scan
+//! past deliveries that cannot go.
+//!
+//! - **Ready**: the deliveries that may go as soon as they are due, by priority, then due
+//!   time, then seq: every unordered delivery, and of each order key only its oldest pending
+//!   delivery (the *head*), while nothing of that key is in flight. A key whose head waits
+//!   for a retry costs one entry here, however many deliveries queue behind it.
+//! - **Keys**: per order key, its pending seqs oldest first. Seqs are assigned at commit, so
+//!   seq order is acceptance order; priority and due times never reorder a key (a wall clock
+//!   stepping back moves due times, not the order), priority only orders heads across keys.
+//! - **Taken**: seqs handed to dispatch and not yet settled or given back.
+//!
+//! Invariant (checked by [`Schedule::check`] in tests): a pending seq is in exactly one of
+//! ready, taken, or "queued behind its key's head"; a key's head is ready unless taken.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::event::Priority;
+
+/// What the schedule is told of a pending delivery: the store's [`Queued`](crate::store::Queued).
+pub(super) use crate::store::Queued as Scheduled;
+
+#[derive(Debug)]
+struct Entry {
+    due_ms: u64,
+    priority: Priority,
+    key: Option<Arc<str>>,
+    /// Sent alone (not batched) from now on: a batch holding it was refused for good.
+    solo: bool,
+}
+
+/// One order key's pending deliveries.
+#[derive(Debug, Default)]
+struct KeyQueue {
+    seqs: BTreeSet<u64>,
+    /// Its head is taken (in flight or being placed).
+    busy: bool,
+}
+
+/// The pending deliveries of one sink.
+#[derive(Debug, Default)]
+pub(super) struct Schedule {
+    entries: HashMap<u64, Entry>,
+    /// `[high, normal]`: (due ms, seq) of the ready deliveries.
+    ready: [BTreeSet<(u64, u64)>; 2],
+    keys: HashMap<Arc<str>, KeyQueue>,
+    taken: HashSet<u64>,
+}
+
+fn lane(priority: Priority) -> usize {
+    usize::from(priority.rank())
+}
+
+impl Schedule {
+    /// Pending deliveries known.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Deliveries taken and not yet settled or given back.
+    #[cfg(test)]
+    pub fn taken(&self) -> usize {
+        self.taken.len()
+    }
+
+    /// Whether `seq` is known as pending.
+    pub fn contains(&self, seq: u64) -> bool {
+        self.entries.contains_key(&seq)
+    }
+
+    /// Whether `seq` must go alone.
+    pub fn is_solo(&self, seq: u64) -> bool {
+        self.entries.get(&seq).is_some_and(|e| e.solo)
+    }
+
+    /// Adds a pending delivery with its order key. A seq already known keeps its place and
+    /// key, and takes the new due time and priority unless it is taken.
+    pub fn insert(&mut self, s: Scheduled, key: Option<String>) {
+        if let Some(e) = self.entries.get(&s.seq) {
+            if !self.taken.contains(&s.seq) && (e.due_ms, e.priority) != (s.due_ms, s.priority) {
+                let ready = self.ready[lane(e.priority)].remove(&(e.due_ms, s.seq));
+                let e = self.entries.get_mut(&s.seq).expect("present");
+                e.due_ms = s.due_ms;
+                e.priority = s.priority;
+                if ready {
+                    self.ready[lane(s.priority)].insert((s.due_ms, s.seq));
+                }
+            }
+            return;
+        }
+        let key: Option<Arc<str>> = key.map(|k| match self.keys.get_key_value(k.as_str()) {
+            Some((shared, _)) => shared.clone(),
+            None => Arc::from(k),
+        });
+        self.entries.insert(
+            s.seq,
+            Entry {
+                due_ms: s.due_ms,
+                priority: s.priority,
+                key: key.clone(),
+                solo: false,
+            },
+        );
+        let Some(key) = key else {
+            self.ready[lane(s.priority)].insert((s.due_ms, s.seq));
+            return;
+        };
+        let queue = self.keys.entry(key).or_default();
+        let old_head = queue.seqs.first().copied();
+        queue.seqs.insert(s.seq);
+        if queue.busy || old_head.is_some_and(|h| h < s.seq) {
+            return;
+        }
+        // The new delivery is older than the key's head (a replay of an old seq, or arrivals
+        // read out of order): it becomes the head.
+        if let Some(h) = old_head {
+            let e = &self.entries[&h];
+            self.ready[lane(e.priority)].remove(&(e.due_ms, h));
+        }
+        self.ready[lane(s.priority)].insert((s.due_ms, s.seq));
+    }
+
+    /// Takes up to `limit` deliveries due at `now_ms` (high priority first, then by due time):
+    /// they leave the ready set and their keys are busy until [`Schedule::settle`] or
+    /// [`Schedule::give_back`].
+    pub fn take_due(&mut self, now_ms: u64, limit: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        for lane in 0..self.ready.len() {
+            while out.len() < limit {
+                let Some(&(due, seq)) = self.ready[lane].first() else {
+                    break;
+                };
+                if due > now_ms {
+                    break;
+                }
+                self.ready[lane].pop_first();
+                self.take(seq);
+                out.push(seq);
+            }
+        }
+        out
+    }
+
+    fn take(&mut self, seq: u64) {
+        self.taken.insert(seq);
+        if let Some(k) = self.entries.get(&seq).and_then(|e| e.key.clone())
+            && let Some(q) = self.keys.get_mut(&k)
+        {
+            q.busy = true;
+        }
+    }
+
+    /// A taken delivery not sent after all: ready again (at `due_ms`, if given).
+    pub fn give_back(&mut self, seq: u64, due_ms: Option<u64>) {
+        if !self.taken.remove(&seq) {
+            return;
+        }
+        let Some(e) = self.entries.get_mut(&seq) else {
+            return;
+        };
+        if let Some(due) = due_ms {
+            e.due_ms = due;
+        }
+        // Of a key, its head becomes ready: this delivery, unless an older one arrived while
+        // it was taken.
+        let ready = match e.key.clone().and_then(|k| self.keys.get_mut(&k)) {
+            Some(q) => {
+                q.busy = false;
+                *q.seqs
+                    .first()
+                    .expect("a key's queue holds its taken delivery")
+            }
+            None => seq,
+        };
+        let r = &self.entries[&ready];
+        self.ready[lane(r.priority)].insert((r.due_ms, ready));
+    }
+
+    /// A taken delivery's attempt is over: pending again at `retry_at` (it stays its key's
+    /// head, so newer deliveries of the key keep waiting), or gone (`None`: delivered or
+    /// dead-lettered), which frees its key for the next one.
+    pub fn settle(&mut self, seq: u64, retry_at: Option<u64>) {
+        match retry_at {
+            Some(due) => self.give_back(seq, Some(due)),
+            None => {
+                self.taken.remove(&seq);
+                self.remove(seq);
+            }
+        }
+    }
+
+    /// Marks `seq` to be sent alone from now on.
+    pub fn set_solo(&mut self, seq: u64) {
+        if let Some(e) = self.entries.get_mut(&seq) {
+            e.solo = true;
+        }
+    }
+
+    /// Forgets `seq` (no longer pending in the store), wherever it is.
+    pub fn remove(&mut self, seq: u64) {
+        self.taken.remove(&seq);
+        let Some(e) = self.entries.remove(&seq) else {
+            return;
+        };
+        let was_ready = self.ready[lane(e.priority)].remove(&(e.due_ms, seq));
+        let Some(key) = e.key else {
+            return;
+        };
+        let Some(q) = self.keys.get_mut(&key) else {
+            return;
+        };
+        let was_head = q.seqs.first() == Some(&seq);
+        q.seqs.remove(&seq);
+        if was_head && (was_ready || q.busy) {
+            // The head left (settled, or removed while ready): the next one takes its place.
+            q.busy = false;
+            if let Some(&next) = q.seqs.first() {
+                let n = &self.entries[&next];
+                self.ready[lane(n.priority)].insert((n.due_ms, next));
+            }
+        }
+        if q.seqs.is_empty() {
+            self.keys.remove(&key);
+        }
+    }
+
+    /// When the next ready delivery not in `except` falls due, if any (`except` is a batch
+    /// left to fill: a few seqs at the front of the ready set).
+    pub fn next_due_ms_except(&self, except: &HashSet<u64>) -> Option<u64> {
+        self.ready
+            .iter()
+            .filter_map(|lane| {
+                lane.iter()
+                    .find(|(_, seq)| !except.contains(seq))
+                    .map(|&(due, _)| due)
+            })
+            .min()
+    }
+
+    /// When the next ready delivery falls due, if any.
+    #[cfg(test)]
+    pub fn next_due_ms(&self) -> Option<u64> {
+        self.next_due_ms_except(&HashSet::new())
+    }
+
+    /// Checks the invariant (tests): every entry is ready, taken or queued behind its key's
+    /// head, exactly once; returns what is wrong.
+    #[cfg(test)]
+    pub fn check(&self) -> Result<(), String> {
+        let mut seen = HashSet::new();
+        for (lane, set) in self.ready.iter().enumerate() {
+            for &(due, seq) in set {
+                let e = self
+                    .entries
+                    .get(&seq)
+                    .ok_or(format!("ready {seq} unknown"))?;
+                if e.due_ms != due || usize::from(e.priority.rank()) != lane {
+                    return Err(format!("ready {seq} out of date"));
+                }
+                if self.taken.contains(&seq) || !seen.insert(seq) {
+                    return Err(format!("{seq} ready twice or ready and taken"));
+                }
+            }
+        }
+        for (key, q) in &self.keys {
+            let head = *q.seqs.first().ok_or(format!("key {key} empty"))?;
+            let head_taken = self.taken.contains(&head);
+            if q.busy != head_taken {
+                return Err(format!("key {key} busy={} head taken={head_taken}", q.busy));
+            }
+            if !head_taken && !seen.contains(&head) {
+                return Err(format!("head {head} of key {key} neither ready nor taken"));
+            }
+            for &s in q.seqs.iter().skip(1) {
+                if seen.contains(&s) || self.taken.contains(&s) {
+                    return Err(format!(
+                        "{s} behind head {head} of key {key} is not waiting"
+                    ));
+                }
+            }
+        }
+        for (&seq, e) in &self.entries {
+            let placed = seen.contains(&seq)
+                || self.taken.contains(&seq)
+                || e.key
+                    .as_ref()
+                    .is_some_and(|k| self.keys[k].seqs.contains(&seq));
+            if !placed {
+                return Err(format!("{seq} is nowhere"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The order key of a delivery's body: the string or number at `pointer` (from
+/// `order_key = "json:/…"`); `None` when the body is not JSON or has no such value.
+pub(super) fn order_key(pointer: &str, body: &[u8]) -> Option<String> {
+    let body: serde_json::Value = serde_json::from_slice(body).ok()?;
+    match body.pointer(pointer)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(seq: u64, due_ms: u64, priority: Priority) -> Scheduled {
+        Scheduled {
+            seq,
+            due_ms,
+            priority,
+        }
+    }
+
+    #[test]
+    fn a_busy_key_holds_only_its_own_deliveries() {
+        let mut sch = Schedule::default();
+        for seq in 1..=1000 {
+            sch.insert(s(seq, 0, Priority::Normal), Some("hot".into()));
+        }
+        sch.insert(s(1001, 5, Priority::Normal), Some("cold".into()));
+        sch.insert(s(1002, 5, Priority::Normal), None);
+        assert_eq!(sch.take_due(10, 10), vec![1, 1001, 1002]);
+        sch.check().unwrap();
+        // The hot head waits ten minutes: nothing of the key is ready, and the wake-up is
+        // the retry's due time, not a row that cannot go.
+        sch.settle(1, Some(600_000));
+        sch.settle(1001, None);
+        sch.settle(1002, None);
+        assert_eq!(sch.take_due(10, 10), Vec::<u64>::new());
+        assert_eq!(sch.next_due_ms(), Some(600_000));
+        sch.check().unwrap();
+        assert_eq!(sch.take_due(600_000, 10), vec![1]);
+        sch.settle(1, None);
+        assert_eq!(sch.take_due(600_000, 10), vec![2]);
+        sch.check().unwrap();
+    }
+
+    #[test]
+    fn priority_orders_heads_across_keys_never_within_one() {
+        let mut sch = Schedule::default();
+        sch.insert(s(1, 0, Priority::Normal), Some("a".into()));
+        sch.insert(s(2, 0, Priority::High), Some("a".into()));
+        sch.insert(s(3, 0, Priority::High), Some("b".into()));
+        sch.insert(s(4, 0, Priority::Normal), None);
+        assert_eq!(sch.take_due(0, 10), vec![3, 1, 4]);
+        sch.settle(1, None);
+        assert_eq!(sch.take_due(0, 10), vec![2]);
+        sch.check().unwrap();
+    }
+
+    #[test]
+    fn due_times_do_not_reorder_a_key() {
+        let mut sch = Schedule::default();
+        // The wall clock stepped back between the two: the newer one has the earlier due time.
+        sch.insert(s(1, 5_000, Priority::Normal), Some("a".into()));
+        sch.insert(s(2, 1_000, Priority::Normal), Some("a".into()));
+        assert_eq!(sch.take_due(2_000, 10), Vec::<u64>::new());
+        assert_eq!(sch.take_due(5_000, 10), vec![1]);
+        sch.check().unwrap();
+    }
+
+    #[test]
+    fn an_older_arrival_becomes_the_head_and_removal_promotes_the_next() {
+        let mut sch = Schedule::default();
+        sch.insert(s(5, 0, Priority::Normal), Some("a".into()));
+        sch.insert(s(3, 0, Priority::Normal), Some("a".into()));
+        sch.check().unwrap();
+        sch.remove(3);
+        sch.check().unwrap();
+        assert_eq!(sch.take_due(0, 10), vec![5]);
+        sch.give_back(5, Some(7));
+        assert_eq!(sch.next_due_ms(), Some(7));
+        sch.insert(s(5, 9, Priority::Normal), Some("a".into()));
+        assert_eq!(
+            sch.next_due_ms(),
+            Some(9),
+            "a known seq takes the new due time"
+        );
+        sch.remove(5);
+        assert_eq!(sch.len(), 0);
+        assert!(sch.keys.is_empty());
+        sch.check().unwrap();
+    }
+
+    #[test]
+    fn order_keys_are_strings_or_numbers() {
+        assert_eq!(order_key("/k", br#"{"k":"a"}"#).as_deref(), Some("a"));
+        assert_eq!(order_key("/k", br#"{"k":7}"#).as_deref(), Some("7"));
+        assert_eq!(order_key("/k", br#"{"k":[1]}"#), None);
+        assert_eq!(order_key("/k", b"not json"), None);
+    }
+}
