@@ -1,9 +1,11 @@
 //! The `hookwall` binary: parse the command line, start the runtime, run the subcommand
-//! ([`hookwall::cli`]), and turn its outcome into an exit status.
+//! ([`hookwall::cli`]), shut the runtime down within a bound, and turn the outcome into an exit
+//! status.
 
 #![allow(clippy::disallowed_types)] // anyhow is the binary's edge (clippy.toml).
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -13,6 +15,12 @@ use hookwall::config::ConfigError;
 
 /// Exit code for a bad config or command line (sysexits' EX_USAGE).
 const EXIT_USAGE: u8 = 64;
+
+/// How long the runtime's shutdown waits for blocking tasks still running once the command is
+/// done. Dropping the runtime would wait for them forever, and a sink write stuck on a hung disk
+/// or a stdout pipe nobody reads never returns (its unit already failed at the sink's timeout
+/// and stays pending: it is sent again after the restart).
+const BLOCKING_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -27,6 +35,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(hookwall::cli::run(cli.command));
+    shut_down(runtime);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -37,6 +46,24 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// Stops the runtime, abandoning blocking tasks (a stuck sink write) after
+/// [`BLOCKING_SHUTDOWN_GRACE`], and says so.
+fn shut_down(runtime: tokio::runtime::Runtime) {
+    let stuck = hookwall::sink::writes_in_progress();
+    if stuck > 0 {
+        tracing::warn!(writes = stuck, grace = ?BLOCKING_SHUTDOWN_GRACE,
+            "a sink write is still blocked (a hung disk, or a stdout nobody reads); waiting for it at most this long");
+    }
+    runtime.shutdown_timeout(BLOCKING_SHUTDOWN_GRACE);
+    let stuck = hookwall::sink::writes_in_progress();
+    if stuck > 0 {
+        tracing::warn!(
+            writes = stuck,
+            "abandoned a blocked sink write at exit; its deliveries were not confirmed and stay pending"
+        );
     }
 }
 

@@ -11,6 +11,8 @@ mod delivery;
 mod edge_limits;
 mod edge_secrets;
 mod edge_tls;
+mod guarantees;
+mod guarantees_sinks;
 mod hostile;
 mod intake;
 mod languages;

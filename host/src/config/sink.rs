@@ -1,7 +1,8 @@
 //! `[sinks.NAME]`: where accepted events are delivered, and how hard to try.
 //!
 //! A sink table holds two sets of keys: the delivery policy every kind shares (`retry`,
-//! `paused`, `concurrency`, `batch`) and the keys of its `type`. Both sets refuse unknown keys;
+//! `paused`, `concurrency`, `batch`, `rate`, `order_key`, `circuit`, `timeout`) and the keys of
+//! its `type`. Both sets refuse unknown keys;
 //! because serde cannot combine `flatten` with `deny_unknown_fields`, [`SinkConfig`]'s
 //! `Deserialize` splits the table by key name and parses each half strictly.
 //!
@@ -11,7 +12,7 @@
 //! url = "http://127.0.0.1:3000/webhooks"  # a secret: "env:APP_URL", "file:…" also work
 //! secret = "env:APP_WEBHOOK_SECRET"      # whsec_… (Standard Webhooks)
 //! headers = { "x-tenant" = "acme" }
-//! timeout = "10s"
+//! timeout = "10s"                        # every kind: the bound on one attempt
 //! retry = { max_attempts = 12, initial = "500ms", max_delay = "5m", max_age = "24h" }
 //! retry_on = [408, 425, 429, "5xx"]
 //! concurrency = 16
@@ -47,6 +48,7 @@ const COMMON_KEYS: &[&str] = &[
     "rate",
     "order_key",
     "circuit",
+    "timeout",
 ];
 
 /// `[sinks.NAME]`: the shared delivery policy and the kind.
@@ -72,6 +74,14 @@ pub struct SinkConfig {
     /// `circuit = { failures = 5, cooldown = "5s", max_cooldown = "1m" }` (the defaults):
     /// the circuit breaker; `failures = 0` turns it off.
     pub circuit: CircuitConfig,
+    /// `timeout = "30s"`: the bound on one attempt of every kind, after which it is a
+    /// transient failure (retried). For `http` the whole request (connect, send, the answer's
+    /// status and the bounded read of its body); `redis` connecting plus the pipeline; `nats`
+    /// connecting, publishing and every ack; `file` waiting for the file plus the write and
+    /// fsync; `stdout` waiting for the descriptor plus the write. Default: 10 s for `http`, 5 s
+    /// for `redis` and `nats` (their bounds before the key was shared), 30 s for `file` and
+    /// `stdout` ([`SinkKind::default_timeout`]).
+    pub timeout: Duration,
     /// `type = "…"` and its keys.
     pub kind: SinkKind,
 }
@@ -94,6 +104,8 @@ struct Common {
     order_key: Option<String>,
     #[serde(default)]
     circuit: CircuitConfig,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
 }
 
 impl<'de> Deserialize<'de> for SinkConfig {
@@ -123,6 +135,7 @@ impl<'de> Deserialize<'de> for SinkConfig {
             rate: common.rate,
             order_key: common.order_key,
             circuit: common.circuit,
+            timeout: common.timeout.unwrap_or_else(|| kind.default_timeout()),
             kind,
         })
     }
@@ -156,6 +169,16 @@ impl SinkKind {
             SinkKind::Http(_) => "http",
             SinkKind::Redis(_) => "redis",
             SinkKind::Nats(_) => "nats",
+        }
+    }
+
+    /// `timeout` when the table has none: what each kind was bounded by before the key was
+    /// shared (`http` 10 s, `redis` and `nats` 5 s), and 30 s for `file` and `stdout`.
+    pub fn default_timeout(&self) -> Duration {
+        match self {
+            SinkKind::Http(_) => Duration::from_secs(10),
+            SinkKind::Redis(_) | SinkKind::Nats(_) => Duration::from_secs(5),
+            SinkKind::File(_) | SinkKind::Stdout(_) => Duration::from_secs(30),
         }
     }
 }
@@ -216,9 +239,6 @@ pub struct HttpSinkConfig {
     /// of the same name.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// `timeout = "10s"`: the whole request (connect, send, answer). A timeout is retried.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
     /// `secret = "env:APP_WEBHOOK_SECRET"`: a Standard Webhooks key (`whsec_` + base64) that
     /// signs every request (`webhook-id`, `webhook-timestamp`, `webhook-signature`), so the
     /// app trusts Hookwall without re-verifying the provider. Without it requests are unsigned.
@@ -237,9 +257,6 @@ pub struct HttpSinkConfig {
 
 fn default_method() -> String {
     "POST".into()
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(10)
 }
 fn default_retry_on() -> Vec<StatusMatch> {
     vec![
@@ -429,6 +446,9 @@ pub(super) fn validate(name: &str, sink: &SinkConfig) -> Result<(), ConfigError>
             "must be a JSON pointer into the body: \"json:/field\"",
         ));
     }
+    if sink.timeout.is_zero() {
+        return Err(invalid(key("timeout"), "must be greater than 0"));
+    }
     let c = &sink.circuit;
     if c.failures > 0 && (c.cooldown.is_zero() || c.max_cooldown < c.cooldown) {
         return Err(invalid(key("circuit"), "need 0 < cooldown <= max_cooldown"));
@@ -468,9 +488,6 @@ pub(super) fn validate(name: &str, sink: &SinkConfig) -> Result<(), ConfigError>
             {
                 return Err(invalid(key(&format!("headers.{h}")), "not a valid header"));
             }
-        }
-        if http.timeout.is_zero() {
-            return Err(invalid(key("timeout"), "must be greater than 0"));
         }
         if let Some(bad) = http.retry_on.iter().find(|m| !m.valid()) {
             return Err(invalid(
@@ -645,6 +662,37 @@ mod tests {
         assert!(e.contains("sinks.app.batch.max_wait"), "{e}");
         let e = nats("subject = \"a\"\nbatch = { max_wiat = \"2s\" }");
         assert!(e.contains("max_wiat"), "{e}");
+    }
+
+    #[test]
+    fn every_kind_takes_a_timeout_with_its_own_default() {
+        let timeout = |sink: &str| {
+            Config::parse(&with_sink(sink), Path::new("/"))
+                .map(|c| c.sinks["app"].timeout)
+                .map_err(|e| e.to_string())
+        };
+        let kinds = [
+            ("type = \"http\"\nurl = \"http://x/\"", 10),
+            ("type = \"redis\"\nurl = \"redis://h/\"\nstream = \"s\"", 5),
+            (
+                "type = \"nats\"\nurl = \"nats://h:4222\"\nsubject = \"s\"",
+                5,
+            ),
+            ("type = \"file\"\npath = \"x\"", 30),
+            ("type = \"stdout\"", 30),
+        ];
+        for (kind, default) in kinds {
+            assert_eq!(timeout(kind), Ok(Duration::from_secs(default)), "{kind}");
+            assert_eq!(
+                timeout(&format!("{kind}\ntimeout = \"1500ms\"")),
+                Ok(Duration::from_millis(1500)),
+                "{kind}"
+            );
+            let e = timeout(&format!("{kind}\ntimeout = \"0s\"")).unwrap_err();
+            assert!(e.contains("sinks.app.timeout"), "{kind}: {e}");
+            let e = timeout(&format!("{kind}\ntimeout = \"soon\"")).unwrap_err();
+            assert!(e.contains("timeout") || e.contains("soon"), "{kind}: {e}");
+        }
     }
 
     #[test]

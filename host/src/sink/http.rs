@@ -11,13 +11,19 @@
 //! any other answer is permanent and dead-letters the unit at once.
 //!
 //! A batch is one `application/json` request whose body is
-//! `{"batch": [ENVELOPE, …]}`, each element as [`super::envelope`] describes; its
-//! `webhook-id` is `batch:FIRST_ID+N`.
+//! `{"batch": [ENVELOPE, …]}`, each element as [`super::envelope`] describes. Its `webhook-id`
+//! and `Idempotency-Key` (and so the id its signature covers) is the batch id ([`batch_id`]):
+//! `batch:` and the hex SHA-256 of exactly its items' delivery ids, in the body's order. A retry
+//! regroups failed deliveries with whatever else is due, so an id made of the first item and a
+//! count (`batch:FIRST+N`, before) could come back on a different set of items, and a receiver
+//! deduping on it (as Standard Webhooks tells it to) silently dropped the new ones; a digest of
+//! the ids is the same only for the same items.
 //!
 //! The URL is a secret (Slack-style URLs carry their token in the path): it is resolved like
 //! other secrets (`env:`, `file:`), and attempt errors and logs show only its scheme, host and
 //! port ([`redacted`]). The answer's body is read up to [`MAX_ANSWER_BODY_BYTES`] and then the
 //! connection is dropped, so a huge or endless answer costs neither memory nor the timeout.
+//! `timeout` (the sink's, shared by every kind) bounds the whole request.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -30,6 +36,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use sha2::{Digest, Sha256};
 
 use super::{Sink, SinkError, envelope};
 use crate::config::{ConfigError, Http2Mode, HttpSinkConfig, StatusMatch, signing_scheme};
@@ -87,7 +94,13 @@ pub struct HttpSink {
 impl HttpSink {
     /// Builds sink `name` from its config: resolves the URL and `secret` (relative `file:`
     /// paths against `base_dir`) and checks the URL and headers; nothing is connected yet.
-    pub fn new(name: &str, c: &HttpSinkConfig, base_dir: &Path) -> Result<HttpSink, ConfigError> {
+    /// `timeout` bounds each request (the sink's shared `timeout`).
+    pub fn new(
+        name: &str,
+        c: &HttpSinkConfig,
+        timeout: Duration,
+        base_dir: &Path,
+    ) -> Result<HttpSink, ConfigError> {
         let key = |field: &str| format!("sinks.{name}.{field}");
         let invalid = |field: &str, reason: String| ConfigError::Invalid {
             key: key(field),
@@ -136,7 +149,7 @@ impl HttpSink {
             method: Method::from_bytes(c.method.as_bytes())
                 .map_err(|e| invalid("method", e.to_string()))?,
             headers,
-            timeout: c.timeout,
+            timeout,
             signer,
             retry_on: c.retry_on.clone(),
         })
@@ -168,8 +181,7 @@ impl HttpSink {
                     http::header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
                 );
-                let first = batch.first().map(|d| d.id.as_str()).unwrap_or_default();
-                (format!("batch:{first}+{}", batch.len()), body)
+                (batch_id(batch.iter().map(|d| d.id.as_str())), body)
             }
         };
         for (k, v) in &self.headers {
@@ -269,6 +281,20 @@ impl Sink for HttpSink {
             status: Some(code),
         })
     }
+}
+
+/// The id of a batch whose items have these delivery ids, in order: `batch:` and the lowercase
+/// hex SHA-256 over each id as its length in bytes (8 bytes, big-endian) followed by its bytes.
+/// The length prefix keeps it unambiguous whatever an id contains; the same items in the same
+/// order always give the same id, any other items another one.
+pub fn batch_id(delivery_ids: impl IntoIterator<Item = impl AsRef<str>>) -> String {
+    let mut digest = Sha256::new();
+    for id in delivery_ids {
+        let id = id.as_ref();
+        digest.update((id.len() as u64).to_be_bytes());
+        digest.update(id.as_bytes());
+    }
+    format!("batch:{}", hex::encode(digest.finalize()))
 }
 
 /// Parses a resolved `url` secret. The reason never quotes the URL.
@@ -402,7 +428,7 @@ mod tests {
 
         let config: HttpSinkConfig =
             toml::from_str("url = \"http://u:XPASS@h:1/services/XSECRET?k=XKEY\"").unwrap();
-        let sink = HttpSink::new("app", &config, Path::new("/")).unwrap();
+        let sink = HttpSink::new("app", &config, Duration::from_secs(1), Path::new("/")).unwrap();
         let echoed =
             "error for http://u:XPASS@h:1/services/XSECRET?k=XKEY and /services/XSECRET?k=XKEY";
         let scrubbed = sink.scrub(echoed);
@@ -412,6 +438,65 @@ mod tests {
                 .any(|s| scrubbed.contains(s)),
             "{scrubbed}"
         );
+    }
+
+    fn record(id: &str, body: &[u8]) -> DeliveryRecord {
+        super::super::test_record(id, body)
+    }
+
+    #[test]
+    fn a_batch_id_names_exactly_its_items() {
+        let id = |ids: &[&str]| batch_id(ids);
+        let ab = id(&["shop:a:app:0", "shop:b:app:0"]);
+        // batch: + 64 hex digits, a valid header value.
+        assert!(ab.starts_with("batch:") && ab.len() == 6 + 64, "{ab}");
+        assert!(
+            ab[6..]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        assert_eq!(ab, id(&["shop:a:app:0", "shop:b:app:0"]), "stable");
+        // The same first item and count, other items: another id (it used to be the same).
+        assert_ne!(ab, id(&["shop:a:app:0", "shop:c:app:0"]));
+        assert_ne!(ab, id(&["shop:a:app:0"]));
+        assert_ne!(ab, id(&["shop:a:app:0", "shop:b:app:0", "shop:c:app:0"]));
+        // Unambiguous: moving bytes between ids changes the id.
+        assert_ne!(id(&["ab", "c"]), id(&["a", "bc"]));
+        assert_ne!(id(&["a\nb"]), id(&["a", "b"]));
+        assert_ne!(id(&[]), id(&[""]));
+        // The documented construction, computed independently.
+        let mut data = Vec::new();
+        for part in ["shop:a:app:0", "shop:b:app:0"] {
+            data.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            data.extend_from_slice(part.as_bytes());
+        }
+        assert_eq!(ab, format!("batch:{}", hex::encode(Sha256::digest(&data))));
+    }
+
+    #[test]
+    fn a_request_carries_the_batch_id_or_the_delivery_id_and_signs_it() {
+        let config: HttpSinkConfig = toml::from_str(
+            "url = \"http://127.0.0.1:9/hook\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"",
+        )
+        .unwrap();
+        let sink = HttpSink::new("app", &config, Duration::from_secs(1), Path::new("/")).unwrap();
+        let header = |req: &Request<Full<Bytes>>, name: &str| {
+            req.headers()[name].to_str().unwrap().to_string()
+        };
+        let one = sink.request(&[record("shop:a:app:0", b"{}")]).unwrap();
+        assert_eq!(header(&one, "webhook-id"), "shop:a:app:0");
+        assert_eq!(header(&one, "idempotency-key"), "shop:a:app:0");
+
+        let items = [record("shop:a:app:0", b"{}"), record("shop:b:app:0", b"{}")];
+        let batch = sink.request(&items).unwrap();
+        let expected = batch_id(["shop:a:app:0", "shop:b:app:0"]);
+        assert_eq!(header(&batch, "webhook-id"), expected);
+        assert_eq!(header(&batch, "idempotency-key"), expected);
+        assert!(batch.headers().contains_key("webhook-signature"));
+        let regrouped = sink
+            .request(&[record("shop:a:app:0", b"{}"), record("shop:c:app:0", b"{}")])
+            .unwrap();
+        assert_ne!(header(&regrouped, "webhook-id"), expected);
     }
 
     #[test]

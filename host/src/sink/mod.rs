@@ -7,6 +7,15 @@
 //! JetStream publish ack per message), never when the bytes were merely handed to a buffer. Until it confirms, the deliveries
 //! stay pending in the store and are retried, so a sink outage never loses an acknowledged
 //! event; the price is at-least-once delivery, which every delivery's stable id makes safe.
+//!
+//! Every kind bounds each attempt by the sink's `timeout` (shared key, default per kind:
+//! [`SinkKind::default_timeout`]); a unit not confirmed by then is a transient failure, retried
+//! with backoff, so a hung receiver, disk or pipe never holds a unit (or shutdown, which waits
+//! for the units in flight) forever. `file` and `stdout` write through blocking calls on
+//! tokio's blocking pool, which cannot be interrupted: a write that outlives its attempt keeps
+//! the sink's lock until it returns, so the next unit waits for it (within its own timeout)
+//! instead of writing next to it. [`writes_in_progress`] counts those calls, so the binary can
+//! tell, at exit, that it abandons one (`main.rs` bounds the runtime's shutdown).
 
 mod file;
 mod http;
@@ -16,6 +25,7 @@ mod stdout;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -25,7 +35,7 @@ use crate::config::{ConfigError, SinkConfig, SinkKind};
 use crate::store::DeliveryRecord;
 
 pub use file::FileSink;
-pub use http::HttpSink;
+pub use http::{HttpSink, batch_id};
 pub use nats::NatsSink;
 pub use redis::RedisSink;
 pub use stdout::StdoutSink;
@@ -78,15 +88,16 @@ pub fn build(
     config: &SinkConfig,
     base_dir: &Path,
 ) -> Result<Arc<dyn Sink>, ConfigError> {
+    let timeout = config.timeout;
     Ok(match &config.kind {
-        SinkKind::File(c) => Arc::new(FileSink::new(c.path.clone())),
-        SinkKind::Stdout(_) => Arc::new(StdoutSink::default()),
-        SinkKind::Http(c) => Arc::new(HttpSink::new(name, c, base_dir)?),
+        SinkKind::File(c) => Arc::new(FileSink::new(c.path.clone(), timeout)),
+        SinkKind::Stdout(_) => Arc::new(StdoutSink::new(timeout)),
+        SinkKind::Http(c) => Arc::new(HttpSink::new(name, c, timeout, base_dir)?),
         SinkKind::Redis(c) => {
             let key = format!("sinks.{name}.url");
             let url = c.url.resolve(base_dir, &key)?;
             Arc::new(
-                RedisSink::new(&url, c.stream.clone(), c.maxlen)
+                RedisSink::new(&url, c.stream.clone(), c.maxlen, timeout)
                     .map_err(|reason| ConfigError::Invalid { key, reason })?,
             )
         }
@@ -94,11 +105,116 @@ pub fn build(
             let key = format!("sinks.{name}.url");
             let url = c.url.resolve(base_dir, &key)?;
             Arc::new(
-                NatsSink::new(&url, &c.subject)
+                NatsSink::new(&url, &c.subject, timeout)
                     .map_err(|reason| ConfigError::Invalid { key, reason })?,
             )
         }
     })
+}
+
+/// Blocking sink writes (`file`, `stdout`) running now, in the whole process.
+static WRITES_IN_PROGRESS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many blocking sink writes (`file`, `stdout`) are running now. Once the delivery workers
+/// have stopped, any left is stuck (a hung disk, a pipe nobody reads) and its unit already
+/// failed: the runtime's shutdown abandons it rather than wait for it forever.
+pub fn writes_in_progress() -> usize {
+    WRITES_IN_PROGRESS.load(Ordering::SeqCst)
+}
+
+/// Counts one blocking write in [`writes_in_progress`] while it lives.
+struct WriteInProgress;
+
+impl WriteInProgress {
+    fn start() -> WriteInProgress {
+        WRITES_IN_PROGRESS.fetch_add(1, Ordering::SeqCst);
+        WriteInProgress
+    }
+}
+
+impl Drop for WriteInProgress {
+    fn drop(&mut self) {
+        WRITES_IN_PROGRESS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Who decides a blocking write's fate: the attempt that waits for it, or, once that attempt
+/// gave up (its timeout, or its future was dropped), nobody (the write is abandoned). Settled
+/// once, by whichever side gets there first, so a write that finishes just as its attempt times
+/// out is either reported or treated as abandoned, never both.
+#[derive(Clone, Default)]
+struct Claim(Arc<std::sync::atomic::AtomicU8>);
+
+impl Claim {
+    const PENDING: u8 = 0;
+    const DONE: u8 = 1;
+    const ABANDONED: u8 = 2;
+
+    /// The write finished: `true` if its attempt is still waiting for the result, `false` if it
+    /// was abandoned.
+    fn finish(&self) -> bool {
+        self.settle(Claim::DONE)
+    }
+
+    /// The attempt gives up: `true` if the write had not finished yet (it is abandoned now),
+    /// `false` if it had (its result is ready).
+    fn abandon(&self) -> bool {
+        self.settle(Claim::ABANDONED)
+    }
+
+    fn settle(&self, to: u8) -> bool {
+        self.0
+            .compare_exchange(Claim::PENDING, to, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+}
+
+/// Abandons the write of an attempt whose future is dropped before it took the result (a
+/// caller's own timeout, a shutdown): the write then knows nobody will count it.
+struct AbandonOnDrop(Option<Claim>);
+
+impl AbandonOnDrop {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if let Some(claim) = self.0.take() {
+            claim.abandon();
+        }
+    }
+}
+
+/// Runs `write` on the blocking pool and waits for it until `deadline`. `write` gets the
+/// [`Claim`] to call [`Claim::finish`] on once its bytes are out, before it releases the sink's
+/// lock (which it owns). `Ok(None)` means the deadline passed and the write was abandoned; it
+/// goes on in the background, still holding the lock.
+async fn blocking_write<T: Send + 'static>(
+    deadline: tokio::time::Instant,
+    write: impl FnOnce(&Claim) -> T + Send + 'static,
+) -> Result<Option<T>, SinkError> {
+    let claim = Claim::default();
+    let mut guard = AbandonOnDrop(Some(claim.clone()));
+    let task_claim = claim.clone();
+    let mut task = tokio::task::spawn_blocking(move || {
+        let _counted = WriteInProgress::start();
+        write(&task_claim)
+    });
+    let joined = match tokio::time::timeout_at(deadline, &mut task).await {
+        Ok(joined) => joined,
+        Err(_) if claim.abandon() => {
+            guard.disarm();
+            return Ok(None);
+        }
+        // It finished just now: its result is the attempt's.
+        Err(_) => task.await,
+    };
+    guard.disarm();
+    joined
+        .map(Some)
+        .map_err(|e| SinkError::transient(format!("write task failed: {e}")))
 }
 
 /// The JSON line written by the `file` and `stdout` sinks, and the element of an `http`
@@ -144,6 +260,25 @@ pub fn envelope(d: &DeliveryRecord) -> Value {
         }
     }
     line
+}
+
+/// A pending normal-priority delivery `id` of `body` to sink `app`, for the sinks' unit tests.
+#[cfg(test)]
+pub(crate) fn test_record(id: &str, body: &[u8]) -> DeliveryRecord {
+    DeliveryRecord {
+        seq: 1,
+        id: id.into(),
+        event_id: id.into(),
+        source: "shop".into(),
+        received_at_ms: 0,
+        sink: "app".into(),
+        headers: Vec::new(),
+        body: body.to_vec(),
+        priority: crate::event::Priority::Normal,
+        attempts: Vec::new(),
+        state: crate::store::DeliveryState::Pending { due_ms: 0 },
+        queued_at_ms: 0,
+    }
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@
 //!
 //! A unit (one delivery or a batch) is published as a whole, then every ack is awaited: one
 //! flush, one round trip. It is confirmed only if every message was acked by a stream; a
-//! publish error, a subject no stream captures, or a missing ack within [`CALL_TIMEOUT`] fails
-//! the unit (retried). The connection is opened on first use and reopened until it succeeds;
+//! publish error, a subject no stream captures, or a missing ack within the sink's `timeout`
+//! (default 5 s) fails the unit (retried). The connection is opened on first use and reopened until it succeeds;
 //! once open, the client reconnects by itself, and while it is disconnected units fail at once
 //! instead of queueing. So NATS being down at start-up or later only delays deliveries.
 //! Messages published into a connection that then dropped may still reach the stream after it
@@ -28,10 +28,7 @@ use super::{Sink, SinkError};
 use crate::config::Secret;
 use crate::store::DeliveryRecord;
 
-/// Bound on connecting plus publishing a unit and receiving every ack; a slower answer is a
-/// retried failure.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bound on one connection attempt (inside [`CALL_TIMEOUT`]).
+/// Bound on one connection attempt (inside the sink's `timeout`, when that is longer).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The client name the server shows in its connection list.
 const CLIENT_NAME: &str = "hookwall";
@@ -82,17 +79,21 @@ pub struct NatsSink {
     server: ServerAddr,
     credentials: Credentials,
     subject: Subject,
+    /// Bound on connecting plus publishing a unit and receiving every ack.
+    timeout: Duration,
     context: Mutex<Option<jetstream::Context>>,
 }
 
 impl NatsSink {
-    /// `url` is resolved (it may carry credentials; they are never printed).
-    pub fn new(url: &Secret, subject: &str) -> Result<NatsSink, String> {
+    /// `url` is resolved (it may carry credentials; they are never printed); `timeout` bounds
+    /// each unit.
+    pub fn new(url: &Secret, subject: &str, timeout: Duration) -> Result<NatsSink, String> {
         let (server, credentials) = nats_server(url)?;
         Ok(NatsSink {
             server,
             credentials,
             subject: Subject::from(subject),
+            timeout,
             context: Mutex::new(None),
         })
     }
@@ -112,7 +113,7 @@ impl NatsSink {
         };
         let client = options
             .name(CLIENT_NAME)
-            .connection_timeout(CONNECT_TIMEOUT)
+            .connection_timeout(CONNECT_TIMEOUT.min(self.timeout))
             .connect(self.server.clone())
             .await
             .map_err(|e| {
@@ -123,9 +124,9 @@ impl NatsSink {
                 ))
             })?;
         let context = jetstream::ContextBuilder::new()
-            .timeout(CALL_TIMEOUT)
+            .timeout(self.timeout)
             // Acks of a unit that timed out are awaited in the background this long at most.
-            .ack_timeout(CALL_TIMEOUT)
+            .ack_timeout(self.timeout)
             .build(client);
         *guard = Some(context.clone());
         Ok(context)
@@ -193,13 +194,14 @@ impl Sink for NatsSink {
             }
             Ok::<_, SinkError>(duplicates)
         };
-        let duplicates = tokio::time::timeout(CALL_TIMEOUT, call)
+        let duplicates = tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| {
                 SinkError::transient(format!(
-                    "NATS did not ack {} message(s) on {} within {CALL_TIMEOUT:?}",
+                    "NATS did not ack {} message(s) on {} within {:?}",
                     batch.len(),
-                    self.subject
+                    self.subject,
+                    self.timeout
                 ))
             })??;
         if duplicates > 0 {
@@ -252,11 +254,7 @@ mod tests {
     #[test]
     fn headers_carry_the_ids_and_leave_out_nats_controls() {
         let d = DeliveryRecord {
-            seq: 1,
-            id: "e1:bus:0".into(),
             event_id: "e1".into(),
-            source: "shop".into(),
-            received_at_ms: 0,
             sink: "bus".into(),
             headers: vec![
                 ("x-tenant".into(), "acme".into()),
@@ -266,10 +264,7 @@ mod tests {
                 ("bad name".into(), "x".into()),
                 ("x-bad-value".into(), "a\r\nb".into()),
             ],
-            body: b"{}".to_vec(),
-            priority: crate::event::Priority::Normal,
-            attempts: Vec::new(),
-            state: crate::store::DeliveryState::Pending { due_ms: 0 },
+            ..super::super::test_record("e1:bus:0", b"{}")
         };
         let h = headers(&d);
         let all =

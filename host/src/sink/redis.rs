@@ -7,6 +7,8 @@
 //! `XADD` trims the stream approximately (`MAXLEN ~ N`), which Redis does cheaply.
 //! The connection is opened on first use and reopened after a failure, so Redis being down at
 //! start-up only delays deliveries (they are retried) instead of stopping Hookwall.
+//! `timeout` (the sink's, default 5 s) bounds connecting plus one pipeline; a slower answer is
+//! a retried failure.
 
 use std::time::Duration;
 
@@ -19,20 +21,25 @@ use crate::config::Secret;
 use crate::redis::connection_config;
 use crate::store::DeliveryRecord;
 
-/// Bound on connecting plus one pipeline; a slower answer is a retried failure.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// The `redis` sink: appends each delivery to a Redis stream; connects on first use.
 pub struct RedisSink {
     client: Client,
     stream: String,
     maxlen: Option<u64>,
+    /// Bound on connecting plus one pipeline.
+    timeout: Duration,
     conn: Mutex<Option<ConnectionManager>>,
 }
 
 impl RedisSink {
-    /// `url` is resolved (it may carry a password; it is never printed).
-    pub fn new(url: &Secret, stream: String, maxlen: Option<u64>) -> Result<RedisSink, String> {
+    /// `url` is resolved (it may carry a password; it is never printed); `timeout` bounds each
+    /// unit.
+    pub fn new(
+        url: &Secret,
+        stream: String,
+        maxlen: Option<u64>,
+        timeout: Duration,
+    ) -> Result<RedisSink, String> {
         let url = std::str::from_utf8(url.expose()).map_err(|_| "not UTF-8".to_string())?;
         let client = Client::open(url)
             .map_err(|_| "not a redis:// URL (redis://[:PASSWORD@]HOST:PORT[/DB])".to_string())?;
@@ -40,6 +47,7 @@ impl RedisSink {
             client,
             stream,
             maxlen,
+            timeout,
             conn: Mutex::new(None),
         })
     }
@@ -93,10 +101,10 @@ impl Sink for RedisSink {
                 .await
                 .map_err(|e| SinkError::transient(format!("XADD to {} failed: {e}", self.stream)))
         };
-        let replies = tokio::time::timeout(CALL_TIMEOUT, call)
+        let replies = tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| {
-                SinkError::transient(format!("Redis did not answer within {CALL_TIMEOUT:?}"))
+                SinkError::transient(format!("Redis did not answer within {:?}", self.timeout))
             })??;
         // Confirmed only if every XADD answered with an entry id.
         let confirmed = replies
