@@ -420,3 +420,77 @@ fn malformed_requests_get_a_4xx_or_a_closed_connection() {
     good_request(&hw, 1);
     assert!(!hw.log().contains("panicked"), "{}", hw.log());
 }
+
+/// Writes a request's head declaring a body of `len` bytes, and `sent` bytes of it.
+fn start_upload(addr: SocketAddr, id: &str, len: usize, sent: usize) -> TcpStream {
+    let mut s = connect(addr);
+    let head = format!(
+        "POST /hooks/demo HTTP/1.1\r\nHost: hookwall\r\nContent-Type: application/json\r\n\
+         Content-Length: {len}\r\nX-Signature: sha256=00\r\nX-Event-Id: {id}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&vec![b' '; sent]).unwrap();
+    s
+}
+
+/// Issue #18, large bodies under overload: the request bodies held at once stay within
+/// `[server] overload.max_body_bytes_in_flight` (on by default). A request whose declared body
+/// would pass it is answered 503 with `Retry-After` before a byte of its body is read; smaller
+/// ones still fit, and the big one is taken once the budget frees.
+#[test]
+fn bodies_beyond_the_budget_are_refused_before_they_are_read() {
+    let dir = workdir(&[]);
+    let config = format!(
+        "{}{}{}",
+        super::base_config(
+            "max_body_bytes = 1000000\noverload = { max_body_bytes_in_flight = 2000000 }",
+            "",
+            None,
+            ""
+        ),
+        super::file_sink("orders", "orders.jsonl", ""),
+        super::hmac_source("demo", "", "orders"),
+    );
+    let hw = Hookwall::start(super::BIN, dir.path(), &config);
+    // Two senders declare 900 KB each and stall half way: 1.8 MB of the 2 MB is held.
+    let holders: Vec<TcpStream> = (0..2)
+        .map(|i| start_upload(hw.addr, &format!("hold-{i}"), 900_000, 450_000))
+        .collect();
+    // A third 900 KB body does not fit: refused before its body is sent at all.
+    let mut third = start_upload(hw.addr, "third", 900_000, 0);
+    third
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") && Instant::now() < deadline {
+        let mut buf = [0u8; 4096];
+        match third.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("reading the answer: {e}"),
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 1"), "{answer}");
+    // A small body still fits beside the two held ones.
+    let small = send_signed(hw.addr, "demo", "small", br#"{"n":1}"#, &[]).unwrap();
+    assert_eq!(
+        small.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&small.body)
+    );
+    // The senders give up; their reservations are freed, and a 900 KB body is taken.
+    drop(holders);
+    let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(899_000));
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            send_signed(hw.addr, "demo", "big", big.as_bytes(), &[]).is_ok_and(|r| r.status == 200)
+        }),
+        "the budget was not given back:\n{}",
+        hw.log()
+    );
+}

@@ -5,13 +5,13 @@
 //! pending deliveries of a sink removed from the config are dead-lettered.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hookwall_testkit::upstream::{Answer, Received, Upstream};
 use hookwall_testkit::{Hookwall, Tmpfs, on_threads, wait_for, wasm};
 use serde_json::{Value, json};
 
+use crate::trust::fs_free;
 use crate::{
     BIN, SECRET, base_config, dead_letters, post_signed, send_signed, stored, workdir,
     write_manifest,
@@ -165,20 +165,6 @@ fn clock_ticks_per_second() -> u64 {
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(100)
-}
-
-/// Bytes free on the filesystem holding `path` (`df`).
-fn fs_free(path: &Path) -> u64 {
-    let out = std::process::Command::new("df")
-        .args(["-B1", "--output=avail"])
-        .arg(path)
-        .output()
-        .expect("df");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .nth(1)
-        .and_then(|l| l.trim().parse().ok())
-        .expect("df output")
 }
 
 /// Whether the admin API says the store cannot be written (readiness or the metric).

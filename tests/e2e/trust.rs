@@ -235,7 +235,8 @@ fn a_full_disk_refuses_events_then_recovers_by_itself() {
     }
 }
 
-fn fs_free(path: &std::path::Path) -> u64 {
+/// Bytes free on the filesystem holding `path` (`df`).
+pub(crate) fn fs_free(path: &std::path::Path) -> u64 {
     let out = std::process::Command::new("df")
         .args(["-B1", "--output=avail"])
         .arg(path)

@@ -192,11 +192,18 @@ pub enum OnRedisError {
     FailClosed,
 }
 
-/// `[server] overload = { max_pending = 100000, max_commit_latency = "2s" }`: shed load with 503
-/// before reading a request body when the store is falling behind. Both bounds are optional.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[server] overload = { max_pending = 100000, max_commit_latency = "2s",
+/// max_body_bytes_in_flight = 67108864 }`: shed load with 503 before reading a request body when
+/// the store is falling behind or the bodies being read and processed would exceed their memory
+/// budget. The first two bounds are optional; the body budget is on by default.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OverloadConfig {
+    /// Request-body bytes held at once (being read or processed), at most; a request whose body
+    /// would pass it is refused before it is read (its `Content-Length`, or the source's
+    /// `max_body_bytes` when it has none). `0` turns the budget off.
+    #[serde(default = "default_max_body_bytes_in_flight")]
+    pub max_body_bytes_in_flight: u64,
     /// Deliveries waiting (for every sink together) above which new events are refused.
     #[serde(default)]
     pub max_pending: Option<u64>,
@@ -204,6 +211,23 @@ pub struct OverloadConfig {
     /// until commits are fast again.
     #[serde(default, with = "humantime_serde")]
     pub max_commit_latency: Option<Duration>,
+}
+
+/// 64 MiB: 64 bodies at the default `max_body_bytes`, well inside a sidecar's memory request.
+pub const DEFAULT_MAX_BODY_BYTES_IN_FLIGHT: u64 = 64 << 20;
+
+fn default_max_body_bytes_in_flight() -> u64 {
+    DEFAULT_MAX_BODY_BYTES_IN_FLIGHT
+}
+
+impl Default for OverloadConfig {
+    fn default() -> OverloadConfig {
+        OverloadConfig {
+            max_body_bytes_in_flight: DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
+            max_pending: None,
+            max_commit_latency: None,
+        }
+    }
 }
 
 /// Whether the verify scheme hands the pipeline a sender's event id (it decides the default

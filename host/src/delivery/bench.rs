@@ -4,13 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
 
 use super::dispatch::{Attempted, Dispatch, DispatchConfig, Done, Health, Port};
 use super::schedule::Scheduled;
-use super::unit::UnitLimits;
 use crate::clock::{Clock, ManualTime};
-use crate::config::CircuitConfig;
 use crate::event::Priority;
 use crate::store::{DeliveryRecord, DeliveryState, StoreError};
 
@@ -51,20 +48,10 @@ pub struct DispatchBench {
 }
 
 fn record(seq: u64, key: &str, due_ms: u64) -> DeliveryRecord {
-    DeliveryRecord {
-        seq,
-        id: format!("bench:e{seq}:app:0"),
-        event_id: format!("e{seq}"),
-        source: "bench".into(),
-        received_at_ms: NOW_MS,
-        sink: "app".into(),
-        headers: Vec::new(),
-        body: format!(r#"{{"k":"{key}"}}"#).into_bytes(),
-        priority: Priority::Normal,
-        attempts: Vec::new(),
-        state: DeliveryState::Pending { due_ms },
-        queued_at_ms: NOW_MS,
-    }
+    let body = format!(r#"{{"k":"{key}"}}"#).into_bytes();
+    let mut r = DeliveryRecord::pending_for_test(seq, "app", body, Priority::Normal, NOW_MS);
+    r.state = DeliveryState::Pending { due_ms };
+    r
 }
 
 impl DispatchBench {
@@ -72,16 +59,8 @@ impl DispatchBench {
     pub fn new(pending: u64) -> DispatchBench {
         let time = ManualTime::new(NOW_MS);
         let config = DispatchConfig {
-            sink: "app".into(),
-            concurrency: 4,
-            limits: UnitLimits {
-                max_events: 1,
-                max_bytes: usize::MAX,
-                max_wait: Duration::ZERO,
-            },
             order_key: Some("json:/k".into()),
-            circuit: CircuitConfig::default(),
-            rate: None,
+            ..DispatchConfig::simple("app")
         };
         let mut dispatch = Dispatch::new(
             config,

@@ -108,6 +108,23 @@ pub(super) struct DispatchConfig {
 }
 
 impl DispatchConfig {
+    /// Sink `sink` sending one delivery per unit, 4 at once, without order key, rate or
+    /// batching, with the default breaker (the benchmark's and the tests' base).
+    pub fn simple(sink: &str) -> DispatchConfig {
+        DispatchConfig {
+            sink: sink.to_string(),
+            concurrency: 4,
+            limits: UnitLimits {
+                max_events: 1,
+                max_bytes: usize::MAX,
+                max_wait: Duration::ZERO,
+            },
+            order_key: None,
+            circuit: CircuitConfig::default(),
+            rate: None,
+        }
+    }
+
     /// The dispatch settings of sink `name`.
     pub fn for_sink(name: &str, config: &SinkConfig) -> DispatchConfig {
         DispatchConfig {
@@ -214,7 +231,7 @@ impl Dispatch {
                 .into_iter()
                 .filter(|s| !self.schedule.contains(s.seq)),
         );
-        for chunk in new.chunks(KEY_READ_CHUNK) {
+        for (i, chunk) in new.chunks(KEY_READ_CHUNK).enumerate() {
             let seqs: Vec<u64> = chunk.iter().map(|s| s.seq).collect();
             match port.load(&seqs) {
                 Ok(records) => {
@@ -225,12 +242,23 @@ impl Dispatch {
                     }
                 }
                 Err(e) => {
+                    // This chunk and every later one wait, so no newer delivery of a key gets
+                    // ahead of an older one not read yet.
                     tracing::error!(sink = %self.config.sink, error = %e,
                         "cannot read new deliveries for their order keys; trying again");
-                    self.unkeyed.extend_from_slice(chunk);
+                    self.unkeyed = new[i * KEY_READ_CHUNK..].to_vec();
+                    return;
                 }
             }
         }
+    }
+
+    /// Forgets every pending delivery (a start-up read of the pending rows failed part way:
+    /// they are read again whole before anything is sent). Only before the first round.
+    pub fn forget_pending(&mut self) {
+        debug_assert_eq!(self.running, 0, "forgot the schedule with units out");
+        self.schedule = Schedule::default();
+        self.unkeyed.clear();
     }
 
     /// Starts what may go now (nothing while `paused`) and says how long to wait at most.
@@ -299,12 +327,17 @@ impl Dispatch {
         if self.running >= round.cap {
             return false;
         }
-        let room = round.cap - self.running;
-        let limit = room
-            .saturating_mul(self.config.limits.max_events)
-            .min(MAX_FETCH);
+        // With a rate, one unit per take: the pace is asked unit by unit, and what it holds
+        // back would have been read for nothing.
+        let units = if self.pace.is_some() {
+            1
+        } else {
+            round.cap - self.running
+        };
         let now_ms = self.clock.now_ms();
-        let seqs = self.schedule.take_due(now_ms, limit);
+        let (seqs, truncated) =
+            self.schedule
+                .take_due(now_ms, units, self.config.limits.max_events, MAX_FETCH);
         if seqs.is_empty() {
             return false;
         }
@@ -320,9 +353,8 @@ impl Dispatch {
                 return false;
             }
         };
-        // A take cut short by `limit` may leave more due behind its last unit, so that unit is
+        // A take cut short for room may leave more due behind its last unit, so that unit is
         // not partial for want of deliveries: it is not held.
-        let truncated = seqs.len() >= limit;
         let units = self
             .config
             .limits
@@ -427,6 +459,12 @@ impl Dispatch {
             Some(t) => wait.min(t.saturating_duration_since(now)),
             None => wait,
         })
+    }
+
+    /// Arrivals whose order keys wait to be read (tests).
+    #[cfg(test)]
+    pub fn unread(&self) -> usize {
+        self.unkeyed.len()
     }
 
     /// The schedule (tests check its invariant and its size).

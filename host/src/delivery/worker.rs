@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::{self, JoinSet};
 
 use super::attempt::Policy;
-use super::dispatch::{Attempted, Dispatch, Done, Port, STORE_ERROR_PAUSE};
+use super::dispatch::{Attempted, Dispatch, Done, Port, STORE_ERROR_PAUSE, Wait};
 use crate::clock::Clock;
 use crate::sink::Sink;
 use crate::store::{DeliveryRecord, Store, StoreError};
@@ -48,19 +48,22 @@ impl Worker {
         let mut restored = false;
         while !*stopped.borrow() {
             restored = restored || self.restore(&mut dispatch);
-            let is_paused = *paused.borrow();
-            let mut port = self.port(&mut running);
-            dispatch.arrive(&mut port, feed.drain());
-            let mut wait = dispatch.dispatch_round(&mut port, is_paused);
-            if !restored {
-                wait.0 = wait.0.min(STORE_ERROR_PAUSE);
-            }
+            let wait = if restored {
+                let is_paused = *paused.borrow();
+                let mut port = self.port(&mut running);
+                dispatch.arrive(&mut port, feed.drain());
+                dispatch.dispatch_round(&mut port, is_paused)
+            } else {
+                // Nothing goes before every pending row was read: a partial schedule could
+                // send a newer delivery of a key ahead of an older one not read yet.
+                Wait(STORE_ERROR_PAUSE)
+            };
             debug_assert_eq!(dispatch.running(), running.set.len());
             tokio::select! {
                 Some(done) = running.next(&self.name), if !running.set.is_empty() => {
                     dispatch.settle(done);
                 }
-                () = feed.notified() => {}
+                () = feed.notified(), if restored => {}
                 () = tokio::time::sleep(wait.0) => {}
                 _ = stopped.changed() => {}
                 _ = paused.changed() => {}
@@ -69,8 +72,8 @@ impl Worker {
         while running.set.join_next().await.is_some() {}
     }
 
-    /// Reads the sink's pending deliveries into the schedule (again, if a read failed: what
-    /// is already known keeps its place). False if the store could not be read.
+    /// Reads the sink's pending deliveries into the schedule; if the read fails part way, the
+    /// schedule is emptied to be read again whole. False if the store could not be read.
     fn restore(&self, dispatch: &mut Dispatch) -> bool {
         let with_bodies = dispatch.needs_bodies();
         let read = self
@@ -84,6 +87,7 @@ impl Worker {
             Err(e) => {
                 tracing::error!(sink = %self.name, error = %e,
                     "cannot read the pending deliveries; trying again");
+                dispatch.forget_pending();
                 false
             }
         }

@@ -16,7 +16,7 @@ use crate::config::{Config, ConfigError, OnPluginError, RespondConfig};
 use crate::dedupe::{self, Begin, Claim, Dedupe, DedupeError};
 use crate::event::{Event, InboundRequest, Rejection, Reply, Routed};
 use crate::plugin::{ChainOutcome, PluginBusy, PluginHost};
-use crate::ratelimit::overload::{Overload, Overloaded};
+use crate::ratelimit::overload::{BodyPermit, Overload, Overloaded};
 use crate::ratelimit::{self, RateLimitError, RateLimiter};
 use crate::redis::SharedRedis;
 use crate::store::{
@@ -198,6 +198,19 @@ impl Pipeline {
     /// Whether a new request may be read at all (cheap; before the body).
     pub fn check_overload(&self) -> Result<(), IngestError> {
         Ok(self.overload.check(self.store.load())?)
+    }
+
+    /// Reserves a request body's bytes of `[server] overload.max_body_bytes_in_flight` before it
+    /// is read: its `declared` length, or `limit` (the source's `max_body_bytes`) without one.
+    /// Hold the permit until the request is answered.
+    pub fn reserve_body(
+        &self,
+        declared: Option<u64>,
+        limit: usize,
+    ) -> Result<BodyPermit, IngestError> {
+        Ok(self
+            .overload
+            .reserve_body(declared.unwrap_or(limit as u64))?)
     }
 
     /// Background upkeep of the intake stages until cancelled: forgets idle client cells of

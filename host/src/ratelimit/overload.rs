@@ -1,14 +1,21 @@
-//! Overload protection: refuse new work with 503 while the store is falling behind, instead of
-//! holding ever more request bodies in memory.
+//! Overload protection: refuse new work with 503 while the store is falling behind, or while
+//! the request bodies in memory would pass their budget, instead of holding ever more bodies.
 //!
-//! `[server] overload = { max_pending = N, max_commit_latency = "2s" }`. The check runs before a
-//! request's body is read and costs a few atomic loads ([`crate::store::StoreLoad`]): the
-//! pending-delivery backlog and the latency of recent (or still running) store commits. Nothing
+//! `[server] overload = { max_pending = N, max_commit_latency = "2s",
+//! max_body_bytes_in_flight = B }`. The checks run before a request's body is read. The store's
+//! bounds cost a few atomic loads ([`crate::store::StoreLoad`]): the pending-delivery backlog and
+//! the latency of recent (or still running) store commits. The body budget (on by default) is a
+//! semaphore of bytes: a request reserves its `Content-Length` (or its source's `max_body_bytes`
+//! without one) before its body is read and holds the reservation until it is answered, so the
+//! bodies in memory never pass the budget, however many connections send at once. Nothing
 //! already accepted is touched: shedding only refuses new events, and the sender retries after
 //! `Retry-After`.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::OverloadConfig;
 use crate::store::StoreLoad;
@@ -35,6 +42,31 @@ pub enum Overloaded {
         /// `[server] overload.max_commit_latency`.
         max: Duration,
     },
+    /// The bodies in memory would pass their budget.
+    #[error("{requested} more body bytes would pass the budget of {max} in flight")]
+    BodyBudget {
+        /// What this request would hold.
+        requested: u64,
+        /// `[server] overload.max_body_bytes_in_flight`.
+        max: u64,
+    },
+}
+
+impl Overloaded {
+    /// How long the sender should wait: a body budget frees within a request's time, a backlog
+    /// or a slow disk takes longer.
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            Overloaded::BodyBudget { .. } => Duration::from_secs(1),
+            _ => RETRY_AFTER,
+        }
+    }
+}
+
+/// A request body's share of the budget, given back when dropped (once it is answered).
+#[derive(Debug)]
+pub struct BodyPermit {
+    _held: Option<OwnedSemaphorePermit>,
 }
 
 /// The configured bounds and how often they tripped.
@@ -45,6 +77,8 @@ pub struct Overload {
     shed: AtomicU64,
     /// Whether the last check refused; logs once per overload episode, not per request.
     tripped: AtomicBool,
+    /// The body budget in bytes (`None`: off) and what is left of it.
+    bodies: Option<(u64, Arc<Semaphore>)>,
 }
 
 impl Overload {
@@ -55,7 +89,32 @@ impl Overload {
             max_commit_latency: config.max_commit_latency,
             shed: AtomicU64::new(0),
             tripped: AtomicBool::new(false),
+            bodies: (config.max_body_bytes_in_flight > 0).then(|| {
+                let max = config
+                    .max_body_bytes_in_flight
+                    .min(Semaphore::MAX_PERMITS as u64);
+                (max, Arc::new(Semaphore::new(max as usize)))
+            }),
         }
+    }
+
+    /// Reserves `bytes` of the body budget for one request (a body larger than the whole
+    /// budget reserves all of it), or says it would pass the budget.
+    pub fn reserve_body(&self, bytes: u64) -> Result<BodyPermit, Overloaded> {
+        let Some((max, budget)) = &self.bodies else {
+            return Ok(BodyPermit { _held: None });
+        };
+        let wanted = bytes.min(*max).min(u64::from(u32::MAX)) as u32;
+        let verdict = budget
+            .clone()
+            .try_acquire_many_owned(wanted)
+            .map(|p| BodyPermit { _held: Some(p) })
+            .map_err(|_| Overloaded::BodyBudget {
+                requested: bytes,
+                max: *max,
+            });
+        self.count(verdict.as_ref().map(|_| ()).map_err(Clone::clone))?;
+        verdict
     }
 
     /// Whether a new request may be read, given the store's `load`.
@@ -77,6 +136,11 @@ impl Overload {
         } else {
             Ok(())
         };
+        self.count(verdict)
+    }
+
+    /// Counts and logs a refusal (once per episode), and passes the verdict on.
+    fn count(&self, verdict: Result<(), Overloaded>) -> Result<(), Overloaded> {
         match &verdict {
             Err(reason) => {
                 self.shed.fetch_add(1, Ordering::Relaxed);
@@ -118,6 +182,7 @@ mod tests {
         let on = Overload::new(&OverloadConfig {
             max_pending: Some(10),
             max_commit_latency: Some(Duration::from_millis(500)),
+            ..OverloadConfig::default()
         });
         assert_eq!(on.check(load(9, 500)), Ok(()));
         assert_eq!(
@@ -132,5 +197,42 @@ mod tests {
             Err(Overloaded::CommitLatency { .. })
         ));
         assert_eq!(on.shed(), 2);
+    }
+}
+
+#[cfg(test)]
+mod body_tests {
+    use super::*;
+
+    #[test]
+    fn bodies_reserve_their_bytes_until_answered() {
+        let o = Overload::new(&OverloadConfig {
+            max_body_bytes_in_flight: 1000,
+            ..OverloadConfig::default()
+        });
+        let a = o.reserve_body(600).unwrap();
+        assert!(matches!(
+            o.reserve_body(500),
+            Err(Overloaded::BodyBudget {
+                requested: 500,
+                max: 1000
+            })
+        ));
+        let b = o.reserve_body(400).unwrap();
+        drop(a);
+        let huge = o.reserve_body(5_000);
+        assert!(huge.is_err(), "the whole budget, while 400 bytes are held");
+        drop(b);
+        let _all = o
+            .reserve_body(5_000)
+            .expect("larger than the budget: takes all of it");
+        assert_eq!(o.shed(), 2);
+        let off = Overload::new(&OverloadConfig {
+            max_body_bytes_in_flight: 0,
+            ..OverloadConfig::default()
+        });
+        let _held: Vec<_> = (0..10)
+            .map(|_| off.reserve_body(u64::MAX).unwrap())
+            .collect();
     }
 }

@@ -69,6 +69,11 @@ where
     if declared.is_some_and(|n| n > limit as u64) {
         return too_large();
     }
+    // Held until this request is answered: the bodies in memory stay within their budget.
+    let _body_bytes = match pipeline.reserve_body(declared, limit) {
+        Ok(permit) => permit,
+        Err(e) => return respond::ingest_error(&source.name, &e),
+    };
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),

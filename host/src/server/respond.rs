@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::config::{OnPluginError, RespondConfig};
 use crate::dedupe::{self, DedupeError};
 use crate::pipeline::{IngestError, Ingested};
-use crate::ratelimit::{self, RateLimitError, overload};
+use crate::ratelimit::{self, RateLimitError};
 use crate::telemetry::metrics;
 use crate::verify::{VerifyError, VerifyFailure};
 
@@ -357,7 +357,7 @@ pub fn classify(source: &str, e: &IngestError) -> Refusal {
                 "the receiver is behind on its work; retry later",
                 "overloaded",
             )
-            .retry_after(overload::RETRY_AFTER)
+            .retry_after(o.retry_after())
         }
     }
 }

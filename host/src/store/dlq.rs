@@ -253,7 +253,10 @@ pub(super) fn apply(
                 };
                 match (r, letter.delivery) {
                     (Replay::Resend { .. }, Some(seq)) => {
-                        resend(t, &mut event, (*no, seq), now_ms, next_seq, touched)?;
+                        if !resend(t, &mut event, (*no, seq), now_ms, next_seq, touched)? {
+                            // Its delivery is gone or no longer dead: the letter was stale.
+                            continue;
+                        }
                     }
                     (
                         Replay::Rerouted {
@@ -271,10 +274,12 @@ pub(super) fn apply(
                         writer::plugin_letter(t, &event, now_ms, next_seq)?;
                     }
                     (Replay::Resend { .. }, None) => {
-                        return Err(StoreError::Storage(format!(
-                            "dead letter {no} is a plugin failure: it is replayed by running \
-                             the plugins, not resent"
-                        )));
+                        // A plugin failure's letter is replayed by running the plugins, not
+                        // resent: it stays queued (an error here would fail the whole commit).
+                        t.dead_letters
+                            .insert(*no, records::encode(&letter)?.as_slice())
+                            .map_err(StoreError::storage)?;
+                        continue;
                     }
                 }
                 put_event(t, &event)?;
@@ -381,7 +386,7 @@ fn take_letter(t: &mut Tables, seq: u64) -> Result<Option<(DeadLetter, EventReco
 
 /// Queues dead delivery `seq` (of letter `no`) again as a new delivery of `event`: same id,
 /// headers, body and priority, no attempts, due and queued at `now_ms`. The dead one is
-/// resolved, pointing at its successor.
+/// resolved, pointing at its successor. False if it is gone or not dead (nothing queued).
 fn resend(
     t: &mut Tables,
     event: &mut EventRecord,
@@ -389,14 +394,14 @@ fn resend(
     now_ms: u64,
     next_seq: &mut u64,
     touched: &mut super::Arrivals,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let Some(bytes) = t.deliveries.get(seq).map_err(StoreError::storage)? else {
-        return Ok(());
+        return Ok(false);
     };
     let dead: DeliveryRecord = records::decode(bytes.value(), || format!("delivery {seq}"))?;
     drop(bytes);
     if !matches!(dead.state, DeliveryState::Dead { .. }) {
-        return Ok(());
+        return Ok(false);
     }
     let new_seq = writer::take_seq(next_seq);
     let again = DeliveryRecord {
@@ -412,7 +417,8 @@ fn resend(
         t,
         seq,
         format!("replayed (dead letter {no}) as delivery {new_seq}"),
-    )
+    )?;
+    Ok(true)
 }
 
 fn put_event(t: &mut Tables, event: &EventRecord) -> Result<(), StoreError> {

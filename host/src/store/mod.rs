@@ -108,6 +108,19 @@ pub(crate) fn event_key(source: &str, id: &str) -> String {
     format!("{source}:{id}")
 }
 
+/// Delivery `seq` decoded, or `None` (logged) if it cannot be: one corrupt record must not
+/// stop its sink's other deliveries. It stays in the store, pending, for `hookwall` to report.
+fn readable(bytes: &[u8], seq: u64) -> Option<DeliveryRecord> {
+    match records::decode(bytes, || format!("delivery {seq}")) {
+        Ok(record) => Some(record),
+        Err(e) => {
+            tracing::error!(delivery = seq, error = %e,
+                "a pending delivery cannot be read; it is skipped (not sent)");
+            None
+        }
+    }
+}
+
 /// What committing a new event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AcceptOutcome {
@@ -355,18 +368,17 @@ impl Store {
     }
 
     /// The records of `seqs` that are still pending, in the order given (a seq settled or
-    /// pruned meanwhile is left out). One read transaction.
+    /// pruned meanwhile, or whose record cannot be decoded, is left out). One read transaction.
     pub fn pending_records(&self, seqs: &[u64]) -> Result<Vec<DeliveryRecord>, StoreError> {
         let txn = self.inner.db.begin_read()?;
         let deliveries = txn.open_table(DELIVERIES).map_err(StoreError::storage)?;
         let mut out = Vec::with_capacity(seqs.len());
         for &seq in seqs {
-            if let Some(bytes) = deliveries.get(seq).map_err(StoreError::storage)? {
-                let record: DeliveryRecord =
-                    records::decode(bytes.value(), || format!("delivery {seq}"))?;
-                if matches!(record.state, DeliveryState::Pending { .. }) {
-                    out.push(record);
-                }
+            if let Some(bytes) = deliveries.get(seq).map_err(StoreError::storage)?
+                && let Some(record) = readable(bytes.value(), seq)
+                && matches!(record.state, DeliveryState::Pending { .. })
+            {
+                out.push(record);
             }
         }
         Ok(out)
@@ -400,9 +412,9 @@ impl Store {
                 each(queued, None);
                 continue;
             }
-            if let Some(bytes) = deliveries.get(seq).map_err(StoreError::storage)? {
-                let record: DeliveryRecord =
-                    records::decode(bytes.value(), || format!("delivery {seq}"))?;
+            if let Some(bytes) = deliveries.get(seq).map_err(StoreError::storage)?
+                && let Some(record) = readable(bytes.value(), seq)
+            {
                 each(queued, Some(&record.body));
             }
         }

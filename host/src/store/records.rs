@@ -196,9 +196,38 @@ pub struct DeliveryRecord {
     pub queued_at_ms: u64,
 }
 
+impl DeliveryRecord {
+    /// A new pending delivery `seq` of event `e{seq}` of source `s` to `sink`, received, queued
+    /// and due at `at_ms`, for tests and benchmarks that stand in for the store.
+    #[doc(hidden)]
+    pub fn pending_for_test(
+        seq: u64,
+        sink: &str,
+        body: Vec<u8>,
+        priority: Priority,
+        at_ms: u64,
+    ) -> DeliveryRecord {
+        DeliveryRecord {
+            seq,
+            id: format!("s:e{seq}:{sink}:0"),
+            event_id: format!("e{seq}"),
+            source: "s".into(),
+            received_at_ms: at_ms,
+            sink: sink.into(),
+            headers: Vec::new(),
+            body,
+            priority,
+            attempts: Vec::new(),
+            state: DeliveryState::Pending { due_ms: at_ms },
+            queued_at_ms: at_ms,
+        }
+    }
+}
+
 /// A delivery as stored before `queued_at_ms` was appended: read with the event's receipt
 /// as its queue time.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 struct DeliveryRecordV1 {
     seq: u64,
     id: String,
@@ -294,21 +323,7 @@ mod tests {
     /// Stores written before bodies were encoded as byte strings must still decode.
     #[test]
     fn a_delivery_stored_before_queued_at_ms_reads_with_its_receipt_time() {
-        #[derive(Serialize)]
-        struct V1 {
-            seq: u64,
-            id: String,
-            event_id: String,
-            source: String,
-            received_at_ms: u64,
-            sink: String,
-            headers: Vec<(String, String)>,
-            body: Vec<u8>,
-            priority: super::Priority,
-            attempts: Vec<super::Attempt>,
-            state: super::DeliveryState,
-        }
-        let old = postcard::to_stdvec(&V1 {
+        let old = postcard::to_stdvec(&super::DeliveryRecordV1 {
             seq: 7,
             id: "s:e:k:0".into(),
             event_id: "e".into(),

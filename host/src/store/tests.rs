@@ -304,3 +304,93 @@ async fn an_old_store_gets_its_events_keyed_by_source() {
         AcceptOutcome::Duplicate { id: "42".into() }
     );
 }
+
+#[tokio::test]
+async fn the_feed_publishes_commits_and_a_resend_queues_exactly_the_dead_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let feed = store.feed("a");
+    store.accept(event("e1", &["a", "a", "b"])).await.unwrap();
+    let queued = feed.drain();
+    assert_eq!(queued.len(), 2, "only sink a's deliveries: {queued:?}");
+    assert!(feed.drain().is_empty());
+    let (first, second) = (queued[0].seq, queued[1].seq);
+
+    // The first dies, the second is delivered; a resend queues only the first, as it was.
+    store
+        .update_deliveries(vec![
+            DeliveryUpdate::Dead {
+                seq: first,
+                at_ms: 2_000,
+                error: "422".into(),
+                status: Some(422),
+            },
+            DeliveryUpdate::Delivered {
+                seq: second,
+                at_ms: 2_000,
+            },
+        ])
+        .await
+        .unwrap();
+    let letter = store.dead_letters(10).unwrap()[0].0;
+    assert_eq!(
+        store.replay(vec![Replay::Resend { letter }]).await.unwrap(),
+        1
+    );
+    let again = feed.drain();
+    assert_eq!(again.len(), 1);
+    let old = store.delivery(first).unwrap().unwrap();
+    let new = store.pending_records(&[again[0].seq]).unwrap().remove(0);
+    assert_eq!((new.id.as_str(), &new.body), (old.id.as_str(), &old.body));
+    assert!(new.attempts.is_empty(), "a fresh budget");
+    assert!(matches!(old.state, DeliveryState::Resolved { .. }));
+    assert_eq!(
+        store
+            .pending_records(&[first, second, again[0].seq])
+            .unwrap()
+            .len(),
+        1,
+        "only pending records are read"
+    );
+    // The letter is gone: a second replay resends nothing.
+    assert_eq!(
+        store.replay(vec![Replay::Resend { letter }]).await.unwrap(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_removed_sinks_pending_deliveries_become_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    for i in 0..3 {
+        store
+            .accept(event(&format!("e{i}"), &["kept", "gone"]))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.pending_sinks().unwrap(), vec!["gone", "kept"]);
+    let mut scanned = 0;
+    store
+        .scan_pending("gone", true, |_, body| {
+            assert_eq!(body, Some(&b"x"[..]));
+            scanned += 1;
+        })
+        .unwrap();
+    assert_eq!(scanned, 3);
+    assert_eq!(
+        store
+            .dead_letter_sink("gone", "sink removed")
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(store.pending_sinks().unwrap(), vec!["kept"]);
+    let letters = store.dead_letters(10).unwrap();
+    assert_eq!(letters.len(), 3);
+    assert!(
+        letters
+            .iter()
+            .all(|(_, l)| l.sink.as_deref() == Some("gone") && l.reason == "sink removed")
+    );
+}

@@ -385,11 +385,12 @@ impl Writer<'_> {
                 } else {
                     state.unsynced_since.get_or_insert_with(Instant::now);
                 }
+                // Published before the answers: whoever hears the commit finds its work queued.
+                self.feeds.publish(touched);
                 debug_assert_eq!(replies.len(), batch.len(), "one answer per job");
                 for (job, done) in batch.into_iter().zip(replies) {
                     job.answer(Ok(done));
                 }
-                self.feeds.publish(touched);
             }
             Err(e) => {
                 state.next_seq = seq_before;

@@ -64,18 +64,7 @@ struct Rig {
 }
 
 fn config() -> DispatchConfig {
-    DispatchConfig {
-        sink: "app".into(),
-        concurrency: 4,
-        limits: UnitLimits {
-            max_events: 1,
-            max_bytes: usize::MAX,
-            max_wait: Duration::ZERO,
-        },
-        order_key: None,
-        circuit: CircuitConfig::default(),
-        rate: None,
-    }
+    DispatchConfig::simple("app")
 }
 
 fn ms(ms: u64) -> Duration {
@@ -101,20 +90,13 @@ impl Rig {
     /// Adds a pending delivery due `in_ms` from now, with `body`.
     fn add(&mut self, seq: u64, in_ms: u64, body: &str) {
         let due_ms = self.now_ms() + in_ms;
-        self.port.pending.push(DeliveryRecord {
+        self.port.pending.push(DeliveryRecord::pending_for_test(
             seq,
-            id: format!("e{seq}:app:0"),
-            event_id: format!("e{seq}"),
-            source: "s".into(),
-            received_at_ms: due_ms,
-            sink: "app".into(),
-            headers: Vec::new(),
-            body: body.as_bytes().to_vec(),
-            priority: Priority::Normal,
-            attempts: Vec::new(),
-            state: DeliveryState::Pending { due_ms },
-            queued_at_ms: due_ms,
-        });
+            "app",
+            body.as_bytes().to_vec(),
+            Priority::Normal,
+            due_ms,
+        ));
         self.port.arrivals.push(Scheduled {
             seq,
             due_ms,

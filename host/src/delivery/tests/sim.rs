@@ -59,12 +59,25 @@ struct Model {
     pending: BTreeSet<u64>,
     feed: Vec<Scheduled>,
     writable: bool,
+    /// Reads fail now and then (an I/O error).
+    flaky_reads: bool,
+    read_failures: u64,
     loaded: usize,
     sent: Vec<Vec<DeliveryRecord>>,
 }
 
 impl Port for Model {
     fn load(&mut self, seqs: &[u64]) -> Result<Vec<DeliveryRecord>, StoreError> {
+        if self.flaky_reads {
+            // A cheap deterministic coin: the run's rng is not reachable from here.
+            self.read_failures = self
+                .read_failures
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            if self.read_failures >> 60 == 0 {
+                return Err(StoreError::Storage("read error".into()));
+            }
+        }
         let out: Vec<DeliveryRecord> = seqs
             .iter()
             .filter_map(|s| self.records.get(s))
@@ -123,6 +136,8 @@ struct Sim {
     /// Faults stopped: the receiver heals, the disk and the worker stay up.
     calm: bool,
     wait_ms: u64,
+    /// The worker's start-up read of the pending rows has not succeeded yet.
+    restoring: bool,
     trace: VecDeque<String>,
 }
 
@@ -201,6 +216,7 @@ impl Sim {
             bad: HashSet::new(),
             calm: false,
             wait_ms: 0,
+            restoring: false,
             trace: VecDeque::new(),
         }
     }
@@ -227,6 +243,7 @@ impl Sim {
             self.step()?;
         }
         self.calm = true;
+        self.model.flaky_reads = false;
         self.mood = Mood::Healthy;
         self.disk_full_until_ms = Some(self.now());
         for _ in 0..20_000 {
@@ -304,6 +321,11 @@ impl Sim {
         if self.rng.random_bool(0.005) {
             self.crash();
         }
+        if self.rng.random_bool(0.01) {
+            self.model.flaky_reads = !self.model.flaky_reads;
+            let flaky = self.model.flaky_reads;
+            self.note(format!("flaky reads {flaky}"));
+        }
     }
 
     /// The worker dies with its units in flight (their results never recorded) and starts
@@ -318,12 +340,28 @@ impl Sim {
             self.circuit.clone(),
             Clock::manual(self.time.clone()),
         );
-        let pending: Vec<DeliveryRecord> = self.pending().cloned().collect();
-        for r in &pending {
-            let s = scheduled(r).expect("pending");
-            let body = self.dispatch.needs_bodies().then_some(r.body.as_slice());
-            self.dispatch.add(s, body);
+        self.restoring = true;
+    }
+
+    /// The worker's start-up read of the pending rows, in the store's index order (priority,
+    /// due time, seq), which can fail part way like any read; the worker then empties its
+    /// schedule and reads again later, sending nothing meanwhile.
+    fn restore(&mut self) -> bool {
+        let mut pending: Vec<Scheduled> = self.pending().filter_map(scheduled).collect();
+        pending.sort_by_key(|q| (q.priority.rank(), q.due_ms, q.seq));
+        let fail_at = (self.model.flaky_reads && self.rng.random_bool(0.3))
+            .then(|| self.rng.random_range(0..=pending.len()));
+        for (i, q) in pending.into_iter().enumerate() {
+            if fail_at == Some(i) {
+                self.note(format!("restore failed after {i} rows"));
+                self.dispatch.forget_pending();
+                return false;
+            }
+            let body = self.model.records[&q.seq].body.clone();
+            let body = self.dispatch.needs_bodies().then_some(body.as_slice());
+            self.dispatch.add(q, body);
         }
+        true
     }
 
     /// Units whose answer is in come back: their outcomes are recorded (or wait for the disk,
@@ -425,20 +463,8 @@ impl Sim {
             if self.rng.random_bool(0.02) {
                 self.bad.insert(seq);
             }
-            let record = DeliveryRecord {
-                seq,
-                id: format!("s:e{seq}:app:0"),
-                event_id: format!("e{seq}"),
-                source: "s".into(),
-                received_at_ms: now,
-                sink: "app".into(),
-                headers: Vec::new(),
-                body: body.into_bytes(),
-                priority,
-                attempts: Vec::new(),
-                state: DeliveryState::Pending { due_ms: now },
-                queued_at_ms: now,
-            };
+            let record =
+                DeliveryRecord::pending_for_test(seq, "app", body.into_bytes(), priority, now);
             let key = self
                 .config
                 .order_key
@@ -480,6 +506,13 @@ impl Sim {
 
     /// A dispatch round, with the checks of what it sent and of the state after it.
     fn round(&mut self) -> Result<(), String> {
+        if self.restoring {
+            self.restoring = !self.restore();
+            if self.restoring {
+                self.wait_ms = 1_000;
+                return Ok(());
+            }
+        }
         let feed = std::mem::take(&mut self.model.feed);
         self.dispatch.arrive(&mut self.model, feed);
         let loaded = self.model.loaded;
@@ -488,7 +521,8 @@ impl Sim {
         let loaded = self.model.loaded - loaded;
         let units = std::mem::take(&mut self.model.sent);
         let sent: usize = units.iter().map(Vec::len).sum();
-        let bound = sent + self.config.concurrency * self.config.limits.max_events;
+        // What a round reads beyond what it sends is at most one batch left to fill.
+        let bound = sent + self.config.limits.max_events;
         if loaded > bound {
             return Err(format!("a round read {loaded} records to send {sent}"));
         }
@@ -560,13 +594,18 @@ impl Sim {
     /// After a round: the schedule is sound and complete, bodies are held only by units out,
     /// and no free delivery waits while a slot is free.
     fn check_state(&self) -> Result<(), String> {
+        if self.restoring {
+            return Ok(());
+        }
         let schedule = self.dispatch.schedule();
         schedule.check()?;
         let pending = self.pending().count();
-        if schedule.len() != pending {
+        if schedule.len() + self.dispatch.unread() != pending {
             return Err(format!(
-                "the schedule knows {} deliveries, the store has {pending} pending",
-                schedule.len()
+                "the schedule knows {} deliveries (and {} wait to be read), the store has \
+                 {pending} pending",
+                schedule.len(),
+                self.dispatch.unread()
             ));
         }
         let out: usize = self.flights.iter().map(|f| f.unit.len()).sum();
@@ -578,6 +617,7 @@ impl Sim {
         }
         let idle = self.flights.len() < self.config.concurrency
             && self.model.writable
+            && !self.model.flaky_reads
             && !self.circuit.load(Ordering::Relaxed)
             && self.config.limits.max_wait.is_zero();
         if !idle {
