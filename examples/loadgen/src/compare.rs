@@ -241,6 +241,9 @@ pub struct Row {
     pub p99_ms: f64,
     pub idle_rss_mib: f64,
     pub peak_rss_mib: f64,
+    /// The server process's CPU time (user + system) per response over the measured window,
+    /// in microseconds (median over rounds).
+    pub cpu_us_per_request: f64,
     pub non_2xx: u64,
     /// Scenario 6 only: event-to-delivery latency (request sent → delivery received).
     pub delivery: Option<DeliveryLatency>,
@@ -279,6 +282,8 @@ pub struct HalfLoad {
 /// One scenario's measurement in one round.
 struct Run {
     report: Report,
+    /// The server's CPU µs per response over the measured window.
+    cpu_us_per_request: f64,
     /// (idle, peak) RSS of the server.
     rss_kib: (u64, u64),
     delivery: Option<DeliveryLatency>,
@@ -306,7 +311,16 @@ async fn run_one(
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle = server.rss_kib().0;
     let sent = sink.as_ref().map(|_| times.clone());
+    // The server's CPU from the end of the warm-up to the end of the run.
+    let pid = server.child.id();
+    let warmup = options.warmup;
+    let cpu_at_start = tokio::spawn(async move {
+        tokio::time::sleep(warmup).await;
+        process_cpu(pid)
+    });
     let report = measure(&server, path, pool, options, rate, sent).await?;
+    let cpu = process_cpu(pid).saturating_sub(cpu_at_start.await?);
+    let cpu_us_per_request = cpu.as_secs_f64() * 1e6 / report.requests.max(1) as f64;
     let delivery = match &sink {
         Some(sink) => Some(drain(sink, times).await),
         None => None,
@@ -314,8 +328,44 @@ async fn run_one(
     let peak = server.rss_kib().1;
     Ok(Run {
         report,
+        cpu_us_per_request,
         rss_kib: (idle, peak),
         delivery,
+    })
+}
+
+/// CPU time (user + system) process `pid` has used so far, from `/proc/PID/stat`; zero if it
+/// cannot be read.
+fn process_cpu(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name, which is in parentheses and may hold spaces: state is
+    // the first, utime the 12th and stime the 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / clock_ticks_per_second() as f64)
+}
+
+/// `sysconf(_SC_CLK_TCK)`, as `getconf` reports it (100 on Linux unless told otherwise).
+fn clock_ticks_per_second() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100)
     })
 }
 
@@ -442,10 +492,11 @@ pub async fn run(options: Options, repo: &Path, hookwall: &Path) -> anyhow::Resu
             .await?;
             let (report, delivery) = (&run.report, run.delivery);
             eprintln!(
-                "round {round}/{}: {:<34} {:>9.0} req/s  p99 {:>7.2} ms{}",
+                "round {round}/{}: {:<34} {:>9.0} req/s  {:>6.1} CPU µs/req  p99 {:>7.2} ms{}",
                 options.rounds,
                 scenario.name,
                 report.requests_per_sec,
+                run.cpu_us_per_request,
                 report.latency_us.p99 as f64 / 1000.0,
                 delivery.map_or(String::new(), |d| format!(
                     "  delivery p50 {:.2} ms p99 {:.2} ms, drained in {:.1} s",
@@ -482,6 +533,12 @@ pub async fn run(options: Options, repo: &Path, hookwall: &Path) -> anyhow::Resu
             },
             p50_ms: ms(&|r| r.latency_us.p50),
             p99_ms: ms(&|r| r.latency_us.p99),
+            cpu_us_per_request: median(
+                &mut runs
+                    .iter()
+                    .map(|r| r.cpu_us_per_request)
+                    .collect::<Vec<_>>(),
+            ),
             idle_rss_mib: runs.iter().map(|r| r.rss_kib.0).max().unwrap_or(0) as f64 / 1024.0,
             peak_rss_mib: runs.iter().map(|r| r.rss_kib.1).max().unwrap_or(0) as f64 / 1024.0,
             delivery: median_delivery(runs),
@@ -544,14 +601,15 @@ pub fn table(c: &Comparison, options: &Options) -> String {
         "{} rounds × {:?} per scenario, {} connections, {}-byte bodies, HTTP/1.1 keep-alive\n\n",
         options.rounds, options.duration, options.connections, options.body_bytes
     );
-    out.push_str("| scenario | median req/s | ratio to baseline | p50 ack ms | p99 ack ms | idle RSS MiB | peak RSS MiB | non-2xx |\n");
-    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("| scenario | median req/s | ratio to baseline | server CPU µs/req | p50 ack ms | p99 ack ms | idle RSS MiB | peak RSS MiB | non-2xx |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in &c.rows {
         out.push_str(&format!(
-            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {} |\n",
+            "| {} | {:.0} | {:.2} | {:.1} | {:.2} | {:.2} | {:.1} | {:.1} | {} |\n",
             r.scenario,
             r.median_rps,
             r.ratio_to_baseline,
+            r.cpu_us_per_request,
             r.p50_ms,
             r.p99_ms,
             r.idle_rss_mib,
