@@ -37,7 +37,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use dlq::{LetterFilter, Replay};
@@ -232,7 +232,7 @@ impl Store {
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        let db = Database::create(dir.join(DB_FILE)).map_err(|e| open_err(e.to_string()))?;
+        let db = cell::create(&dir.join(DB_FILE)).map_err(|e| open_err(e.to_string()))?;
         let (next_seq, pending) = {
             let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
             let next = {

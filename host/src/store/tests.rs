@@ -271,7 +271,7 @@ async fn an_old_store_gets_its_events_keyed_by_source() {
     }
     {
         // Make it look like a store from before schema 2: the event under its bare id.
-        let db = Database::create(dir.path().join(DB_FILE)).unwrap();
+        let db = redb::Database::create(dir.path().join(DB_FILE)).unwrap();
         let txn = db.begin_write().unwrap();
         {
             let mut meta = txn.open_table(META).unwrap();
