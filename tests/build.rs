@@ -72,6 +72,7 @@ const COMPONENTS: &[Component] = &[
         "order_lifecycle",
     ),
     component("SPIN", "tests/plugins", "tests/plugins/spin", "spin"),
+    component("SLEEPY", "tests/plugins", "tests/plugins/sleepy", "sleepy"),
     component("HOG", "tests/plugins", "tests/plugins/hog", "hog"),
     component("PANIC", "tests/plugins", "tests/plugins/panic", "panic"),
     component("FAIL", "tests/plugins", "tests/plugins/fail", "fail"),

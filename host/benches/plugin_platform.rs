@@ -97,13 +97,14 @@ fn call_costs() {
             let set = host.plugins();
             let plugin = set.get(name).unwrap();
             let event = common::plugin_event(common::body_1k());
+            let rt = common::call_runtime();
             for _ in 0..calls / 10 {
-                host.call(plugin, &event).unwrap();
+                rt.block_on(host.call(plugin, &event)).unwrap();
             }
             let samples: Vec<f64> = (0..calls)
                 .map(|_| {
                     let t = Instant::now();
-                    host.call(plugin, &event).unwrap();
+                    rt.block_on(host.call(plugin, &event)).unwrap();
                     t.elapsed().as_secs_f64() * 1e6
                 })
                 .collect();
@@ -166,7 +167,7 @@ fn kv_costs() {
         ),
         (
             "Redis (loopback, no persistence)",
-            Arc::new(RedisKv::new(redis, runtime.handle().clone())),
+            Arc::new(RedisKv::new(redis)),
         ),
     ];
     for (name, kv) in backends {
@@ -179,13 +180,13 @@ fn kv_costs() {
             common::plugin_event(body.into_bytes())
         };
         for i in 0..100 {
-            host.call(plugin, &accept(i)).unwrap();
+            runtime.block_on(host.call(plugin, &accept(i))).unwrap();
         }
         let samples: Vec<f64> = (100..1100)
             .map(|i| {
                 let event = accept(i);
                 let t = Instant::now();
-                host.call(plugin, &event).unwrap();
+                runtime.block_on(host.call(plugin, &event)).unwrap();
                 t.elapsed().as_secs_f64() * 1e6
             })
             .collect();

@@ -108,10 +108,7 @@ impl App {
         // The plugins' key-value store: shared through Redis when replicas share state (so a
         // stateful plugin sees one state whichever replica an event lands on), else embedded.
         let kv: Arc<dyn PluginKv> = match &redis {
-            Some(redis) => Arc::new(RedisKv::new(
-                redis.clone(),
-                tokio::runtime::Handle::current(),
-            )),
+            Some(redis) => Arc::new(RedisKv::new(redis.clone())),
             None => Arc::new(EmbeddedKv::new(store.clone())),
         };
         let plugins = Arc::new(PluginHost::load(&config, Some(kv))?);

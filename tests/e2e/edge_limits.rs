@@ -456,6 +456,15 @@ fn bodies_beyond_the_budget_are_refused_before_they_are_read() {
     let holders: Vec<TcpStream> = (0..2)
         .map(|i| start_upload(hw.addr, &format!("hold-{i}"), 900_000, 450_000))
         .collect();
+    // Their budget is reserved when the server takes their heads, which may come after the
+    // third's: wait until the gauge shows both held.
+    let metrics = || String::from_utf8_lossy(&hw.admin_get("/metrics").body).into_owned();
+    assert!(
+        wait_for(Duration::from_secs(10), || metrics()
+            .contains("hookwall_body_bytes_in_flight 1800000")),
+        "{}",
+        metrics()
+    );
     // A third 900 KB body does not fit: refused before its body is sent at all.
     let mut third = start_upload(hw.addr, "third", 900_000, 0);
     third

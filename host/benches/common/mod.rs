@@ -71,3 +71,13 @@ pub fn body_1k() -> Vec<u8> {
     body.extend_from_slice(b"\"}");
     body
 }
+
+/// A one-thread runtime to drive plugin calls on (they are async: a request's task drives them
+/// in the server), with the timer their deadline needs.
+#[allow(dead_code)] // not every bench calls plugins
+pub fn call_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+}

@@ -16,7 +16,6 @@ pub mod serve;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
@@ -150,13 +149,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             event,
             headers,
             values,
-        }) => {
-            // Host calls block (a key-value write waits for its commit), which tokio
-            // forbids on this thread: run the plugin on the blocking pool, as `serve` does.
-            tokio::task::spawn_blocking(move || plugin::test(&file, &event, &headers, &values))
-                .await
-                .context("the plugin test task failed")?
-        }
+        }) => plugin::test(&file, &event, &headers, &values).await,
         Command::Plugin(PluginCommand::New { name, lang, dir }) => {
             plugin::new(&name, lang, dir.unwrap_or_else(|| PathBuf::from(&name)))
         }

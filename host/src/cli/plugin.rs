@@ -26,7 +26,7 @@ pub fn new(name: &str, lang: crate::plugin::scaffold::Lang, dir: PathBuf) -> any
 
 /// Runs a plugin once, outside the server, in a scratch directory (its key-value store is
 /// scratch too).
-pub fn test(
+pub async fn test(
     file: &Path,
     event: &Path,
     headers: &[String],
@@ -86,7 +86,7 @@ pub fn test(
         body: std::fs::read(event).with_context(|| format!("cannot read {}", event.display()))?,
     };
     let started = std::time::Instant::now();
-    let result = host.call(plugin, &event);
+    let result = host.call(plugin, &event).await;
     let elapsed_us = started.elapsed().as_micros();
     let output = match &result {
         Ok(action) => crate::plugin::action_json(action),

@@ -298,26 +298,16 @@ impl Pipeline {
                     .collect(),
             )
         } else {
-            // Room in every plugin of the chain first, waiting here (not on a blocking thread):
-            // a burst beyond the plugins' bounds queues briefly, then is refused with 503.
+            // Room in every plugin of the chain first: a burst beyond the plugins' bounds queues
+            // briefly, then is refused with 503.
             let admission = self.plugins.admit(&source.name).await?;
-            // Plugin calls are synchronous (bounded by their deadline) and WASI's blocking calls
-            // need a thread outside the async workers: run the chain on the blocking pool, so a
-            // slow plugin never stalls other requests' I/O.
-            let (plugins, sinks, known) = (
-                self.plugins.clone(),
-                source.sinks.clone(),
-                self.sinks.clone(),
-            );
-            let input = event.clone();
-            let span = tracing::Span::current();
-            tokio::task::spawn_blocking(move || {
-                span.in_scope(|| {
-                    plugins.run_chain(&admission, input, &sinks, |s| known.contains(s))
+            // Calls run on this task: guest code yields at each epoch tick and traps at its
+            // deadline, so a slow plugin shares this worker instead of holding it.
+            self.plugins
+                .run_chain(&admission, event.clone(), &source.sinks, |s| {
+                    self.sinks.contains(s)
                 })
-            })
-            .await
-            .map_err(|e| IngestError::Internal(format!("plugin chain task failed: {e}")))??
+                .await?
         })
     }
 

@@ -13,42 +13,46 @@
 //! - A plugin of the chain that is not loaded fails the chain when its turn comes, even if no
 //!   input reaches it.
 //!
-//! [`run`] takes the plugin call as a closure, so the rules above are tested in-process with
-//! fake plugins (see `chain/tests.rs`); `PluginHost::run_chain` passes the real wasm call.
+//! [`run`] takes the plugin calls as a [`Calls`], so the rules above are tested in-process with
+//! fake plugins (see `chain/tests.rs`); `PluginHost::run_chain` passes the real wasm calls.
 
 use crate::event::Priority;
 
 use super::action::{Action, ChainOutcome, Event, Routed};
 use super::{CallError, CallFailure, PluginBusy};
 
-/// Runs the chain of plugins `names` on `event`. `plugin(name)` is the call of that plugin
-/// (`None`: it is not loaded); `default_sinks` receive the unrouted output of the last plugin;
-/// `sink_exists` checks the sink names plugins route to.
-pub(super) fn run<C>(
+/// The plugins a chain calls: the loaded wasm plugins, or fakes in tests.
+pub(super) trait Calls {
+    /// Whether plugin `name` is loaded.
+    fn has(&self, name: &str) -> bool;
+    /// One call of plugin `name` (loaded) on `input`.
+    async fn call(&mut self, name: &str, input: &Event) -> Result<Action, CallError>;
+}
+
+/// Runs the chain of plugins `names` on `event` with `plugins`; `default_sinks` receive the
+/// unrouted output of the last plugin; `sink_exists` checks the sink names plugins route to.
+pub(super) async fn run(
     names: &[String],
     event: Event,
     default_sinks: &[String],
     sink_exists: impl Fn(&str) -> bool,
-    mut plugin: impl FnMut(&str) -> Option<C>,
-) -> Result<ChainOutcome, PluginBusy>
-where
-    C: FnMut(&Event) -> Result<Action, CallError>,
-{
+    mut plugins: impl Calls,
+) -> Result<ChainOutcome, PluginBusy> {
     let mut run = ChainRun {
         inputs: vec![event],
         routed: Vec::new(),
         last_drop: None,
     };
     for name in names {
-        let Some(mut call) = plugin(name) else {
+        if !plugins.has(name) {
             return Ok(ChainOutcome::Failed {
                 plugin: name.clone(),
                 failure: CallFailure::InvalidOutput(format!("plugin `{name}` is not loaded")),
             });
-        };
+        }
         let mut next = Vec::new();
         for input in std::mem::take(&mut run.inputs) {
-            let action = match call(&input) {
+            let action = match plugins.call(name, &input).await {
                 Ok(action) => action,
                 Err(CallError::Busy(reason)) => {
                     let plugin = name.clone();

@@ -3,6 +3,11 @@
 //! deadlines, a fresh store and instance per call or a warm one from a plugin's
 //! [`InstancePool`], and the classification of what went wrong into a [`CallError`].
 //!
+//! Calls are async and run on the caller's task (the request's own): no hand-off to another
+//! thread. Guest code yields to the executor at every epoch tick, so a long call shares its
+//! worker thread with other requests, and traps at the first tick past its deadline; time
+//! spent awaiting a host call (key-value, WASI) is bounded by a timeout around the call.
+//!
 //! What the guest can reach during a call (its store's state and imports) is in
 //! [`super::imports`].
 
@@ -14,7 +19,7 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
     Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy,
-    PoolConcurrencyLimitError, PoolingAllocationConfig, Store, Trap,
+    PoolConcurrencyLimitError, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
 };
 
 use super::capabilities::PluginCounters;
@@ -24,7 +29,8 @@ use super::manifest::MAX_PLUGIN_MEMORY_BYTES;
 use super::wit::{Plugin, PluginPre, check_wit_version, types};
 use super::{BusyReason, CallError, CallFailure, PluginError};
 
-/// Epoch ticks drive plugin deadlines; a deadline is rounded up to whole ticks.
+/// Epoch ticks drive plugin deadlines and yields: guest code yields to the executor at each
+/// tick and traps at the first tick past its deadline.
 const EPOCH_TICK: Duration = Duration::from_millis(2);
 /// Instances that can exist at once, in calls and in plugins' warm pools, across all plugins.
 /// Each plugin's calls are bounded by its `max_concurrent_calls`; an instance the pool cannot
@@ -117,7 +123,7 @@ impl Runtime {
         spawn_epoch_ticker(&engine);
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
         Plugin::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
             .map_err(engine_err)?;
         Ok(Runtime {
@@ -163,11 +169,20 @@ impl Runtime {
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s.limiter());
+        // At each epoch tick in guest code: trap once the call's deadline has passed, else
+        // yield to the executor and run on at the next tick.
+        store.epoch_deadline_callback(|ctx| {
+            Ok(if ctx.data().past_deadline() {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
         (store, stderr)
     }
 
     /// Runs `handle` once: in a fresh instance, or in a warm one from the plugin's pool.
-    pub fn call(
+    pub async fn call(
         &self,
         callee: Callee<'_>,
         event: &types::Event,
@@ -178,19 +193,23 @@ impl Runtime {
                 slot.stderr.clear();
                 slot
             }
-            None => self.instantiate(callee)?,
+            None => self.instantiate(callee).await?,
         };
         let limits = callee.limits;
         let started = Instant::now();
         slot.store
             .data_mut()
             .begin(&event.id, started, limits.deadline);
-        slot.store
-            .set_epoch_deadline(deadline_ticks(limits.deadline));
-        let outcome = slot.instance.call_handle(&mut slot.store, event);
+        slot.store.set_epoch_deadline(1);
+        let outcome = within(
+            limits,
+            started,
+            slot.instance.call_handle(&mut slot.store, event),
+        )
+        .await;
         slot.uses += 1;
         match outcome {
-            Ok(result) => {
+            Ok(Ok(result)) => {
                 if let Some(pool) = callee.pool {
                     pool.put_back(slot);
                 }
@@ -198,21 +217,25 @@ impl Runtime {
                     CallFailure::Error(truncate(message, MAX_ERROR_MESSAGE_BYTES)).into()
                 })
             }
-            // A trapped instance cannot be entered again: it is dropped here, not pooled.
-            Err(e) => Err(classify(e, &slot.store, &slot.stderr, limits, started).into()),
+            // A trapped (or abandoned) instance cannot be entered again: it is dropped here,
+            // not pooled.
+            Ok(Err(e)) => Err(classify(e, &slot.store, &slot.stderr, limits, started).into()),
+            Err(late) => Err(late.into()),
         }
     }
 
     /// A new instance of `callee` in a fresh store.
-    fn instantiate(&self, callee: Callee<'_>) -> Result<Slot, CallError> {
+    async fn instantiate(&self, callee: Callee<'_>) -> Result<Slot, CallError> {
         let limits = callee.limits;
         let (mut store, stderr) = self.new_store(callee.name, callee.config, limits);
-        store.set_epoch_deadline(deadline_ticks(limits.deadline));
+        store.set_epoch_deadline(1);
         let started = Instant::now();
-        let instance = callee
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| classify_start(e, &store, &stderr, limits, started))?;
+        let instance = match within(limits, started, callee.pre.instantiate_async(&mut store)).await
+        {
+            Ok(Ok(instance)) => instance,
+            Ok(Err(e)) => return Err(classify_start(e, &store, &stderr, limits, started)),
+            Err(late) => return Err(late.into()),
+        };
         Ok(Slot {
             store,
             instance,
@@ -222,19 +245,63 @@ impl Runtime {
     }
 
     /// Instantiates once without calling: proves the component starts within its limits.
+    /// Loading is synchronous (at start, on the reload thread) and instantiation async, so the
+    /// probe runs on a thread of its own with a one-thread runtime, whatever the caller's
+    /// context (a runtime cannot be blocked on from inside another).
     pub fn probe(
         &self,
         pre: &PluginPre<CallState>,
         plugin: &Arc<str>,
         limits: CallLimits,
     ) -> Result<(), CallError> {
-        let (mut store, stderr) = self.new_store(plugin, &Arc::default(), limits);
-        store.set_epoch_deadline(deadline_ticks(limits.deadline));
-        let started = Instant::now();
-        pre.instantiate(&mut store)
-            .map(|_| ())
-            .map_err(|e| classify_start(e, &store, &stderr, limits, started))
+        let callee = Callee {
+            pre,
+            name: plugin,
+            config: &Arc::default(),
+            limits,
+            pool: None,
+        };
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .build()
+                        .map_err(|e| {
+                            CallError::from(CallFailure::Trap {
+                                reason: format!("no runtime to start the plugin on: {e}"),
+                                stderr: String::new(),
+                            })
+                        })?;
+                    runtime.block_on(self.instantiate(callee)).map(drop)
+                })
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(CallFailure::Trap {
+                        reason: "the start-up probe panicked".into(),
+                        stderr: String::new(),
+                    }
+                    .into())
+                })
+        })
     }
+}
+
+/// Awaits `work` (a call or an instantiation) for at most its deadline plus one tick. Guest
+/// code traps on its own at the first tick past the deadline; this bounds the time spent
+/// awaiting host calls (a key-value write, a WASI sleep), which no tick interrupts. `Err`:
+/// abandoned at the deadline (the instance must not be used again).
+async fn within<T>(
+    limits: CallLimits,
+    started: Instant,
+    work: impl Future<Output = T>,
+) -> Result<T, CallFailure> {
+    tokio::time::timeout(limits.deadline + EPOCH_TICK, work)
+        .await
+        .map_err(|_| CallFailure::Deadline {
+            limit: limits.deadline,
+            elapsed: started.elapsed(),
+        })
 }
 
 /// The pooling allocator's limits for a pool of `instances` component instances.
@@ -245,6 +312,8 @@ fn pooling(instances: u32) -> PoolingAllocationConfig {
     pool.max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT);
     pool.total_memories(instances * 2);
     pool.total_tables(instances * 4);
+    // Calls run on fibers: one stack per call in progress, at most one per instance.
+    pool.total_stacks(instances);
     // Per-plugin limits are enforced by each store's limiter; this is only the ceiling.
     pool.max_memory_size(MAX_PLUGIN_MEMORY_BYTES);
     // Keeping a little of each freed slot resident saves a page-fault storm on reuse.
@@ -344,11 +413,6 @@ impl InstancePool {
     }
 }
 
-fn deadline_ticks(deadline: Duration) -> u64 {
-    // +1: the current tick may be about to end, so one tick of budget can be near zero.
-    (deadline.as_nanos() / EPOCH_TICK.as_nanos()) as u64 + 1
-}
-
 /// A thread that advances the engine's epoch. It holds only a weak reference, so it ends when
 /// the engine is dropped.
 fn spawn_epoch_ticker(engine: &Engine) {
@@ -398,8 +462,8 @@ mod tests {
 
     /// A pool with room for one instance, held warm by a pooled plugin: the next instance
     /// cannot be made, and that is a capacity limit (busy), not the plugin's failure.
-    #[test]
-    fn an_exhausted_instance_pool_is_busy_not_a_failure() {
+    #[tokio::test]
+    async fn an_exhausted_instance_pool_is_busy_not_a_failure() {
         let caps = Capabilities {
             kv: None,
             counters: Arc::new(PluginCounters::default()),
@@ -414,6 +478,7 @@ mod tests {
             max_concurrent_calls: 1,
         };
         let warm = InstancePool::new(1, 0);
+        let event = event();
         let call = |pool| {
             let callee = Callee {
                 pre: &pre,
@@ -422,24 +487,14 @@ mod tests {
                 limits,
                 pool,
             };
-            runtime.call(callee, &event())
+            runtime.call(callee, &event)
         };
-        assert!(call(Some(&warm)).is_ok());
-        match call(None) {
+        assert!(call(Some(&warm)).await.is_ok());
+        match call(None).await {
             Err(CallError::Busy(BusyReason::PoolExhausted)) => {}
             other => panic!("expected busy, got {other:?}"),
         }
         // The warm instance itself still serves.
-        assert!(call(Some(&warm)).is_ok());
-    }
-
-    #[test]
-    fn a_deadline_is_rounded_up_to_whole_ticks_plus_one() {
-        assert_eq!(deadline_ticks(Duration::ZERO), 1);
-        assert_eq!(deadline_ticks(EPOCH_TICK), 2);
-        assert_eq!(
-            deadline_ticks(EPOCH_TICK * 10 + Duration::from_micros(1)),
-            11
-        );
+        assert!(call(Some(&warm)).await.is_ok());
     }
 }

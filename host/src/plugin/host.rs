@@ -16,13 +16,14 @@ use crate::config::Config;
 
 use super::action::{Action, ChainOutcome, Event};
 use super::capabilities::PluginCounters;
+use super::chain::Calls;
 use super::engine::{self, Runtime};
 use super::imports::Capabilities;
 use super::kv::PluginKv;
 use super::load::{Loader, Settings};
 use super::set::{self, LoadedPlugin, PluginSet, PluginStatus, Rebuilt, StatusBook};
 use super::wit::types;
-use super::{CallError, PluginBusy, PluginError};
+use super::{CallError, CallFailure, PluginBusy, PluginError};
 
 /// The plugin host: runtime plus the current plugin set.
 pub struct PluginHost {
@@ -150,12 +151,13 @@ impl PluginHost {
 
     /// Runs one plugin once on `event`, converts its action and checks it against the output
     /// limits. Takes no permit: [`PluginHost::run_chain`]'s caller holds them.
-    pub fn call(&self, plugin: &LoadedPlugin, event: &Event) -> Result<Action, CallError> {
+    pub async fn call(&self, plugin: &LoadedPlugin, event: &Event) -> Result<Action, CallError> {
         let wit_event = types::Event::from(event);
         let started = std::time::Instant::now();
         let result = self
             .runtime
             .call(plugin.callee(), &wit_event)
+            .await
             .map(Action::from)
             .and_then(|action| {
                 let checked = self.settings.output.check(&action);
@@ -174,7 +176,7 @@ impl PluginHost {
     /// plugin; `sink_exists` checks routed sink names. A plugin with no room for a call (its
     /// instance could not be allocated) ends the chain as [`PluginBusy`]: the event is retried
     /// by its sender, not failed.
-    pub fn run_chain(
+    pub async fn run_chain(
         &self,
         admission: &Admission,
         event: Event,
@@ -183,9 +185,28 @@ impl PluginHost {
     ) -> Result<ChainOutcome, PluginBusy> {
         let set = &admission.set;
         let names = set.chain(&admission.source);
-        super::chain::run(names, event, default_sinks, sink_exists, |name| {
-            let plugin = set.get(name)?;
-            Some(move |input: &Event| self.call(plugin, input))
-        })
+        let plugins = LoadedCalls { host: self, set };
+        super::chain::run(names, event, default_sinks, sink_exists, plugins).await
+    }
+}
+
+/// A chain's calls of the plugins loaded in one set.
+struct LoadedCalls<'a> {
+    host: &'a PluginHost,
+    set: &'a PluginSet,
+}
+
+impl Calls for LoadedCalls<'_> {
+    fn has(&self, name: &str) -> bool {
+        self.set.get(name).is_some()
+    }
+
+    async fn call(&mut self, name: &str, input: &Event) -> Result<Action, CallError> {
+        match self.set.get(name) {
+            Some(plugin) => self.host.call(plugin, input).await,
+            None => {
+                Err(CallFailure::InvalidOutput(format!("plugin `{name}` is not loaded")).into())
+            }
+        }
     }
 }

@@ -100,6 +100,11 @@ impl CallState {
         self.deadline = started + deadline;
     }
 
+    /// Whether the call has run past its wall deadline.
+    pub(super) fn past_deadline(&self) -> bool {
+        Instant::now() >= self.deadline
+    }
+
     /// The store's resource limiter (the per-call memory limit).
     pub(super) fn limiter(&mut self) -> &mut dyn ResourceLimiter {
         &mut self.limiter
@@ -124,7 +129,7 @@ impl CallState {
             ));
         }
         check_kv_sizes(key, value).map_err(|e| e.to_string())?;
-        if Instant::now() >= self.deadline {
+        if self.past_deadline() {
             return Err("key-value call refused: the call's deadline has passed".to_string());
         }
         let kv = self
@@ -154,23 +159,29 @@ impl metrics::Host for CallState {
 }
 
 impl kv::Host for CallState {
-    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
         let (kv, scope) = self.kv(&key, None)?;
-        kv.get(scope, &key).map_err(|e| e.to_string())
+        kv.get(scope, &key).await.map_err(|e| e.to_string())
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), String> {
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), String> {
         let (kv, scope) = self.kv(&key, Some(&value))?;
         kv.set(scope, &key, value, ttl_ms)
+            .await
             .map_err(|e| e.to_string())
     }
 
-    fn delete(&mut self, key: String) -> Result<bool, String> {
+    async fn delete(&mut self, key: String) -> Result<bool, String> {
         let (kv, scope) = self.kv(&key, None)?;
-        kv.delete(scope, &key).map_err(|e| e.to_string())
+        kv.delete(scope, &key).await.map_err(|e| e.to_string())
     }
 
-    fn compare_and_swap(
+    async fn compare_and_swap(
         &mut self,
         key: String,
         expected: Option<Vec<u8>>,
@@ -179,6 +190,7 @@ impl kv::Host for CallState {
     ) -> Result<bool, String> {
         let (kv, scope) = self.kv(&key, Some(&value))?;
         kv.compare_and_swap(scope, &key, expected, value, ttl_ms)
+            .await
             .map_err(|e| e.to_string())
     }
 }

@@ -14,7 +14,15 @@ use super::PluginError;
 use super::action::{Action, Delivery, Event, Rejection, Reply};
 
 mod bindings {
-    wasmtime::component::bindgen!({ path: "../wit", world: "plugin" });
+    // Calls are async (`call_handle` is driven on the request's own task, yielding to the
+    // executor at epoch ticks); of the imports only key-value waits on I/O (the store's writer,
+    // Redis), so only it is async: the rest are plain functions, cheaper to call.
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "plugin",
+        imports: { "hookwall:plugin/kv": async },
+        exports: { default: async },
+    });
 }
 pub(super) use bindings::hookwall::plugin::{clock, host, kv, metrics, types};
 pub(super) use bindings::{Plugin, PluginPre};

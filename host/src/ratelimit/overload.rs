@@ -66,7 +66,15 @@ impl Overloaded {
 /// A request body's share of the budget, given back when dropped (once it is answered).
 #[derive(Debug)]
 pub struct BodyPermit {
-    _held: Option<OwnedSemaphorePermit>,
+    held: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for BodyPermit {
+    fn drop(&mut self) {
+        if let Some(held) = &self.held {
+            crate::telemetry::metrics::body_bytes_in_flight(-(held.num_permits() as f64));
+        }
+    }
 }
 
 /// The configured bounds and how often they tripped.
@@ -102,13 +110,16 @@ impl Overload {
     /// budget reserves all of it), or says it would pass the budget.
     pub fn reserve_body(&self, bytes: u64) -> Result<BodyPermit, Overloaded> {
         let Some((max, budget)) = &self.bodies else {
-            return Ok(BodyPermit { _held: None });
+            return Ok(BodyPermit { held: None });
         };
         let wanted = bytes.min(*max).min(u64::from(u32::MAX)) as u32;
         let verdict = budget
             .clone()
             .try_acquire_many_owned(wanted)
-            .map(|p| BodyPermit { _held: Some(p) })
+            .map(|p| {
+                crate::telemetry::metrics::body_bytes_in_flight(f64::from(wanted));
+                BodyPermit { held: Some(p) }
+            })
             .map_err(|_| Overloaded::BodyBudget {
                 requested: bytes,
                 max: *max,

@@ -3,8 +3,8 @@
 //! bytes and expiries, not plugins.
 //!
 //! Reads are snapshot reads on the calling thread. Writes go through the writer thread like
-//! every other write, so they share group commits and are durable when the call returns; they
-//! block, so they are called from blocking threads (plugins run there), never async tasks.
+//! every other write, so they share group commits and are durable when the call returns; the
+//! caller awaits the commit.
 
 use tokio::sync::oneshot;
 
@@ -28,13 +28,14 @@ pub(super) fn live(stored: &[u8], now_ms: u64) -> Option<&[u8]> {
 
 impl Store {
     /// Runs a key-value write on the writer thread and waits for its commit.
-    fn kv_write(&self, op: KvOp) -> Result<bool, StoreError> {
+    async fn kv_write(&self, op: KvOp) -> Result<bool, StoreError> {
         let (resp, rx) = oneshot::channel();
         self.inner
             .jobs
-            .blocking_send(Job::Kv { op, resp })
+            .send(Job::Kv { op, resp })
+            .await
             .map_err(|_| StoreError::Closed)?;
-        rx.blocking_recv().map_err(|_| StoreError::Closed)?
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// The value of `key` in `namespace` that is live at `now_ms`.
@@ -50,8 +51,8 @@ impl Store {
         Ok(found.and_then(|v| live(v.value(), now_ms).map(<[u8]>::to_vec)))
     }
 
-    /// Sets `key` in `namespace`, expiring at `expires_at_ms` (never: `None`). Blocks.
-    pub fn kv_set(
+    /// Sets `key` in `namespace`, expiring at `expires_at_ms` (never: `None`).
+    pub async fn kv_set(
         &self,
         namespace: &str,
         key: &str,
@@ -63,20 +64,22 @@ impl Store {
             key: key.into(),
             stored: encode(value, expires_at_ms),
         })
+        .await
         .map(|_| ())
     }
 
-    /// Removes `key` from `namespace`; true when it was there. Blocks.
-    pub fn kv_delete(&self, namespace: &str, key: &str) -> Result<bool, StoreError> {
+    /// Removes `key` from `namespace`; true when it was there.
+    pub async fn kv_delete(&self, namespace: &str, key: &str) -> Result<bool, StoreError> {
         self.kv_write(KvOp::Delete {
             plugin: namespace.into(),
             key: key.into(),
         })
+        .await
     }
 
     /// Sets `key` only if its value live at `now_ms` equals `expected` (`None`: absent or
-    /// expired), in the writer's transaction, so no other write interleaves. Blocks.
-    pub fn kv_compare_and_swap(
+    /// expired), in the writer's transaction, so no other write interleaves.
+    pub async fn kv_compare_and_swap(
         &self,
         namespace: &str,
         key: &str,
@@ -92,5 +95,6 @@ impl Store {
             stored: encode(value, expires_at_ms),
             now_ms,
         })
+        .await
     }
 }

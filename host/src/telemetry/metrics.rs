@@ -35,6 +35,8 @@ pub const STORE_WRITABLE: &str = "hookwall_store_writable";
 pub const SINK_BACKLOG: &str = "hookwall_sink_backlog";
 /// `hookwall_dead_letters`: entries in the dead-letter queue, sampled at scrape.
 pub const DEAD_LETTERS_QUEUED: &str = "hookwall_dead_letters";
+/// Gauge: bytes of request bodies held under `[server] overload.max_body_bytes_in_flight`.
+pub const BODY_BYTES_IN_FLIGHT: &str = "hookwall_body_bytes_in_flight";
 
 /// Histogram buckets (seconds) for the fast in-process paths: plugin calls, commits.
 const FAST_BUCKETS: &[f64] = &[
@@ -78,9 +80,19 @@ fn describe() {
     );
     describe_gauge!(DEAD_LETTERS_QUEUED, "Entries in the dead-letter queue.");
     describe_gauge!(
+        BODY_BYTES_IN_FLIGHT,
+        Unit::Bytes,
+        "Bytes of request bodies reserved against the body budget (held until answered)."
+    );
+    describe_gauge!(
         STORE_WRITABLE,
         "1 while the store takes writes, 0 while a failed write keeps it read-only."
     );
+}
+
+/// Moves the bytes of request bodies held under the body budget by `delta`.
+pub fn body_bytes_in_flight(delta: f64) {
+    metrics::gauge!(BODY_BYTES_IN_FLIGHT).increment(delta);
 }
 
 /// Counts one failed verification of a request to `source`, by error `code`.

@@ -3,7 +3,8 @@
 //! the calling plugin's wall clock.
 //!
 //! Reads are snapshot reads on the calling thread. Writes go through the store's writer thread
-//! like every other write, so they share group commits and are durable when the call returns.
+//! like every other write, so they share group commits and are durable when the call returns;
+//! the call awaits the commit without holding its thread.
 
 use super::{KvError, KvScope, PluginKv};
 use crate::store::{Store, StoreError};
@@ -30,14 +31,15 @@ fn expiry(now_ms: u64, ttl_ms: Option<u64>) -> Option<u64> {
     ttl_ms.map(|ttl| now_ms.saturating_add(ttl).max(1))
 }
 
+#[async_trait::async_trait]
 impl PluginKv for EmbeddedKv {
-    fn get(&self, scope: KvScope<'_>, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+    async fn get(&self, scope: KvScope<'_>, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         self.store
             .kv_get(scope.plugin, key, scope.now_ms)
             .map_err(backend)
     }
 
-    fn set(
+    async fn set(
         &self,
         scope: KvScope<'_>,
         key: &str,
@@ -46,14 +48,18 @@ impl PluginKv for EmbeddedKv {
     ) -> Result<(), KvError> {
         self.store
             .kv_set(scope.plugin, key, &value, expiry(scope.now_ms, ttl_ms))
+            .await
             .map_err(backend)
     }
 
-    fn delete(&self, scope: KvScope<'_>, key: &str) -> Result<bool, KvError> {
-        self.store.kv_delete(scope.plugin, key).map_err(backend)
+    async fn delete(&self, scope: KvScope<'_>, key: &str) -> Result<bool, KvError> {
+        self.store
+            .kv_delete(scope.plugin, key)
+            .await
+            .map_err(backend)
     }
 
-    fn compare_and_swap(
+    async fn compare_and_swap(
         &self,
         scope: KvScope<'_>,
         key: &str,
@@ -70,6 +76,7 @@ impl PluginKv for EmbeddedKv {
                 expiry(scope.now_ms, ttl_ms),
                 scope.now_ms,
             )
+            .await
             .map_err(backend)
     }
 }
@@ -87,20 +94,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn follows_the_kv_contract_and_expires_by_the_callers_clock() {
+    #[tokio::test]
+    async fn follows_the_kv_contract_and_expires_by_the_callers_clock() {
         let dir = tempfile::tempdir().unwrap();
         let kv = EmbeddedKv::new(Store::open(dir.path()).unwrap());
         let kv: &dyn PluginKv = &kv;
-        super::super::check_kv_contract(kv, |plugin| at(plugin, 5_000));
+        super::super::check_kv_contract(kv, |plugin| at(plugin, 5_000)).await;
         // Expiry: set at 0 with a 1000 ms TTL.
         let p = at("p", 0);
-        kv.set(p, "t", b"v".to_vec(), Some(1_000)).unwrap();
-        assert_eq!(kv.get(at("p", 999), "t").unwrap(), Some(b"v".to_vec()));
-        assert_eq!(kv.get(at("p", 1_000), "t").unwrap(), None);
+        kv.set(p, "t", b"v".to_vec(), Some(1_000)).await.unwrap();
+        assert_eq!(
+            kv.get(at("p", 999), "t").await.unwrap(),
+            Some(b"v".to_vec())
+        );
+        assert_eq!(kv.get(at("p", 1_000), "t").await.unwrap(), None);
         // Expired counts as absent for compare-and-swap.
         assert!(
             kv.compare_and_swap(at("p", 1_000), "t", None, b"w".to_vec(), None)
+                .await
                 .unwrap()
         );
     }

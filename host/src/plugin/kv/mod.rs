@@ -42,14 +42,16 @@ pub struct KvScope<'a> {
 }
 
 /// A key-value store scoped per plugin: embedded (the redb store, one replica) or Redis
-/// (`[storage] redis`, shared by replicas). Calls are synchronous: plugins run on blocking
-/// threads, never on the async workers. TTLs are relative, so each backend expires values by
-/// its own clock (Redis': one clock for every replica).
+/// (`[storage] redis`, shared by replicas). Calls are async: a plugin call runs on its
+/// request's task, and waiting for the store's writer or for Redis must not hold the worker
+/// thread. TTLs are relative, so each backend expires values by its own clock (Redis': one
+/// clock for every replica).
+#[async_trait::async_trait]
 pub trait PluginKv: Send + Sync {
     /// The live value of `key` (`None`: absent or expired).
-    fn get(&self, scope: KvScope<'_>, key: &str) -> Result<Option<Vec<u8>>, KvError>;
+    async fn get(&self, scope: KvScope<'_>, key: &str) -> Result<Option<Vec<u8>>, KvError>;
     /// Sets `key`, expiring after `ttl_ms` when given (replacing any previous expiry).
-    fn set(
+    async fn set(
         &self,
         scope: KvScope<'_>,
         key: &str,
@@ -57,10 +59,10 @@ pub trait PluginKv: Send + Sync {
         ttl_ms: Option<u64>,
     ) -> Result<(), KvError>;
     /// Removes `key`; true when it was set.
-    fn delete(&self, scope: KvScope<'_>, key: &str) -> Result<bool, KvError>;
+    async fn delete(&self, scope: KvScope<'_>, key: &str) -> Result<bool, KvError>;
     /// Sets `key` only if its live value equals `expected` (`None`: absent or expired),
     /// atomically with respect to every other caller (other threads, other replicas).
-    fn compare_and_swap(
+    async fn compare_and_swap(
         &self,
         scope: KvScope<'_>,
         key: &str,
@@ -92,55 +94,71 @@ pub fn check_kv_sizes(key: &str, value: Option<&[u8]>) -> Result<(), KvError> {
 /// The semantics every [`PluginKv`] backend must have, checked on an empty store; `scope`
 /// gives a live scope for a plugin name. Expiry is each backend's own test (clocks differ).
 #[cfg(test)]
-pub(crate) fn check_kv_contract(kv: &dyn PluginKv, scope: fn(&str) -> KvScope<'_>) {
+pub(crate) async fn check_kv_contract(kv: &dyn PluginKv, scope: fn(&str) -> KvScope<'_>) {
     let p = scope("p");
-    assert_eq!(kv.get(p, "k").unwrap(), None);
+    assert_eq!(kv.get(p, "k").await.unwrap(), None);
     // Compare-and-swap from absent, a conflict either way, then from the current value.
     assert!(
         kv.compare_and_swap(p, "k", None, b"1".to_vec(), None)
+            .await
             .unwrap()
     );
     assert!(
         !kv.compare_and_swap(p, "k", None, b"2".to_vec(), None)
+            .await
             .unwrap()
     );
     let wrong = Some(b"0".to_vec());
     assert!(
         !kv.compare_and_swap(p, "k", wrong, b"2".to_vec(), None)
+            .await
             .unwrap()
     );
     let right = Some(b"1".to_vec());
     assert!(
         kv.compare_and_swap(p, "k", right, b"2".to_vec(), None)
+            .await
             .unwrap()
     );
-    assert_eq!(kv.get(p, "k").unwrap(), Some(b"2".to_vec()));
+    assert_eq!(kv.get(p, "k").await.unwrap(), Some(b"2".to_vec()));
     // Expecting a value of an absent key is a conflict, not a write.
     let empty = Some(Vec::new());
     assert!(
         !kv.compare_and_swap(p, "nope", empty, b"x".to_vec(), None)
+            .await
             .unwrap()
     );
-    assert_eq!(kv.get(p, "nope").unwrap(), None);
+    assert_eq!(kv.get(p, "nope").await.unwrap(), None);
     // Any bytes; an empty value is present, not absent.
     let bytes = vec![0u8, 0xff, b':', 0, 7];
-    kv.set(p, "bin", bytes.clone(), None).unwrap();
-    assert_eq!(kv.get(p, "bin").unwrap(), Some(bytes.clone()));
+    kv.set(p, "bin", bytes.clone(), None).await.unwrap();
+    assert_eq!(kv.get(p, "bin").await.unwrap(), Some(bytes.clone()));
     assert!(
         kv.compare_and_swap(p, "bin", Some(bytes), Vec::new(), None)
+            .await
             .unwrap()
     );
-    assert_eq!(kv.get(p, "bin").unwrap(), Some(Vec::new()));
+    assert_eq!(kv.get(p, "bin").await.unwrap(), Some(Vec::new()));
     // Scoped per plugin, even when names and keys contain `:`.
-    assert_eq!(kv.get(scope("other"), "k").unwrap(), None);
-    kv.set(scope("a:b"), "c", b"ab-c".to_vec(), None).unwrap();
-    kv.set(scope("a"), "b:c", b"a-bc".to_vec(), None).unwrap();
-    assert_eq!(kv.get(scope("a:b"), "c").unwrap(), Some(b"ab-c".to_vec()));
-    assert_eq!(kv.get(scope("a"), "b:c").unwrap(), Some(b"a-bc".to_vec()));
+    assert_eq!(kv.get(scope("other"), "k").await.unwrap(), None);
+    kv.set(scope("a:b"), "c", b"ab-c".to_vec(), None)
+        .await
+        .unwrap();
+    kv.set(scope("a"), "b:c", b"a-bc".to_vec(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        kv.get(scope("a:b"), "c").await.unwrap(),
+        Some(b"ab-c".to_vec())
+    );
+    assert_eq!(
+        kv.get(scope("a"), "b:c").await.unwrap(),
+        Some(b"a-bc".to_vec())
+    );
     // A zero TTL expires at once.
-    kv.set(p, "z", b"v".to_vec(), Some(0)).unwrap();
-    assert_eq!(kv.get(p, "z").unwrap(), None);
-    assert!(kv.delete(p, "k").unwrap());
-    assert!(!kv.delete(p, "k").unwrap());
-    assert_eq!(kv.get(p, "k").unwrap(), None);
+    kv.set(p, "z", b"v".to_vec(), Some(0)).await.unwrap();
+    assert_eq!(kv.get(p, "z").await.unwrap(), None);
+    assert!(kv.delete(p, "k").await.unwrap());
+    assert!(!kv.delete(p, "k").await.unwrap());
+    assert_eq!(kv.get(p, "k").await.unwrap(), None);
 }

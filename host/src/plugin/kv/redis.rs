@@ -14,18 +14,15 @@
 //! - **Compare-and-swap**: one Lua script ([`CAS_SCRIPT`], `EVALSHA`, loaded on `NOSCRIPT`),
 //!   so the read-compare-write is atomic against every replica.
 //!
-//! Plugin calls are synchronous (wasmtime host functions on the blocking pool: the pipeline
-//! runs a plugin chain in `spawn_blocking`), and the Redis connection is the process's shared
-//! async one. Each operation is driven with [`Handle::block_on`] on the calling blocking-pool
-//! thread, bounded by the shorter of [`OPERATION_TIMEOUT`] and the plugin call's remaining
-//! deadline. When Redis is down or slow the plugin gets an error (never a hang), fails, and the
+//! Plugin calls are async (the pipeline drives a plugin chain on the request's own task), and
+//! the Redis connection is the process's shared async one. Each operation is awaited, bounded
+//! by the shorter of [`OPERATION_TIMEOUT`] and the plugin call's remaining deadline. When Redis is down or slow the plugin gets an error (never a hang), fails, and the
 //! source's `on_plugin_error` policy answers the sender; the event is dead-lettered, replayable.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use ::redis::Script;
-use tokio::runtime::Handle;
 
 use super::{KvError, KvScope, PluginKv};
 use crate::redis::{OPERATION_TIMEOUT, RedisError, SharedRedis};
@@ -58,8 +55,6 @@ const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 /// The Redis backend of the plugins' key-value store.
 pub struct RedisKv {
     redis: SharedRedis,
-    /// The runtime that owns the connection; operations are driven on it from blocking threads.
-    runtime: Handle,
     cas: Script,
 }
 
@@ -72,11 +67,10 @@ impl std::fmt::Debug for RedisKv {
 }
 
 impl RedisKv {
-    /// A backend on `redis`, whose connection runs on `runtime`.
-    pub fn new(redis: SharedRedis, runtime: Handle) -> RedisKv {
+    /// A backend on `redis`.
+    pub fn new(redis: SharedRedis) -> RedisKv {
         RedisKv {
             redis,
-            runtime,
             cas: Script::new(CAS_SCRIPT),
         }
     }
@@ -87,10 +81,8 @@ impl RedisKv {
         self.redis.key("kv", &[&plugin, key])
     }
 
-    /// Runs one Redis call to completion on this (blocking) thread, within the call's time.
-    /// Must not be called on an async worker thread (tokio panics there): plugins run on the
-    /// blocking pool.
-    fn block_on<T, F>(
+    /// Runs one Redis call within the plugin call's remaining time.
+    async fn within<T, F>(
         &self,
         scope: KvScope<'_>,
         call: impl FnOnce(Duration) -> F,
@@ -104,8 +96,8 @@ impl RedisKv {
                 "the plugin call's deadline passed before Redis was asked".into(),
             ));
         }
-        self.runtime
-            .block_on(call(budget.min(OPERATION_TIMEOUT)))
+        call(budget.min(OPERATION_TIMEOUT))
+            .await
             .map_err(|e| KvError::Backend(e.to_string()))
     }
 }
@@ -131,14 +123,16 @@ fn set_command(key: &str, value: &[u8], ttl_ms: Option<u64>) -> ::redis::Cmd {
     }
 }
 
+#[async_trait::async_trait]
 impl PluginKv for RedisKv {
-    fn get(&self, scope: KvScope<'_>, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+    async fn get(&self, scope: KvScope<'_>, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         let mut cmd = ::redis::cmd("GET");
         cmd.arg(self.key(scope.plugin, key));
-        self.block_on(scope, |limit| self.redis.query_within(&cmd, limit))
+        self.within(scope, |limit| self.redis.query_within(&cmd, limit))
+            .await
     }
 
-    fn set(
+    async fn set(
         &self,
         scope: KvScope<'_>,
         key: &str,
@@ -146,19 +140,20 @@ impl PluginKv for RedisKv {
         ttl_ms: Option<u64>,
     ) -> Result<(), KvError> {
         let cmd = set_command(&self.key(scope.plugin, key), &value, ttl_ms);
-        self.block_on(scope, |limit| async move {
-            self.redis.query_within::<()>(&cmd, limit).await
-        })
+        self.within(scope, |limit| self.redis.query_within::<()>(&cmd, limit))
+            .await
     }
 
-    fn delete(&self, scope: KvScope<'_>, key: &str) -> Result<bool, KvError> {
+    async fn delete(&self, scope: KvScope<'_>, key: &str) -> Result<bool, KvError> {
         let mut cmd = ::redis::cmd("DEL");
         cmd.arg(self.key(scope.plugin, key));
-        let removed: u64 = self.block_on(scope, |limit| self.redis.query_within(&cmd, limit))?;
+        let removed: u64 = self
+            .within(scope, |limit| self.redis.query_within(&cmd, limit))
+            .await?;
         Ok(removed > 0)
     }
 
-    fn compare_and_swap(
+    async fn compare_and_swap(
         &self,
         scope: KvScope<'_>,
         key: &str,
@@ -173,8 +168,9 @@ impl PluginKv for RedisKv {
             .arg(expected.unwrap_or_default())
             .arg(value)
             .arg(ttl_ms.map_or(String::new(), |t| t.min(MAX_TTL_MS).to_string()));
-        let written: u64 =
-            self.block_on(scope, |limit| self.redis.invoke_within(&invocation, limit))?;
+        let written: u64 = self
+            .within(scope, |limit| self.redis.invoke_within(&invocation, limit))
+            .await?;
         Ok(written == 1)
     }
 }

@@ -7,9 +7,9 @@ use hookwall_testkit::{RedisServer, wait_for};
 use super::*;
 use crate::config::Secret;
 
-/// A private Redis, a runtime that owns the connection, and the backend on it. The test's own
-/// thread is not a runtime worker, like the blocking-pool threads plugins run on.
-fn start() -> (RedisServer, tokio::runtime::Runtime, RedisKv) {
+/// A private Redis, a runtime that owns the connection, and the backend on it, driven from the
+/// test's own threads ([`Driven`]).
+fn start() -> (RedisServer, tokio::runtime::Runtime, Driven) {
     let server = RedisServer::start();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -19,8 +19,49 @@ fn start() -> (RedisServer, tokio::runtime::Runtime, RedisKv) {
     let redis = runtime
         .block_on(SharedRedis::connect(&Secret::new(server.url()), "t"))
         .unwrap();
-    let kv = RedisKv::new(redis, runtime.handle().clone());
+    let kv = Driven {
+        kv: RedisKv::new(redis),
+        runtime: runtime.handle().clone(),
+    };
     (server, runtime, kv)
+}
+
+/// The backend with each operation run to completion on the runtime, so the tests below read
+/// as sequences of calls (several of them from plain threads at once).
+struct Driven {
+    kv: RedisKv,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Driven {
+    fn get(&self, scope: KvScope<'_>, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        self.runtime.block_on(self.kv.get(scope, key))
+    }
+
+    fn set(
+        &self,
+        scope: KvScope<'_>,
+        key: &str,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), KvError> {
+        self.runtime
+            .block_on(self.kv.set(scope, key, value, ttl_ms))
+    }
+
+    fn compare_and_swap(
+        &self,
+        scope: KvScope<'_>,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<bool, KvError> {
+        self.runtime.block_on(
+            self.kv
+                .compare_and_swap(scope, key, expected, value, ttl_ms),
+        )
+    }
 }
 
 fn scope(plugin: &str) -> KvScope<'_> {
@@ -33,8 +74,8 @@ fn scope(plugin: &str) -> KvScope<'_> {
 
 #[test]
 fn follows_the_kv_contract_with_namespaced_keys() {
-    let (server, _runtime, kv) = start();
-    super::super::check_kv_contract(&kv, scope);
+    let (server, runtime, kv) = start();
+    runtime.block_on(super::super::check_kv_contract(&kv.kv, scope));
     // The key layout: PREFIX:kv:PLUGIN:KEY, with `:` in a plugin name escaped.
     kv.set(scope("p"), "k", b"2".to_vec(), None).unwrap();
     assert_eq!(server.command(&["GET", "t:kv:p:k"]).unwrap(), "$1\r\n2\r\n");
