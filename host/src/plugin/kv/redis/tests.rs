@@ -7,9 +7,9 @@ use hookwall_testkit::{RedisServer, wait_for};
 use super::*;
 use crate::config::Secret;
 
-/// A private Redis, a runtime that owns the connection, and the backend on it, driven from the
-/// test's own threads ([`Driven`]).
-fn start() -> (RedisServer, tokio::runtime::Runtime, Driven) {
+/// A private Redis, a runtime that owns the connection, and the backend on it. The tests drive
+/// each operation to completion with `Runtime::block_on` from their own threads.
+fn start() -> (RedisServer, tokio::runtime::Runtime, RedisKv) {
     let server = RedisServer::start();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -19,49 +19,8 @@ fn start() -> (RedisServer, tokio::runtime::Runtime, Driven) {
     let redis = runtime
         .block_on(SharedRedis::connect(&Secret::new(server.url()), "t"))
         .unwrap();
-    let kv = Driven {
-        kv: RedisKv::new(redis),
-        runtime: runtime.handle().clone(),
-    };
+    let kv = RedisKv::new(redis);
     (server, runtime, kv)
-}
-
-/// The backend with each operation run to completion on the runtime, so the tests below read
-/// as sequences of calls (several of them from plain threads at once).
-struct Driven {
-    kv: RedisKv,
-    runtime: tokio::runtime::Handle,
-}
-
-impl Driven {
-    fn get(&self, scope: KvScope<'_>, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        self.runtime.block_on(self.kv.get(scope, key))
-    }
-
-    fn set(
-        &self,
-        scope: KvScope<'_>,
-        key: &str,
-        value: Vec<u8>,
-        ttl_ms: Option<u64>,
-    ) -> Result<(), KvError> {
-        self.runtime
-            .block_on(self.kv.set(scope, key, value, ttl_ms))
-    }
-
-    fn compare_and_swap(
-        &self,
-        scope: KvScope<'_>,
-        key: &str,
-        expected: Option<Vec<u8>>,
-        value: Vec<u8>,
-        ttl_ms: Option<u64>,
-    ) -> Result<bool, KvError> {
-        self.runtime.block_on(
-            self.kv
-                .compare_and_swap(scope, key, expected, value, ttl_ms),
-        )
-    }
 }
 
 fn scope(plugin: &str) -> KvScope<'_> {
@@ -74,10 +33,11 @@ fn scope(plugin: &str) -> KvScope<'_> {
 
 #[test]
 fn follows_the_kv_contract_with_namespaced_keys() {
-    let (server, runtime, kv) = start();
-    runtime.block_on(super::super::check_kv_contract(&kv.kv, scope));
+    let (server, rt, kv) = start();
+    rt.block_on(super::super::check_kv_contract(&kv, scope));
     // The key layout: PREFIX:kv:PLUGIN:KEY, with `:` in a plugin name escaped.
-    kv.set(scope("p"), "k", b"2".to_vec(), None).unwrap();
+    rt.block_on(kv.set(scope("p"), "k", b"2".to_vec(), None))
+        .unwrap();
     assert_eq!(server.command(&["GET", "t:kv:p:k"]).unwrap(), "$1\r\n2\r\n");
     assert!(
         server
@@ -89,51 +49,57 @@ fn follows_the_kv_contract_with_namespaced_keys() {
 
 #[test]
 fn values_expire_by_their_ttl() {
-    let (server, _runtime, kv) = start();
+    let (server, rt, kv) = start();
     let p = scope("p");
     let pttl = |key: &str| {
         let reply = server.command(&["PTTL", &format!("t:kv:p:{key}")]).unwrap();
         reply.trim_start_matches(':').trim().parse::<i64>().unwrap()
     };
 
-    kv.set(p, "short", b"v".to_vec(), Some(300)).unwrap();
+    rt.block_on(kv.set(p, "short", b"v".to_vec(), Some(300)))
+        .unwrap();
     assert!((1..=300).contains(&pttl("short")), "{}", pttl("short"));
-    assert!(wait_for(Duration::from_secs(10), || kv
-        .get(p, "short")
+    assert!(wait_for(Duration::from_secs(10), || rt
+        .block_on(kv.get(p, "short"))
         .unwrap()
         .is_none()));
     // Expired counts as absent for compare-and-swap.
     assert!(
-        kv.compare_and_swap(p, "short", None, b"w".to_vec(), None)
+        rt.block_on(kv.compare_and_swap(p, "short", None, b"w".to_vec(), None))
             .unwrap()
     );
 
     // A set without TTL clears the previous expiry; compare-and-swap sets its own.
-    kv.set(p, "k", b"1".to_vec(), Some(60_000)).unwrap();
+    rt.block_on(kv.set(p, "k", b"1".to_vec(), Some(60_000)))
+        .unwrap();
     assert!(pttl("k") > 1000);
-    kv.set(p, "k", b"2".to_vec(), None).unwrap();
+    rt.block_on(kv.set(p, "k", b"2".to_vec(), None)).unwrap();
     assert_eq!(pttl("k"), -1);
     assert!(
-        kv.compare_and_swap(p, "k", Some(b"2".to_vec()), b"3".to_vec(), Some(60_000))
+        rt.block_on(kv.compare_and_swap(p, "k", Some(b"2".to_vec()), b"3".to_vec(), Some(60_000)))
             .unwrap()
     );
     assert!(pttl("k") > 1000);
     // Absurd TTLs are capped, not refused by Redis.
-    kv.set(p, "forever", b"x".to_vec(), Some(u64::MAX)).unwrap();
-    assert_eq!(kv.get(p, "forever").unwrap(), Some(b"x".to_vec()));
+    rt.block_on(kv.set(p, "forever", b"x".to_vec(), Some(u64::MAX)))
+        .unwrap();
+    assert_eq!(
+        rt.block_on(kv.get(p, "forever")).unwrap(),
+        Some(b"x".to_vec())
+    );
     // A zero TTL expires at once, also through compare-and-swap.
-    kv.set(p, "k", b"4".to_vec(), Some(0)).unwrap();
+    rt.block_on(kv.set(p, "k", b"4".to_vec(), Some(0))).unwrap();
     assert!(
-        kv.compare_and_swap(p, "k", None, b"5".to_vec(), Some(0))
+        rt.block_on(kv.compare_and_swap(p, "k", None, b"5".to_vec(), Some(0)))
             .unwrap()
     );
-    assert_eq!(kv.get(p, "k").unwrap(), None);
+    assert_eq!(rt.block_on(kv.get(p, "k")).unwrap(), None);
 }
 
 /// Increments from several threads through compare-and-swap loses none: the script is atomic.
 #[test]
 fn concurrent_compare_and_swap_loses_no_update() {
-    let (_server, _runtime, kv) = start();
+    let (_server, rt, kv) = start();
     const THREADS: usize = 6;
     const EACH: usize = 40;
     std::thread::scope(|s| {
@@ -141,13 +107,13 @@ fn concurrent_compare_and_swap_loses_no_update() {
             s.spawn(|| {
                 for _ in 0..EACH {
                     loop {
-                        let current = kv.get(scope("p"), "n").unwrap();
+                        let current = rt.block_on(kv.get(scope("p"), "n")).unwrap();
                         let n: usize = current
                             .as_deref()
                             .map_or(0, |b| std::str::from_utf8(b).unwrap().parse().unwrap());
                         let next = (n + 1).to_string().into_bytes();
-                        if kv
-                            .compare_and_swap(scope("p"), "n", current, next, None)
+                        if rt
+                            .block_on(kv.compare_and_swap(scope("p"), "n", current, next, None))
                             .unwrap()
                         {
                             break;
@@ -158,19 +124,20 @@ fn concurrent_compare_and_swap_loses_no_update() {
         }
     });
     assert_eq!(
-        kv.get(scope("p"), "n").unwrap(),
+        rt.block_on(kv.get(scope("p"), "n")).unwrap(),
         Some((THREADS * EACH).to_string().into_bytes())
     );
 }
 
 #[test]
 fn redis_down_is_an_error_within_the_bound_and_recovers() {
-    let (mut server, _runtime, kv) = start();
-    kv.set(scope("p"), "k", b"v".to_vec(), None).unwrap();
+    let (mut server, rt, kv) = start();
+    rt.block_on(kv.set(scope("p"), "k", b"v".to_vec(), None))
+        .unwrap();
     server.kill();
     for _ in 0..3 {
         let asked = Instant::now();
-        let err = kv.get(scope("p"), "k").unwrap_err();
+        let err = rt.block_on(kv.get(scope("p"), "k")).unwrap_err();
         assert!(
             err.to_string().contains("key-value store unavailable"),
             "{err}"
@@ -188,15 +155,20 @@ fn redis_down_is_an_error_within_the_bound_and_recovers() {
         now_ms: 0,
         deadline: Instant::now(),
     };
-    let err = kv.set(late, "k", b"w".to_vec(), None).unwrap_err();
+    let err = rt
+        .block_on(kv.set(late, "k", b"w".to_vec(), None))
+        .unwrap_err();
     assert!(err.to_string().contains("deadline"), "{err}");
 
     server.restart();
     assert!(
-        wait_for(Duration::from_secs(10), || kv
-            .set(scope("p"), "k", b"back".to_vec(), None)
+        wait_for(Duration::from_secs(10), || rt
+            .block_on(kv.set(scope("p"), "k", b"back".to_vec(), None))
             .is_ok()),
         "no reconnect after Redis returned"
     );
-    assert_eq!(kv.get(scope("p"), "k").unwrap(), Some(b"back".to_vec()));
+    assert_eq!(
+        rt.block_on(kv.get(scope("p"), "k")).unwrap(),
+        Some(b"back".to_vec())
+    );
 }
