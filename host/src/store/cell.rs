@@ -84,6 +84,29 @@ impl DbCell {
 /// store reads back only pending deliveries and recent events, which this holds.
 pub(super) const CACHE_BYTES: usize = 64 << 20;
 
+/// Creates a new, empty database at `path` so that a crash at any point leaves either no file
+/// or a whole one: it is made under a temporary name, synced, renamed, and the directory
+/// synced. The crash model (`crash_tests.rs`) found that a power cut after redb's first write
+/// of a new file and before its first sync leaves a file redb refuses ("invalid data"), which
+/// would stop every later start.
+pub(super) fn create_new(path: &Path) -> std::io::Result<()> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".new");
+    let temporary = PathBuf::from(name);
+    // Left by a crash while creating: never a store anything was acknowledged from.
+    match std::fs::remove_file(&temporary) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    drop(create(&temporary).map_err(std::io::Error::other)?);
+    std::fs::File::open(&temporary)?.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Opens (or creates) the database at `path` with [`CACHE_BYTES`] of cache.
 pub(super) fn create(path: &Path) -> Result<Database, redb::DatabaseError> {
     redb::Builder::new()

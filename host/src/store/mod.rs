@@ -232,7 +232,21 @@ impl Store {
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        let db = cell::create(&dir.join(DB_FILE)).map_err(|e| open_err(e.to_string()))?;
+        let path = dir.join(DB_FILE);
+        if !path.exists() {
+            cell::create_new(&path).map_err(|e| open_err(e.to_string()))?;
+        }
+        let db = cell::create(&path).map_err(|e| open_err(e.to_string()))?;
+        Store::start(dir, db, fsync)
+    }
+
+    /// Makes the tables, reads the next sequence number and starts the writer on `db` (the
+    /// crash model, `crash_tests.rs`, starts it on an in-memory disk).
+    fn start(dir: &Path, db: redb::Database, fsync: bool) -> Result<Store, StoreError> {
+        let open_err = |reason: String| StoreError::Open {
+            path: dir.to_path_buf(),
+            reason,
+        };
         let (next_seq, pending) = {
             let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
             let next = {
@@ -512,5 +526,7 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+mod crash_tests;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,6 @@
 use super::*;
 
-fn event(id: &str, sinks: &[&str]) -> NewEvent {
+pub(super) fn event(id: &str, sinks: &[&str]) -> NewEvent {
     NewEvent {
         record: EventRecord {
             id: id.into(),
@@ -392,5 +392,20 @@ async fn a_removed_sinks_pending_deliveries_become_dead_letters() {
         letters
             .iter()
             .all(|(_, l)| l.sink.as_deref() == Some("gone") && l.reason == "sink removed")
+    );
+}
+
+/// A crash while the database file was being created leaves only its temporary file (see
+/// `cell::create_new`): the next start removes it and creates the store.
+#[tokio::test]
+async fn a_half_created_database_is_discarded_not_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let leftover = dir.path().join(format!("{DB_FILE}.new"));
+    std::fs::write(&leftover, b"half a redb header").unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert!(!leftover.exists());
+    assert_eq!(
+        store.accept(event("e1", &["a"])).await.unwrap(),
+        AcceptOutcome::Stored
     );
 }
