@@ -529,4 +529,6 @@ impl Store {
 #[cfg(test)]
 mod crash_tests;
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;
