@@ -1,12 +1,14 @@
-//! The CLI beside `serve`: `check` and `send`.
+//! The CLI beside `serve`: `check`, `store check` and `send`.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
-use hookwall_testkit::{Hookwall, read_jsonl, wait_for_lines, wasm};
+use hookwall_testkit::{Hookwall, read_jsonl, run_ok, wait_for_lines, wasm};
 
 use crate::{
-    BIN, SECRET, base_config, file_sink, run_config, run_config_ok, source, workdir, write_config,
+    BIN, SECRET, base_config, file_sink, hmac_source, post_signed, run_config, run_config_ok,
+    source, workdir, write_config,
 };
 
 /// No `[plugins]` section (the default directory), and a source without an id header.
@@ -81,4 +83,56 @@ fn send_signs_a_file_and_the_event_arrives() {
 fn the_example_config_checks_out() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     run_config_ok("check", &root.join("examples/hookwall.toml"));
+}
+
+/// `hookwall store check` on a stopped instance's store: counts what it holds and exits 0; on
+/// a running instance's store it refuses (the file is held) and exits non-zero.
+#[test]
+fn store_check_reads_every_record_of_a_stopped_instance() {
+    let dir = workdir(&[]);
+    let config = format!(
+        "{}{}{}",
+        base_config("", "", None, ""),
+        hmac_source("demo", "", "orders"),
+        file_sink("orders", "orders.jsonl", ""),
+    );
+    let mut hw = Hookwall::start(BIN, dir.path(), &config);
+    for i in 0..3 {
+        let r = post_signed(
+            &hw,
+            "demo",
+            &format!("chk-{i}"),
+            &serde_json::json!({"n": i}),
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    assert!(wait_for_lines(
+        &dir.path().join("orders.jsonl"),
+        3,
+        Duration::from_secs(10)
+    ));
+    let config_path = dir.path().join("hookwall.toml");
+    let busy = Command::new(BIN)
+        .args(["store", "--config"])
+        .arg(&config_path)
+        .arg("check")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&busy.stderr);
+    assert!(!busy.status.success(), "{stderr}");
+    assert!(stderr.contains("stop it first"), "{stderr}");
+    hw.stop();
+
+    let out = run_ok(
+        Command::new(BIN)
+            .args(["store", "--config"])
+            .arg(&config_path)
+            .args(["check", "--json"]),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["integrity"], "clean", "{report}");
+    assert_eq!(report["events"], 3, "{report}");
+    assert_eq!(report["deliveries"], 3, "{report}");
+    assert_eq!(report["pending"], 0, "{report}");
 }

@@ -13,6 +13,7 @@ pub mod plugin;
 pub mod plugins;
 pub mod send;
 pub mod serve;
+pub mod store;
 
 use std::path::{Path, PathBuf};
 
@@ -63,6 +64,15 @@ pub enum Command {
         /// What to do with the dead-letter queue.
         #[command(subcommand)]
         command: dlq::DlqCommand,
+    },
+    /// The store of a stopped instance: check every record (`store check`).
+    Store {
+        /// The config file (TOML): the store is its `[storage] path`.
+        #[arg(short, long, default_value = "hookwall.toml")]
+        config: PathBuf,
+        /// What to do with the store.
+        #[command(subcommand)]
+        command: store::StoreCommand,
     },
     /// List a running instance's events, newest first (through its admin API).
     Events {
@@ -139,6 +149,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let client = client::AdminClient::from_config(&config)?;
             dlq::run(&client, command).await
         }
+        Command::Store { config, command } => store::run(&config, command),
         Command::Events { config, args } => {
             let config = Config::load(&config)?;
             let client = client::AdminClient::from_config(&config)?;

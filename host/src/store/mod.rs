@@ -22,6 +22,7 @@
 //! transaction.
 
 mod cell;
+mod check;
 pub mod dlq;
 mod kv;
 mod listing;
@@ -40,6 +41,7 @@ use std::sync::{Arc, Mutex};
 use redb::{ReadableTable, TableDefinition};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+pub use check::{CheckReport, Integrity, check};
 pub use dlq::{LetterFilter, Replay};
 pub use listing::{EventFilter, EventPage, Outcome};
 pub use load::StoreLoad;

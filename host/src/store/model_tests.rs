@@ -142,7 +142,9 @@ async fn run(seed: u64, dir: &Path) {
                 for sink in &sinks {
                     // `event()` is received at 1 000 ms: its deliveries are due then.
                     let pending = Expected::Pending(Some(1_000));
-                    model.deliveries.insert((id.clone(), sink.to_string()), pending);
+                    model
+                        .deliveries
+                        .insert((id.clone(), sink.to_string()), pending);
                 }
             } else {
                 let duplicate = AcceptOutcome::Duplicate { id: id.clone() };
