@@ -5,9 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
 
-use super::records::{self, DeadLetter, DeliveryRecord, DeliveryState, EventRecord};
+use super::records::{self, DeadLetter, DeliveryRecord, DeliveryState, EventRecord, Stored};
 use super::{DB_FILE, DEAD_LETTERS, DELIVERIES, EVENTS, PENDING, StoreError, cell, marks};
 
 /// What redb's integrity check found.
@@ -86,34 +89,12 @@ pub fn check(dir: &Path) -> Result<CheckReport, StoreError> {
         dangling: Vec::new(),
     };
     let txn = db.begin_read().map_err(StoreError::storage)?;
-    let events = txn.open_table(EVENTS).map_err(StoreError::storage)?;
-    for row in events.iter().map_err(StoreError::storage)? {
-        let (key, value) = row.map_err(StoreError::storage)?;
-        report.events += 1;
-        if let Err(e) = records::decode::<EventRecord>(value.value(), || key.value().to_string()) {
-            report
-                .unreadable
-                .push(format!("events {:?}: {e}", key.value()));
-        }
-    }
+    let unreadable = &mut report.unreadable;
+    report.events = read_all::<_, EventRecord>(&txn, EVENTS, "events", unreadable)?;
+    report.deliveries = read_all::<_, DeliveryRecord>(&txn, DELIVERIES, "deliveries", unreadable)?;
+    report.dead_letters =
+        read_all::<_, DeadLetter>(&txn, DEAD_LETTERS, "dead_letters", unreadable)?;
     let deliveries = txn.open_table(DELIVERIES).map_err(StoreError::storage)?;
-    for row in deliveries.iter().map_err(StoreError::storage)? {
-        let (key, value) = row.map_err(StoreError::storage)?;
-        report.deliveries += 1;
-        let seq = key.value();
-        if let Err(e) = records::decode::<DeliveryRecord>(value.value(), || seq.to_string()) {
-            report.unreadable.push(format!("deliveries {seq}: {e}"));
-        }
-    }
-    let letters = txn.open_table(DEAD_LETTERS).map_err(StoreError::storage)?;
-    for row in letters.iter().map_err(StoreError::storage)? {
-        let (key, value) = row.map_err(StoreError::storage)?;
-        report.dead_letters += 1;
-        let seq = key.value();
-        if let Err(e) = records::decode::<DeadLetter>(value.value(), || seq.to_string()) {
-            report.unreadable.push(format!("dead_letters {seq}: {e}"));
-        }
-    }
     let pending = txn.open_table(PENDING).map_err(StoreError::storage)?;
     for row in pending.iter().map_err(StoreError::storage)? {
         let (key, _) = row.map_err(StoreError::storage)?;
@@ -133,6 +114,32 @@ pub fn check(dir: &Path) -> Result<CheckReport, StoreError> {
     let marks = txn.open_table(marks::DEDUPE).map_err(StoreError::storage)?;
     report.dedupe_marks = marks.len().map_err(StoreError::storage)?;
     Ok(report)
+}
+
+/// Decodes every record of `table` as a `T`, adding each that does not read to
+/// `unreadable` (`NAME KEY: reason`); how many records it holds.
+fn read_all<K, T>(
+    txn: &ReadTransaction,
+    table: TableDefinition<'static, K, &'static [u8]>,
+    name: &str,
+    unreadable: &mut Vec<String>,
+) -> Result<u64, StoreError>
+where
+    K: redb::Key + 'static,
+    for<'a> K::SelfType<'a>: std::fmt::Debug,
+    T: Stored,
+{
+    let table = txn.open_table(table).map_err(StoreError::storage)?;
+    let mut count = 0;
+    for row in table.iter().map_err(StoreError::storage)? {
+        let (key, value) = row.map_err(StoreError::storage)?;
+        count += 1;
+        let key = format!("{:?}", key.value());
+        if let Err(e) = records::decode::<T>(value.value(), || key.clone()) {
+            unreadable.push(format!("{name} {key}: {e}"));
+        }
+    }
+    Ok(count)
 }
 
 #[cfg(test)]
