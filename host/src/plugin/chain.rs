@@ -29,6 +29,11 @@ pub(super) trait Calls {
     async fn call(&mut self, name: &str, input: &Event) -> Result<Action, CallError>;
 }
 
+/// Why a chain fails at plugin `name` when it is not loaded.
+pub(super) fn not_loaded(name: &str) -> CallFailure {
+    CallFailure::InvalidOutput(format!("plugin `{name}` is not loaded"))
+}
+
 /// Runs the chain of plugins `names` on `event` with `plugins`; `default_sinks` receive the
 /// unrouted output of the last plugin; `sink_exists` checks the sink names plugins route to.
 pub(super) async fn run(
@@ -47,7 +52,7 @@ pub(super) async fn run(
         if !plugins.has(name) {
             return Ok(ChainOutcome::Failed {
                 plugin: name.clone(),
-                failure: CallFailure::InvalidOutput(format!("plugin `{name}` is not loaded")),
+                failure: not_loaded(name),
             });
         }
         let mut next = Vec::new();

@@ -171,6 +171,7 @@ impl Runtime {
         store.limiter(|s| s.limiter());
         // At each epoch tick in guest code: trap once the call's deadline has passed, else
         // yield to the executor and run on at the next tick.
+        store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|ctx| {
             Ok(if ctx.data().past_deadline() {
                 UpdateDeadline::Interrupt
@@ -200,6 +201,7 @@ impl Runtime {
         slot.store
             .data_mut()
             .begin(&event.id, started, limits.deadline);
+        // A reused instance's store may have ticked past its last deadline.
         slot.store.set_epoch_deadline(1);
         let outcome = within(
             limits,
@@ -228,7 +230,6 @@ impl Runtime {
     async fn instantiate(&self, callee: Callee<'_>) -> Result<Slot, CallError> {
         let limits = callee.limits;
         let (mut store, stderr) = self.new_store(callee.name, callee.config, limits);
-        store.set_epoch_deadline(1);
         let started = Instant::now();
         let instance = match within(limits, started, callee.pre.instantiate_async(&mut store)).await
         {

@@ -23,7 +23,7 @@ use super::kv::PluginKv;
 use super::load::{Loader, Settings};
 use super::set::{self, LoadedPlugin, PluginSet, PluginStatus, Rebuilt, StatusBook};
 use super::wit::types;
-use super::{CallError, CallFailure, PluginBusy, PluginError};
+use super::{CallError, PluginBusy, PluginError};
 
 /// The plugin host: runtime plus the current plugin set.
 pub struct PluginHost {
@@ -204,9 +204,7 @@ impl Calls for LoadedCalls<'_> {
     async fn call(&mut self, name: &str, input: &Event) -> Result<Action, CallError> {
         match self.set.get(name) {
             Some(plugin) => self.host.call(plugin, input).await,
-            None => {
-                Err(CallFailure::InvalidOutput(format!("plugin `{name}` is not loaded")).into())
-            }
+            None => Err(super::chain::not_loaded(name).into()),
         }
     }
 }
