@@ -15,7 +15,8 @@
 use redb::ReadableTable;
 
 use super::records::{
-    self, DeadLetter, DeliveryRecord, DeliveryState, EventRecord, EventStatus, NewDelivery,
+    self, DeadLetter, DeliveryRecord, DeliveryRow, DeliveryState, EventRow, EventStatus,
+    NewDelivery,
 };
 use super::writer::{self, Job, Tables};
 use super::{DEAD_LETTERS, DELIVERIES, EVENT_TIMES, EVENTS, Store, StoreError};
@@ -133,7 +134,7 @@ impl Store {
         table
             .get(seq)
             .map_err(StoreError::storage)?
-            .map(|v| records::decode(v.value(), || format!("delivery {seq}")))
+            .map(|v| super::delivery_record(&self.inner.log, v.value(), seq))
             .transpose()
     }
 
@@ -268,9 +269,12 @@ pub(super) fn apply(
                             resolve_delivery(t, seq, format!("replayed (dead letter {no})"))?;
                         }
                         event.status = status.clone();
-                        writer::insert_deliveries(
-                            t, &mut event, deliveries, now_ms, next_seq, touched,
-                        )?;
+                        if !deliveries.is_empty() {
+                            let placed = writer::log_deliveries(t, deliveries)?;
+                            writer::insert_deliveries(
+                                t, &mut event, deliveries, placed, now_ms, next_seq, touched,
+                            )?;
+                        }
                         writer::plugin_letter(t, &event, now_ms, next_seq)?;
                     }
                     (Replay::Resend { .. }, None) => {
@@ -344,8 +348,7 @@ fn orphan(
         let Some(bytes) = t.deliveries.get(seq).map_err(StoreError::storage)? else {
             continue;
         };
-        let mut record: DeliveryRecord =
-            records::decode(bytes.value(), || format!("delivery {seq}"))?;
+        let mut record: DeliveryRow = records::decode(bytes.value(), || format!("delivery {seq}"))?;
         drop(bytes);
         record.state = DeliveryState::Dead {
             reason: reason.to_string(),
@@ -373,7 +376,7 @@ fn orphan(
 
 /// Removes letter `seq` from the queue; `None` if it is gone (replayed or purged meanwhile)
 /// or its event is.
-fn take_letter(t: &mut Tables, seq: u64) -> Result<Option<(DeadLetter, EventRecord)>, StoreError> {
+fn take_letter(t: &mut Tables, seq: u64) -> Result<Option<(DeadLetter, EventRow)>, StoreError> {
     let Some(bytes) = t.dead_letters.remove(seq).map_err(StoreError::storage)? else {
         return Ok(None);
     };
@@ -389,7 +392,7 @@ fn take_letter(t: &mut Tables, seq: u64) -> Result<Option<(DeadLetter, EventReco
 /// resolved, pointing at its successor. False if it is gone or not dead (nothing queued).
 fn resend(
     t: &mut Tables,
-    event: &mut EventRecord,
+    event: &mut EventRow,
     (no, seq): (u64, u64),
     now_ms: u64,
     next_seq: &mut u64,
@@ -398,13 +401,13 @@ fn resend(
     let Some(bytes) = t.deliveries.get(seq).map_err(StoreError::storage)? else {
         return Ok(false);
     };
-    let dead: DeliveryRecord = records::decode(bytes.value(), || format!("delivery {seq}"))?;
+    let dead: DeliveryRow = records::decode(bytes.value(), || format!("delivery {seq}"))?;
     drop(bytes);
     if !matches!(dead.state, DeliveryState::Dead { .. }) {
         return Ok(false);
     }
     let new_seq = writer::take_seq(next_seq);
-    let again = DeliveryRecord {
+    let again = DeliveryRow {
         seq: new_seq,
         attempts: Vec::new(),
         state: DeliveryState::Pending { due_ms: now_ms },
@@ -421,7 +424,7 @@ fn resend(
     Ok(true)
 }
 
-fn put_event(t: &mut Tables, event: &EventRecord) -> Result<(), StoreError> {
+fn put_event(t: &mut Tables, event: &EventRow) -> Result<(), StoreError> {
     let key = super::event_key(&event.source, &event.id);
     t.events
         .insert(key.as_str(), records::encode(event)?.as_slice())
@@ -434,7 +437,7 @@ fn resolve_delivery(t: &mut Tables, seq: u64, note: String) -> Result<(), StoreE
     let record = table
         .get(seq)
         .map_err(StoreError::storage)?
-        .map(|v| records::decode::<DeliveryRecord>(v.value(), || format!("delivery {seq}")))
+        .map(|v| records::decode::<DeliveryRow>(v.value(), || format!("delivery {seq}")))
         .transpose()?;
     if let Some(mut record) = record
         && matches!(record.state, DeliveryState::Dead { .. })
@@ -447,11 +450,11 @@ fn resolve_delivery(t: &mut Tables, seq: u64, note: String) -> Result<(), StoreE
     Ok(())
 }
 
-/// An event by its key ([`super::event_key`]), decoded.
+/// An event's row by its key ([`super::event_key`]), decoded.
 fn load_event(
     events: &impl ReadableTable<&'static str, &'static [u8]>,
     id: &str,
-) -> Result<Option<EventRecord>, StoreError> {
+) -> Result<Option<EventRow>, StoreError> {
     events
         .get(id)
         .map_err(StoreError::storage)?
@@ -462,7 +465,7 @@ fn load_event(
 /// Whether nothing about `event` is open: no plugin dead letter, every delivery delivered or
 /// resolved.
 fn settled(
-    event: &EventRecord,
+    event: &EventRow,
     deliveries: &impl ReadableTable<u64, &'static [u8]>,
 ) -> Result<bool, StoreError> {
     if matches!(event.status, EventStatus::DeadLettered { .. }) {
@@ -470,7 +473,7 @@ fn settled(
     }
     for seq in &event.deliveries {
         if let Some(v) = deliveries.get(*seq).map_err(StoreError::storage)? {
-            let d: DeliveryRecord = records::decode(v.value(), || format!("delivery {seq}"))?;
+            let d: DeliveryRow = records::decode(v.value(), || format!("delivery {seq}"))?;
             if !matches!(
                 d.state,
                 DeliveryState::Delivered { .. } | DeliveryState::Resolved { .. }
@@ -496,9 +499,20 @@ fn prune(t: &mut Tables, candidates: &[PruneCursor]) -> Result<usize, StoreError
             continue;
         }
         for seq in &event.deliveries {
-            t.deliveries.remove(*seq).map_err(StoreError::storage)?;
+            let removed = t
+                .deliveries
+                .remove(*seq)
+                .map_err(StoreError::storage)?
+                .map(|bytes| {
+                    records::decode::<DeliveryRow>(bytes.value(), || format!("delivery {seq}"))
+                })
+                .transpose()?;
+            if let Some(d) = removed {
+                t.refer(d.payload, -1);
+            }
         }
         t.events.remove(id.as_str()).map_err(StoreError::storage)?;
+        t.refer(event.payload, -1);
         t.event_times.remove(key).map_err(StoreError::storage)?;
         pruned += 1;
     }

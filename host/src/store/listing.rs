@@ -9,7 +9,7 @@
 
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 
-use super::records::{self, DeliveryRecord, DeliveryState, EventRecord, EventStatus};
+use super::records::{self, DeliveryRecord, DeliveryState, EventRecord, EventRow, EventStatus};
 use super::{DEAD_LETTERS, DELIVERIES, EVENT_TIMES as EVENTS_BY_TIME, EVENTS, Store, StoreError};
 
 /// Rows of the index examined per listing call at most, so a filter that matches nothing
@@ -145,16 +145,17 @@ impl Store {
             let Some(bytes) = events.get(id).map_err(StoreError::storage)? else {
                 continue;
             };
-            let event: EventRecord = records::decode(bytes.value(), || format!("event {id}"))?;
-            if filter.source.as_ref().is_some_and(|s| *s != event.source) {
+            let row: EventRow = records::decode(bytes.value(), || format!("event {id}"))?;
+            if filter.source.as_ref().is_some_and(|s| *s != row.source) {
                 continue;
             }
-            let mut ds = Vec::with_capacity(event.deliveries.len());
-            for seq in &event.deliveries {
+            let mut ds = Vec::with_capacity(row.deliveries.len());
+            for seq in &row.deliveries {
                 if let Some(b) = deliveries.get(*seq).map_err(StoreError::storage)? {
-                    ds.push(records::decode(b.value(), || format!("delivery {seq}"))?);
+                    ds.push(super::delivery_record(&self.inner.log, b.value(), *seq)?);
                 }
             }
+            let event = super::event_record(&self.inner.log, bytes.value(), id)?;
             let outcome = Outcome::of(&event, &ds);
             if filter.outcome.is_some_and(|o| o != outcome) {
                 continue;
@@ -190,7 +191,7 @@ pub(super) fn rebuild_index(txn: &WriteTransaction) -> Result<(), StoreError> {
     index.retain(|_, _| false).map_err(StoreError::storage)?;
     for row in events.iter().map_err(StoreError::storage)? {
         let (k, v) = row.map_err(StoreError::storage)?;
-        let event: EventRecord = records::decode(v.value(), || format!("event {}", k.value()))?;
+        let event: EventRow = records::decode(v.value(), || format!("event {}", k.value()))?;
         index
             .insert((event.received_at_ms, k.value()), ())
             .map_err(StoreError::storage)?;

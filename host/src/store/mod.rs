@@ -1,14 +1,18 @@
 //! Store: the durable inbox and outbox. An event is acknowledged only after it is here.
 //!
-//! Backed by [redb] (an embedded, pure-Rust, ACID B-tree store; each commit is fsynced). All
-//! writes go through one writer thread that gathers whatever jobs are queued into a single
-//! transaction, so concurrent requests share one fsync ("group commit") instead of paying one
-//! each. Reads run concurrently from any thread on MVCC snapshots.
+//! Two parts: an append-only [`log`] of segment files holds what is large (each request's and
+//! each routed message's headers and body, written once), and [redb] (an embedded, pure-Rust,
+//! ACID B-tree store) holds small index rows that point into it. All writes go through one
+//! writer thread that gathers whatever jobs are queued into one group: one `write` and one
+//! `fdatasync` of the log, then one redb transaction, so concurrent requests share the cost
+//! ("group commit") instead of paying it each. Reads run concurrently from any thread on MVCC
+//! snapshots, and read headers and bodies from the log by offset, checksum verified.
 //!
 //! Tables:
-//! - `events`: [`event_key`] (`SOURCE:ID`) → [`EventRecord`] (the raw request, what the
-//!   plugins decided);
-//! - `deliveries`: delivery seq → [`DeliveryRecord`] (one message for one sink, its attempts);
+//! - `events`: [`event_key`] (`SOURCE:ID`) → the event's row (what the plugins decided, where
+//!   its request is in the log);
+//! - `deliveries`: delivery seq → its row (one message for one sink, its attempts, where its
+//!   headers and body are in the log); an outcome rewrites only this row;
 //! - `pending`: (sink, priority rank, due ms, seq) → () — the delivery schedule. Retries are
 //!   rows here, not sleeping tasks, so a million pending retries cost disk, not timers;
 //! - `dead_letters`: seq → [`DeadLetter`] (plugin failures and deliveries that gave up);
@@ -18,8 +22,10 @@
 //!   with `[storage] redis` the plugins' state lives in Redis instead, see
 //!   [`crate::plugin::kv`]).
 //!
+//! - `segment_refs`: log segment → rows pointing into it; a segment at zero is deleted.
+//!
 //! Invariant: an event, all of its deliveries and its dedupe mark are committed in one
-//! transaction.
+//! transaction, after the log records they point at are on disk.
 
 mod cell;
 mod check;
@@ -27,6 +33,7 @@ pub mod dlq;
 mod kv;
 mod listing;
 mod load;
+pub mod log;
 pub mod marks;
 mod migrate;
 mod records;
@@ -41,7 +48,7 @@ use std::sync::{Arc, Mutex};
 use redb::{ReadableTable, TableDefinition};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-pub use check::{CheckReport, Integrity, check};
+pub use check::{CheckReport, Integrity, RepairReport, check, repair};
 pub use dlq::{LetterFilter, Replay};
 pub use listing::{EventFilter, EventPage, Outcome};
 pub use load::StoreLoad;
@@ -59,6 +66,10 @@ const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_let
 const EVENT_TIMES: TableDefinition<(u64, &str), ()> = TableDefinition::new("event_times");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const PLUGIN_KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("plugin_kv");
+const SEGMENT_REFS: TableDefinition<u32, u64> = TableDefinition::new("segment_refs");
+/// `meta` keys of the log's committed head: its segment and the end of its committed part.
+const LOG_SEGMENT_KEY: &str = "log_segment";
+const LOG_END_KEY: &str = "log_end";
 
 /// The database file inside the store's directory.
 const DB_FILE: &str = "hookwall.redb";
@@ -110,10 +121,30 @@ pub(crate) fn event_key(source: &str, id: &str) -> String {
     format!("{source}:{id}")
 }
 
+/// The event whose `events` row is `bytes`, its headers and body read from the log.
+fn event_record(log: &log::Segments, bytes: &[u8], key: &str) -> Result<EventRecord, StoreError> {
+    let what = || format!("event {key}");
+    let row: records::EventRow = records::decode(bytes, what)?;
+    let part = log.parts(row.payload)?.take(0, what)?;
+    Ok(row.into_record(part.into_body()))
+}
+
+/// The delivery whose `deliveries` row is `bytes`, its headers and body read from the log.
+fn delivery_record(
+    log: &log::Segments,
+    bytes: &[u8],
+    seq: u64,
+) -> Result<DeliveryRecord, StoreError> {
+    let what = || format!("delivery {seq}");
+    let row: records::DeliveryRow = records::decode(bytes, what)?;
+    let part = log.parts(row.payload)?.take(row.part, what)?;
+    Ok(row.into_record(part.into_body()))
+}
+
 /// Delivery `seq` decoded, or `None` (logged) if it cannot be: one corrupt record must not
 /// stop its sink's other deliveries. It stays in the store, pending, for `hookwall` to report.
-fn readable(bytes: &[u8], seq: u64) -> Option<DeliveryRecord> {
-    match records::decode(bytes, || format!("delivery {seq}")) {
+fn readable(log: &log::Segments, bytes: &[u8], seq: u64) -> Option<DeliveryRecord> {
+    match delivery_record(log, bytes, seq) {
         Ok(record) => Some(record),
         Err(e) => {
             tracing::error!(delivery = seq, error = %e,
@@ -144,6 +175,7 @@ pub struct Store {
 
 struct Inner {
     db: Arc<cell::DbCell>,
+    log: Arc<log::Segments>,
     jobs: mpsc::Sender<writer::Job>,
     feeds: Arc<Feeds>,
     gauges: Arc<load::Gauges>,
@@ -237,20 +269,28 @@ impl Store {
         let path = dir.join(DB_FILE);
         if !path.exists() {
             cell::create_new(&path).map_err(|e| open_err(e.to_string()))?;
+            // A new store: nothing is in its log yet (a leftover `log/` was never committed).
+            log::recover(&log::Segments::new(dir), log::Head { segment: 1, end: 0 })?;
         }
         let db = cell::create(&path).map_err(|e| open_err(e.to_string()))?;
         Store::start(dir, db, fsync)
     }
 
-    /// Makes the tables, reads the next sequence number and starts the writer on `db` (the
-    /// crash model, `crash_tests.rs`, starts it on an in-memory disk).
+    /// Makes the tables, brings the log to its committed end, reads the next sequence number
+    /// and starts the writer on `db` (the crash model, `crash_tests.rs`, starts it on an
+    /// in-memory disk).
     fn start(dir: &Path, db: redb::Database, fsync: bool) -> Result<Store, StoreError> {
         let open_err = |reason: String| StoreError::Open {
             path: dir.to_path_buf(),
             reason,
         };
-        let (next_seq, pending) = {
+        let segments = Arc::new(log::Segments::new(dir));
+        let (next_seq, pending, appender) = {
             let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
+            let head = log_head(&txn)?;
+            let kept = log::recover(&segments, head)?;
+            let mut appender =
+                log::Appender::open(segments.clone(), head).map_err(StoreError::storage)?;
             let next = {
                 // Creating every table up front lets readers open them without a write.
                 txn.open_table(EVENTS).map_err(StoreError::storage)?;
@@ -262,8 +302,10 @@ impl Store {
                 txn.open_table(marks::DEDUPE_EXPIRY)
                     .map_err(StoreError::storage)?;
                 txn.open_table(PLUGIN_KV).map_err(StoreError::storage)?;
-                migrate::upgrade(&txn)?;
+                txn.open_table(SEGMENT_REFS).map_err(StoreError::storage)?;
+                migrate::upgrade(&txn, &mut appender)?;
                 listing::rebuild_index(&txn)?;
+                unreferenced(&txn, &kept, head.segment, &appender)?;
                 let meta = txn.open_table(META).map_err(StoreError::storage)?;
                 meta.get("next_seq")
                     .map_err(StoreError::storage)?
@@ -276,7 +318,7 @@ impl Store {
                 table.len().map_err(StoreError::storage)?
             };
             txn.commit().map_err(StoreError::storage)?;
-            (next, pending)
+            (next, pending, appender)
         };
         let db = Arc::new(cell::DbCell::new(&dir.join(DB_FILE), db));
         let feeds = Arc::new(Feeds::default());
@@ -284,6 +326,7 @@ impl Store {
         let (jobs, rx) = mpsc::channel(WRITE_QUEUE_DEPTH);
         let handle = writer::spawn(
             db.clone(),
+            appender,
             rx,
             next_seq,
             feeds.clone(),
@@ -294,6 +337,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 db,
+                log: segments,
                 jobs,
                 feeds,
                 gauges,
@@ -391,7 +435,7 @@ impl Store {
         let mut out = Vec::with_capacity(seqs.len());
         for &seq in seqs {
             if let Some(bytes) = deliveries.get(seq).map_err(StoreError::storage)?
-                && let Some(record) = readable(bytes.value(), seq)
+                && let Some(record) = readable(&self.inner.log, bytes.value(), seq)
                 && matches!(record.state, DeliveryState::Pending { .. })
             {
                 out.push(record);
@@ -429,7 +473,7 @@ impl Store {
                 continue;
             }
             if let Some(bytes) = deliveries.get(seq).map_err(StoreError::storage)?
-                && let Some(record) = readable(bytes.value(), seq)
+                && let Some(record) = readable(&self.inner.log, bytes.value(), seq)
             {
                 each(queued, Some(&record.body));
             }
@@ -484,14 +528,12 @@ impl Store {
         let Some(bytes) = events.get(key.as_str()).map_err(StoreError::storage)? else {
             return Ok(None);
         };
-        let event: EventRecord = records::decode(bytes.value(), || format!("event {id}"))?;
+        let event = event_record(&self.inner.log, bytes.value(), &key)?;
         let deliveries_table = txn.open_table(DELIVERIES).map_err(StoreError::storage)?;
         let mut deliveries = Vec::new();
         for seq in &event.deliveries {
             if let Some(bytes) = deliveries_table.get(*seq).map_err(StoreError::storage)? {
-                deliveries.push(records::decode(bytes.value(), || {
-                    format!("delivery {seq}")
-                })?);
+                deliveries.push(delivery_record(&self.inner.log, bytes.value(), *seq)?);
             }
         }
         Ok(Some((event, deliveries)))
@@ -526,6 +568,38 @@ impl Store {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
     }
+}
+
+/// Where the log ended at the last commit (a new store's: segment 1, empty).
+fn log_head(txn: &redb::WriteTransaction) -> Result<log::Head, StoreError> {
+    let meta = txn.open_table(META).map_err(StoreError::storage)?;
+    let get = |key: &str| -> Result<Option<u64>, StoreError> {
+        Ok(meta
+            .get(key)
+            .map_err(StoreError::storage)?
+            .map(|v| v.value()))
+    };
+    Ok(log::Head {
+        segment: get(LOG_SEGMENT_KEY)?.map_or(1, |s| s as u32),
+        end: get(LOG_END_KEY)?.unwrap_or(0),
+    })
+}
+
+/// Deletes the segments in `kept` before `head` that no row points into (a crash came between
+/// the commit that released one and its deletion).
+fn unreferenced(
+    txn: &redb::WriteTransaction,
+    kept: &[u32],
+    head: u32,
+    log: &log::Appender,
+) -> Result<(), StoreError> {
+    let refs = txn.open_table(SEGMENT_REFS).map_err(StoreError::storage)?;
+    for &segment in kept.iter().filter(|s| **s < head) {
+        if refs.get(segment).map_err(StoreError::storage)?.is_none() {
+            log.delete(segment);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

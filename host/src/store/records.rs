@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::StoreError;
+use super::log::LogRef;
 
 use crate::event::Event;
 pub use crate::event::Priority;
@@ -282,6 +283,95 @@ impl Stored for DeliveryRecord {
             .map(DeliveryRecord::from)
     }
 }
+
+/// An event as its `events` row holds it: everything but the request's headers and body,
+/// which sit in the log at `payload` (part 0).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct EventRow {
+    pub id: String,
+    pub source: String,
+    pub received_at_ms: u64,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub status: EventStatus,
+    pub deliveries: Vec<u64>,
+    pub payload: LogRef,
+}
+
+impl EventRow {
+    /// `record`'s row, its headers and body being at `payload`.
+    pub fn of(record: &EventRecord, payload: LogRef) -> EventRow {
+        EventRow {
+            id: record.id.clone(),
+            source: record.source.clone(),
+            received_at_ms: record.received_at_ms,
+            method: record.method.clone(),
+            path: record.path.clone(),
+            query: record.query.clone(),
+            status: record.status.clone(),
+            deliveries: record.deliveries.clone(),
+            payload,
+        }
+    }
+
+    /// The whole record, with `headers` and `body` read from the log.
+    pub fn into_record(self, (headers, body): (Vec<(String, String)>, Vec<u8>)) -> EventRecord {
+        EventRecord {
+            id: self.id,
+            source: self.source,
+            received_at_ms: self.received_at_ms,
+            method: self.method,
+            path: self.path,
+            query: self.query,
+            headers,
+            body,
+            status: self.status,
+            deliveries: self.deliveries,
+        }
+    }
+}
+
+/// A delivery as its `deliveries` row holds it: everything but its headers and body, which
+/// sit in the log at `payload`, part `part`. An outcome rewrites only this row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct DeliveryRow {
+    pub seq: u64,
+    pub id: String,
+    pub event_id: String,
+    pub source: String,
+    pub received_at_ms: u64,
+    pub sink: String,
+    pub priority: Priority,
+    pub attempts: Vec<Attempt>,
+    pub state: DeliveryState,
+    pub queued_at_ms: u64,
+    pub payload: LogRef,
+    pub part: u32,
+}
+
+impl DeliveryRow {
+    /// The whole record, with `headers` and `body` read from the log.
+    pub fn into_record(self, (headers, body): (Vec<(String, String)>, Vec<u8>)) -> DeliveryRecord {
+        DeliveryRecord {
+            seq: self.seq,
+            id: self.id,
+            event_id: self.event_id,
+            source: self.source,
+            received_at_ms: self.received_at_ms,
+            sink: self.sink,
+            headers,
+            body,
+            priority: self.priority,
+            attempts: self.attempts,
+            state: self.state,
+            queued_at_ms: self.queued_at_ms,
+        }
+    }
+}
+
+impl Stored for EventRow {}
+impl Stored for DeliveryRow {}
 
 /// An entry of the dead-letter queue: a failed plugin run or a delivery that gave up.
 #[derive(Debug, Clone, Serialize, Deserialize)]

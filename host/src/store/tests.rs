@@ -259,28 +259,45 @@ async fn an_expired_mark_no_longer_makes_a_duplicate_and_is_replaced() {
     assert_eq!(store.mark_count().unwrap(), 1);
 }
 
-/// A store written before events were keyed by source (no `schema` in `meta`) is upgraded at
-/// open: events move to `SOURCE:ID`, so another source's event with the same id is stored.
+/// A store written before events were keyed by source and before the log (no `schema` in
+/// `meta`, each record with its headers and body inline) is upgraded at open: events move to
+/// `SOURCE:ID`, and headers and bodies move to the log, so another source's event with the
+/// same id is stored and the old event and its pending delivery read as before.
 #[tokio::test]
 async fn an_old_store_gets_its_events_keyed_by_source() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = Store::open(dir.path()).unwrap();
-        store.accept(event("42", &["a"])).await.unwrap();
-        store.close().await;
-    }
-    {
-        // Make it look like a store from before schema 2: the event under its bare id.
+        // A store as the first versions wrote it: the event under its bare id, records inline.
+        let mut old = event("42", &["a"]).record;
+        old.deliveries = vec![1];
+        let delivery = DeliveryRecord {
+            seq: 1,
+            id: "demo:42:a:0".into(),
+            event_id: "42".into(),
+            source: "demo".into(),
+            received_at_ms: 1_000,
+            sink: "a".into(),
+            headers: vec![("x-old".into(), "1".into())],
+            body: b"old body".to_vec(),
+            priority: Priority::Normal,
+            attempts: Vec::new(),
+            state: DeliveryState::Pending { due_ms: 1_000 },
+            queued_at_ms: 1_000,
+        };
         let db = redb::Database::create(dir.path().join(DB_FILE)).unwrap();
         let txn = db.begin_write().unwrap();
         {
             let mut meta = txn.open_table(META).unwrap();
-            meta.remove("schema").unwrap();
+            meta.insert("next_seq", 2).unwrap();
             let mut events = txn.open_table(EVENTS).unwrap();
-            let bytes = events.remove("demo:42").unwrap().unwrap().value().to_vec();
+            let bytes = records::encode(&old).unwrap();
             events.insert("42", bytes.as_slice()).unwrap();
+            let mut deliveries = txn.open_table(DELIVERIES).unwrap();
+            let bytes = records::encode(&delivery).unwrap();
+            deliveries.insert(1, bytes.as_slice()).unwrap();
+            let mut pending = txn.open_table(PENDING).unwrap();
+            pending.insert(("a", 1, 1_000, 1), ()).unwrap();
             let mut times = txn.open_table(EVENT_TIMES).unwrap();
-            times.remove((1_000, "demo:42")).unwrap();
             times.insert((1_000, "42"), ()).unwrap();
         }
         txn.commit().unwrap();
@@ -291,6 +308,14 @@ async fn an_old_store_gets_its_events_keyed_by_source() {
     assert_eq!(deliveries[0].event_id, "42");
     // The delivery id a receiver may have seen already is kept.
     assert_eq!(deliveries[0].id, "demo:42:a:0");
+    assert_eq!(record.body, br#"{"a":1}"#);
+    assert_eq!(record.headers[0].0, "content-type");
+    let due = store.due_deliveries("a", 5_000, 10).unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(
+        (due[0].body.as_slice(), due[0].headers[0].0.as_str()),
+        (&b"old body"[..], "x-old")
+    );
     let page = store
         .list_events(&EventFilter::default(), None, 10)
         .unwrap();

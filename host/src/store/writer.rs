@@ -14,14 +14,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::cell::DbCell;
 use super::load::Gauges;
+use super::log::{Appender, BodyRef, LogRef, PartRef};
 use super::marks::{self, DedupeMark};
 use super::records::{
-    self, DeadLetter, DeliveryRecord, DeliveryState, EventRecord, EventStatus, NewDelivery,
-    NewEvent,
+    self, DeadLetter, DeliveryRow, DeliveryState, EventRow, EventStatus, NewDelivery, NewEvent,
 };
 use super::{
     AcceptOutcome, Arrivals, DEAD_LETTERS, DELIVERIES, EVENT_TIMES, EVENTS, Feeds, META, PENDING,
-    PLUGIN_KV, Queued, StoreError,
+    PLUGIN_KV, Queued, SEGMENT_REFS, StoreError,
 };
 
 /// Jobs folded into one transaction at most; bounds the latency of the first job in a batch.
@@ -211,12 +211,23 @@ pub(super) struct Tables<'t> {
     pub dedupe_expiry: Table<'t, (u64, &'static str, &'static str), ()>,
     pub plugin_kv: Table<'t, (&'static str, &'static str), &'static [u8]>,
     meta: Table<'t, &'static str, u64>,
+    segment_refs: Table<'t, u32, u64>,
+    /// Where this transaction's headers and bodies go.
+    pub log: &'t mut Appender,
+    /// Rows added (+) and removed (−) per log segment in this transaction.
+    refs: HashMap<u32, i64>,
 }
 
 impl<'t> Tables<'t> {
-    fn open(txn: &'t WriteTransaction) -> Result<Tables<'t>, StoreError> {
+    pub(super) fn open(
+        txn: &'t WriteTransaction,
+        log: &'t mut Appender,
+    ) -> Result<Tables<'t>, StoreError> {
         let e = StoreError::storage;
         Ok(Tables {
+            segment_refs: txn.open_table(SEGMENT_REFS).map_err(e)?,
+            log,
+            refs: HashMap::new(),
             events: txn.open_table(EVENTS).map_err(e)?,
             deliveries: txn.open_table(DELIVERIES).map_err(e)?,
             pending: txn.open_table(PENDING).map_err(e)?,
@@ -228,10 +239,55 @@ impl<'t> Tables<'t> {
             meta: txn.open_table(META).map_err(e)?,
         })
     }
+
+    /// Counts a row that points at `at` (`delta` +1) or no longer does (−1).
+    pub(super) fn refer(&mut self, at: LogRef, delta: i64) {
+        *self.refs.entry(at.segment).or_default() += delta;
+    }
+
+    /// Writes the segment counts this transaction changed and where the log will end; returns
+    /// the segments (other than the head) that no row points into any more, `left` (the
+    /// segment the log just rolled over from) among them if nothing points into it.
+    pub(super) fn settle_log(&mut self, left: Option<u32>) -> Result<Vec<u32>, StoreError> {
+        let e = StoreError::storage;
+        let head = self.log.next_head();
+        let mut released = Vec::new();
+        for (segment, delta) in std::mem::take(&mut self.refs) {
+            if delta == 0 {
+                continue;
+            }
+            let now = self
+                .segment_refs
+                .get(segment)
+                .map_err(e)?
+                .map_or(0, |v| v.value());
+            let next = now.saturating_add_signed(delta);
+            if next == 0 {
+                self.segment_refs.remove(segment).map_err(e)?;
+                if segment != head.segment {
+                    released.push(segment);
+                }
+            } else {
+                self.segment_refs.insert(segment, next).map_err(e)?;
+            }
+        }
+        if let Some(old) = left
+            && self.segment_refs.get(old).map_err(e)?.is_none()
+            && !released.contains(&old)
+        {
+            released.push(old);
+        }
+        self.meta
+            .insert(super::LOG_SEGMENT_KEY, u64::from(head.segment))
+            .map_err(e)?;
+        self.meta.insert(super::LOG_END_KEY, head.end).map_err(e)?;
+        Ok(released)
+    }
 }
 
 pub(super) fn spawn(
     db: Arc<DbCell>,
+    log: Appender,
     rx: mpsc::Receiver<Job>,
     next_seq: u64,
     feeds: Arc<Feeds>,
@@ -249,7 +305,7 @@ pub(super) fn spawn(
                 panic_at_accept,
             };
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                writer.run(rx, next_seq, fsync)
+                writer.run(rx, log, next_seq, fsync)
             }));
             if ran.is_err() {
                 tracing::error!(
@@ -291,7 +347,7 @@ impl Writer<'_> {
         }
     }
 
-    fn run(&self, mut rx: mpsc::Receiver<Job>, next_seq: u64, fsync: bool) {
+    fn run(&self, mut rx: mpsc::Receiver<Job>, log: Appender, next_seq: u64, fsync: bool) {
         // Only to wait for the next job with a timeout while a lazy sync or a recovery is due.
         let timer = match tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -304,6 +360,8 @@ impl Writer<'_> {
             }
         };
         let mut state = State {
+            log,
+            released: Vec::new(),
             next_seq,
             fsync: fsync || timer.is_none(),
             unsynced_since: None,
@@ -346,7 +404,7 @@ impl Writer<'_> {
         }
         // Every handle is gone without a Stop: still leave the store durable.
         if state.unsynced_since.is_some() {
-            sync(self.db);
+            sync(self.db, &mut state);
         }
     }
 
@@ -354,7 +412,7 @@ impl Writer<'_> {
     fn idle(&self, state: &mut State) {
         if state.broken {
             state.broken = !self.recover();
-        } else if sync(self.db) {
+        } else if sync(self.db, state) {
             state.unsynced_since = None;
         }
     }
@@ -374,7 +432,7 @@ impl Writer<'_> {
         let committed = if state.broken {
             Err(StoreError::Unavailable)
         } else {
-            commit(self.db, &batch, &mut state.next_seq, &mut touched, durable)
+            commit(self.db, &batch, state, &mut touched, durable)
         };
         self.gauges
             .commit_ended(committed.as_ref().ok().map(|(_, pending)| *pending));
@@ -382,6 +440,7 @@ impl Writer<'_> {
             Ok((replies, _)) => {
                 if durable {
                     state.unsynced_since = None;
+                    state.delete_released();
                 } else {
                     state.unsynced_since.get_or_insert_with(Instant::now);
                 }
@@ -413,6 +472,10 @@ impl Writer<'_> {
 
 /// What the writer loop carries from one batch to the next.
 struct State {
+    /// The log's head segment and the group being built.
+    log: Appender,
+    /// Segments no row points into, deleted once the commit that released them is durable.
+    released: Vec<u32>,
     next_seq: u64,
     /// Every commit durable (`fsync = true`, or no timer for lazy syncs).
     fsync: bool,
@@ -423,6 +486,12 @@ struct State {
 }
 
 impl State {
+    fn delete_released(&mut self) {
+        for segment in self.released.drain(..) {
+            self.log.delete(segment);
+        }
+    }
+
     /// How long to wait for a job before doing idle work (`None`: no idle work is due).
     fn wait(&self) -> Option<Duration> {
         if self.broken {
@@ -446,21 +515,42 @@ fn take_batch(first: Job, rx: &mut mpsc::Receiver<Job>) -> Vec<Job> {
     batch
 }
 
-/// Makes every earlier non-durable commit durable (an empty durable commit); false if it failed.
-fn sync(db: &DbCell) -> bool {
-    let commit =
-        || -> Result<(), StoreError> { db.begin_write()?.commit().map_err(StoreError::storage) };
+/// Makes every earlier non-durable commit durable (the log synced, then an empty durable
+/// commit); false if it failed.
+fn sync(db: &DbCell, state: &mut State) -> bool {
+    let commit = || -> Result<(), StoreError> {
+        state.log.sync().map_err(StoreError::storage)?;
+        db.begin_write()?.commit().map_err(StoreError::storage)
+    };
     let result = commit();
-    if let Err(e) = &result {
-        tracing::error!(error = %e, "store sync failed");
+    match &result {
+        Ok(()) => state.delete_released(),
+        Err(e) => tracing::error!(error = %e, "store sync failed"),
     }
     result.is_ok()
 }
 
+/// Applies `batch` in one transaction: its headers and bodies are written to the log (and
+/// synced if `durable`) before the transaction that points at them commits.
 fn commit(
     db: &DbCell,
     batch: &[Job],
-    next_seq: &mut u64,
+    state: &mut State,
+    touched: &mut Arrivals,
+    durable: bool,
+) -> Result<(Vec<Done>, u64), StoreError> {
+    let before = state.log.head();
+    let committed = commit_logged(db, batch, state, touched, durable);
+    if committed.is_err() {
+        state.log.reset(before);
+    }
+    committed
+}
+
+fn commit_logged(
+    db: &DbCell,
+    batch: &[Job],
+    state: &mut State,
     touched: &mut Arrivals,
     durable: bool,
 ) -> Result<(Vec<Done>, u64), StoreError> {
@@ -469,9 +559,11 @@ fn commit(
         txn.set_durability(Durability::None)
             .map_err(StoreError::storage)?;
     }
+    let left = state.log.roll_if_full().map_err(StoreError::storage)?;
+    let next_seq = &mut state.next_seq;
     let mut replies = Vec::with_capacity(batch.len());
-    let pending = {
-        let t = &mut Tables::open(&txn)?;
+    let (pending, released) = {
+        let t = &mut Tables::open(&txn, &mut state.log)?;
         for job in batch {
             // The one-transaction rule: every job of the batch is applied to this one
             // transaction, and none is answered before it commits.
@@ -481,10 +573,14 @@ fn commit(
         t.meta
             .insert("next_seq", *next_seq)
             .map_err(StoreError::storage)?;
+        let released = t.settle_log(left)?;
         // O(1): redb keeps each table's length in its header.
-        t.pending.len().map_err(StoreError::storage)?
+        (t.pending.len().map_err(StoreError::storage)?, released)
     };
+    // Write-ahead: the records are on disk before any row that points at them is.
+    state.log.write(durable).map_err(StoreError::storage)?;
     txn.commit().map_err(StoreError::storage)?;
+    state.released.extend(released);
     Ok((replies, pending))
 }
 
@@ -519,36 +615,73 @@ fn accept(
     if let Some(mark) = mark {
         marks::put_mark(t, mark, &event.record.id)?;
     }
-    let mut record = event.record.clone();
-    record.deliveries.clear();
-    let queued_at_ms = record.received_at_ms;
+    let request = &event.record;
+    // Part 0 is the request; part 1 + i is delivery i, its body shared with the request's
+    // when the plugins did not change it.
+    let mut parts = Vec::with_capacity(1 + event.deliveries.len());
+    parts.push(PartRef {
+        headers: &request.headers,
+        body: BodyRef::Bytes(&request.body),
+    });
+    parts.extend(event.deliveries.iter().map(|d| PartRef {
+        headers: &d.headers,
+        body: if d.body == request.body {
+            BodyRef::SameAs(0)
+        } else {
+            BodyRef::Bytes(&d.body)
+        },
+    }));
+    let payload = t.log.push_parts(&parts)?;
+    let mut row = EventRow::of(request, payload);
+    row.deliveries.clear();
+    let queued_at_ms = row.received_at_ms;
     insert_deliveries(
         t,
-        &mut record,
+        &mut row,
         &event.deliveries,
+        (payload, 1),
         queued_at_ms,
         next_seq,
         touched,
     )?;
-    plugin_letter(t, &record, record.received_at_ms, next_seq)?;
+    plugin_letter(t, &row, row.received_at_ms, next_seq)?;
     t.events
-        .insert(key.as_str(), records::encode(&record)?.as_slice())
+        .insert(key.as_str(), records::encode(&row)?.as_slice())
         .map_err(StoreError::storage)?;
+    t.refer(payload, 1);
     t.event_times
-        .insert((record.received_at_ms, key.as_str()), ())
+        .insert((row.received_at_ms, key.as_str()), ())
         .map_err(StoreError::storage)?;
     Ok(AcceptOutcome::Stored)
 }
 
-/// Adds `new` as pending deliveries of `record` (appending their seqs to it). Each gets the
+/// Writes `new`'s headers and bodies to the log as one record of their own (a replay's
+/// deliveries): where it is, and the part of the first.
+pub(super) fn log_deliveries(
+    t: &mut Tables,
+    new: &[NewDelivery],
+) -> Result<(LogRef, u32), StoreError> {
+    let parts: Vec<PartRef<'_>> = new
+        .iter()
+        .map(|d| PartRef {
+            headers: &d.headers,
+            body: BodyRef::Bytes(&d.body),
+        })
+        .collect();
+    Ok((t.log.push_parts(&parts)?, 0))
+}
+
+/// Adds `new` as pending deliveries of `record` (appending their seqs to it), their headers and
+/// bodies being in the log at `payload`, parts `first`, `first + 1`, …. Each gets the
 /// stable id `SOURCE:EVENT:SINK:N`, N counting `new`'s deliveries to that sink, so routing the
 /// same event the same way again (a replay) yields the same ids, and two sources' events with
 /// the same id never share one (a receiver dedupes on it). `retry.max_age` counts from
 /// `queued_at_ms`.
 pub(super) fn insert_deliveries(
     t: &mut Tables,
-    record: &mut EventRecord,
+    record: &mut EventRow,
     new: &[NewDelivery],
+    (payload, first): (LogRef, u32),
     queued_at_ms: u64,
     next_seq: &mut u64,
     touched: &mut Arrivals,
@@ -558,22 +691,22 @@ pub(super) fn insert_deliveries(
     // and keeps its place among the events of its time.
     let due_ms = record.received_at_ms;
     let key = super::event_key(&record.source, &record.id);
-    for d in new {
+    for (i, d) in new.iter().enumerate() {
         let seq = take_seq(next_seq);
         let n = per_sink.entry(d.sink.as_str()).or_default();
-        let delivery = DeliveryRecord {
+        let delivery = DeliveryRow {
             seq,
             id: format!("{key}:{}:{n}", d.sink),
             event_id: record.id.clone(),
             source: record.source.clone(),
             received_at_ms: record.received_at_ms,
             sink: d.sink.clone(),
-            headers: d.headers.clone(),
-            body: d.body.clone(),
             priority: d.priority,
             attempts: Vec::new(),
             state: DeliveryState::Pending { due_ms },
             queued_at_ms,
+            payload,
+            part: first + i as u32,
         };
         *n += 1;
         queue_delivery(t, &delivery, touched)?;
@@ -585,7 +718,7 @@ pub(super) fn insert_deliveries(
 /// Writes `delivery` (pending) with its row in the schedule, and publishes it to its sink.
 pub(super) fn queue_delivery(
     t: &mut Tables,
-    delivery: &DeliveryRecord,
+    delivery: &DeliveryRow,
     touched: &mut Arrivals,
 ) -> Result<(), StoreError> {
     let DeliveryState::Pending { due_ms } = delivery.state else {
@@ -598,6 +731,7 @@ pub(super) fn queue_delivery(
     t.deliveries
         .insert(seq, records::encode(delivery)?.as_slice())
         .map_err(StoreError::storage)?;
+    t.refer(delivery.payload, 1);
     t.pending
         .insert((delivery.sink.as_str(), priority.rank(), due_ms, seq), ())
         .map_err(StoreError::storage)?;
@@ -615,7 +749,7 @@ pub(super) fn queue_delivery(
 /// Queues a dead letter for `record` if its plugins failed.
 pub(super) fn plugin_letter(
     t: &mut Tables,
-    record: &EventRecord,
+    record: &EventRow,
     at_ms: u64,
     next_seq: &mut u64,
 ) -> Result<(), StoreError> {
@@ -680,7 +814,7 @@ fn update(t: &mut Tables, update: &DeliveryUpdate, next_seq: &mut u64) -> Result
         | DeliveryUpdate::Retry { seq, .. }
         | DeliveryUpdate::Dead { seq, .. } => *seq,
     };
-    let mut record: DeliveryRecord = {
+    let mut record: DeliveryRow = {
         let Some(bytes) = t.deliveries.get(seq).map_err(StoreError::storage)? else {
             // Updates for deliveries that no longer exist are harmless: nothing to record.
             return Ok(());
@@ -760,7 +894,7 @@ fn update(t: &mut Tables, update: &DeliveryUpdate, next_seq: &mut u64) -> Result
 
 /// One line per delivery attempt, inside the event's span (so it carries the event id), as
 /// the attempt's outcome is recorded.
-fn log_attempt(record: &DeliveryRecord, update: &DeliveryUpdate) {
+fn log_attempt(record: &DeliveryRow, update: &DeliveryUpdate) {
     let _span = crate::telemetry::event_span(&record.event_id, &record.source).entered();
     let attempt = record.attempts.len() + 1;
     let (sink, delivery) = (record.sink.as_str(), record.seq);
