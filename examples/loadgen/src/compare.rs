@@ -3,9 +3,9 @@
 //!
 //! Scenarios build up the full path one stage at a time; each Hookwall scenario gets its own
 //! temp dir, config and process. In scenarios 2–5 the sink is paused (deliveries are stored,
-//! not sent) so the numbers are about ingest; scenario 6 delivers every event to an `http`
-//! sink on loopback ([`crate::sink`]) while the load runs, and reports the event-to-delivery
-//! latency too.
+//! not sent) so the numbers are about ingest; scenario 6 delivers every event to the file sink
+//! while the load runs (issue #18's "full path"), and scenario 7 to an `http` sink on loopback
+//! ([`crate::sink`]), reporting the event-to-delivery latency too.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ use crate::sink::{self, SendTimes};
 const SECRET: &str = "loadgen-bench-secret";
 /// Scenario 5, repeated at half load.
 const FULL_PATH: &str = "full path (+ durable commit)";
-/// After the load of scenario 6 stops, wait this long at most for deliveries to drain.
+/// After the load of the http-sink scenario stops, wait this long at most for deliveries to drain.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy)]
@@ -55,6 +55,8 @@ struct Stages {
     fsync: bool,
     /// Deliver to an `http` sink (at `{sink}`) instead of a paused file sink.
     deliver: bool,
+    /// Deliver to the file sink (running, not paused): issue #18's "full path".
+    write_file: bool,
 }
 
 /// The Hookwall config of a scenario.
@@ -94,6 +96,8 @@ sinks = ["bench"]
         fsync = stages.fsync,
         sink = if stages.deliver {
             "[sinks.bench]\ntype = \"http\"\nurl = \"http://{sink}/deliveries\"\nsecret = \"whsec_bG9hZGdlbi1iZW5jaC1zaW5rLWtleQ==\""
+        } else if stages.write_file {
+            "[sinks.bench]\ntype = \"file\"\npath = \"events.jsonl\""
         } else {
             "[sinks.bench]\ntype = \"file\"\npath = \"events.jsonl\"\npaused = true"
         },
@@ -125,6 +129,10 @@ fn scenarios(repo: &Path) -> Vec<Scenario> {
         deliver: true,
         ..full
     };
+    let write_file = Stages {
+        write_file: true,
+        ..full
+    };
     let hookwall = |name, stages| Scenario {
         name,
         config: Some(hookwall_config(&plugins, stages)),
@@ -140,6 +148,7 @@ fn scenarios(repo: &Path) -> Vec<Scenario> {
         hookwall("+ rate limit + dedupe", intake),
         hookwall("+ router plugin", plugin),
         hookwall(FULL_PATH, full),
+        hookwall("full path + delivery to file sink", write_file),
         hookwall("full path + delivery to http sink", deliver),
     ]
 }
@@ -159,7 +168,7 @@ impl Drop for Server {
 }
 
 impl Server {
-    /// `sink`: where scenario 6's `http` sink delivers.
+    /// `sink`: where the http-sink scenario's `http` sink delivers.
     fn start(
         scenario: &Scenario,
         hookwall: &Path,
@@ -245,11 +254,11 @@ pub struct Row {
     /// in microseconds (median over rounds).
     pub cpu_us_per_request: f64,
     pub non_2xx: u64,
-    /// Scenario 6 only: event-to-delivery latency (request sent → delivery received).
+    /// The http-sink scenario only: event-to-delivery latency (request sent → delivery received).
     pub delivery: Option<DeliveryLatency>,
 }
 
-/// Event-to-delivery numbers of scenario 6 (medians over rounds).
+/// Event-to-delivery numbers of the http-sink scenario (medians over rounds).
 #[derive(Serialize, Clone, Copy)]
 pub struct DeliveryLatency {
     pub p50_ms: f64,
@@ -275,7 +284,7 @@ pub struct HalfLoad {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: f64,
-    /// Scenario 6: event-to-delivery latency at that load.
+    /// The http-sink scenario: event-to-delivery latency at that load.
     pub delivery: Option<DeliveryLatency>,
 }
 
@@ -289,7 +298,7 @@ struct Run {
     delivery: Option<DeliveryLatency>,
 }
 
-/// Starts `scenario`'s server (and, for scenario 6, the sink it delivers to), loads it at
+/// Starts `scenario`'s server (and, for the http-sink scenario, the sink it delivers to), loads it at
 /// `rate` (closed loop if `None`), and measures.
 async fn run_one(
     scenario: &Scenario,

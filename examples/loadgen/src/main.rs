@@ -69,6 +69,18 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write COUNT live dedupe marks (`SOURCE`, `fill-N`, expiring in 48 h) into the stopped
+    /// store in DIR (created if missing): the set-up of the ten-million-marks memory
+    /// measurement (README "Performance").
+    FillMarks {
+        /// The store's directory (`[storage] path`).
+        #[arg(long)]
+        store: PathBuf,
+        #[arg(long)]
+        source: String,
+        #[arg(long, default_value_t = 10_000_000)]
+        count: u64,
+    },
     /// Serve as the bare hyper baseline.
     Baseline {
         #[arg(long, default_value = "127.0.0.1:9999")]
@@ -98,6 +110,21 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Baseline { listen } => multi_thread()?.block_on(baseline::serve(listen)),
+        Cmd::FillMarks {
+            store,
+            source,
+            count,
+        } => {
+            let expires = hookwall::clock::now_ms() + 48 * 3600 * 1000;
+            let started = std::time::Instant::now();
+            hookwall::store::marks::preload(&store, &source, "fill", count, expires)?;
+            eprintln!(
+                "{count} marks written to {} in {:.1} s",
+                store.display(),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
         Cmd::Run {
             config,
             source,

@@ -9,6 +9,12 @@
 //!
 //! The database file is created whole or not at all (`cell::create_new`: a temporary name,
 //! synced, renamed): a cut before that leaves no file, modelled as an empty disk.
+//!
+//! The log (`log.rs`) is modelled too: the appender reports each write and sync of the log into
+//! the same history, so a cut keeps the log as synced before it (plus none, all, or a torn
+//! garbage tail of what was written after). This is what proves the write-ahead order: were a
+//! commit to point at log bytes not yet synced, the `Lost` image of a cut right after it
+//! would miss them.
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -23,9 +29,17 @@ use super::*;
 /// What the store did to its file, in order.
 #[derive(Debug, Clone)]
 enum Op {
-    Write { offset: u64, data: Vec<u8> },
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+    },
     SetLen(u64),
     Sync,
+    /// The log was written (`synced` false) or synced up to `end` of its segment 1.
+    Log {
+        end: u64,
+        synced: bool,
+    },
 }
 
 /// The file as the running process sees it, and the history that made it.
@@ -70,7 +84,7 @@ fn apply(image: &mut Vec<u8>, op: &Op, torn: Option<usize>) {
             image[*offset as usize..end].copy_from_slice(data);
         }
         Op::SetLen(len) => image.resize(*len as usize, 0),
-        Op::Sync => {}
+        Op::Sync | Op::Log { .. } => {}
     }
 }
 
@@ -168,24 +182,38 @@ fn image_at(ops: &[Op], cut: usize, tail: Tail) -> Vec<u8> {
     image
 }
 
-/// Copies the log of the store in `from` to `to`, with half a record of garbage appended to
-/// its last segment if `torn`.
-fn copy_log(from: &std::path::Path, to: &std::path::Path, torn: bool) {
+/// The log's length a cut after the first `cut` operations of `ops` leaves, with `tail`:
+/// what was synced, plus (`Whole`) what was written after.
+fn log_at(ops: &[Op], cut: usize, tail: Tail) -> u64 {
+    let last = |synced_only: bool| {
+        ops[..cut]
+            .iter()
+            .rev()
+            .find_map(|op| match op {
+                Op::Log { end, synced } if *synced || !synced_only => Some(*end),
+                _ => None,
+            })
+            .unwrap_or(0)
+    };
+    match tail {
+        Tail::Whole => last(false),
+        Tail::Lost | Tail::Some(_) => last(true),
+    }
+}
+
+/// Writes the first `len` bytes of the log segment of the store in `from` as the log of the
+/// store in `to`, with half a record of garbage after them if `torn`.
+fn copy_log(from: &std::path::Path, to: &std::path::Path, len: u64, torn: bool) {
     let (from, to) = (from.join(super::log::LOG_DIR), to.join(super::log::LOG_DIR));
     std::fs::create_dir_all(&to).unwrap();
-    let segments = super::log::list(&from).unwrap();
-    for n in &segments {
-        let name = super::log::segment_name(*n);
-        std::fs::copy(from.join(&name), to.join(&name)).unwrap();
+    assert_eq!(super::log::list(&from).unwrap(), vec![1], "one segment");
+    let name = super::log::segment_name(1);
+    let mut bytes = std::fs::read(from.join(&name)).unwrap();
+    bytes.truncate(len as usize);
+    if torn {
+        bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3, 4, 1, 9, 9]);
     }
-    if torn && let Some(last) = segments.last() {
-        use std::io::Write as _;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(to.join(super::log::segment_name(*last)))
-            .unwrap();
-        f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 1, 9, 9]).unwrap();
-    }
+    std::fs::write(to.join(&name), bytes).unwrap();
 }
 
 /// Every image a power cut at any point of a run of group commits could leave opens as a
@@ -194,6 +222,17 @@ fn copy_log(from: &std::path::Path, to: &std::path::Path, torn: bool) {
 async fn every_acknowledged_event_survives_a_power_cut_at_any_point() {
     let dir = tempfile::tempdir().unwrap();
     let disk = Recording::default();
+    let heard = disk.clone();
+    super::log::observe::register(
+        &dir.path().join(super::log::LOG_DIR),
+        Arc::new(move |head, synced| {
+            assert_eq!(head.segment, 1);
+            heard.disk().ops.push(Op::Log {
+                end: head.end,
+                synced,
+            });
+        }),
+    );
     let db = database_on(disk.clone()).unwrap();
     // Before this, a cut leaves no file: the store is created whole or not at all.
     let born = disk.len_ops();
@@ -233,11 +272,15 @@ async fn every_acknowledged_event_survives_a_power_cut_at_any_point() {
             } else {
                 image_at(&ops, cut, tail)
             };
-            // The log as the run left it: every record a durable commit points at was synced
-            // before that commit, so any cut holds at least those; a torn, uncommitted tail
-            // (garbage past the committed end) is added for the third kind of image.
+            // The log as the cut leaves it, the third kind with a torn garbage tail.
             let here = tempfile::tempdir().unwrap();
-            copy_log(dir.path(), here.path(), matches!(tail, Tail::Some(_)));
+            let log_len = log_at(&ops, cut, tail);
+            copy_log(
+                dir.path(),
+                here.path(),
+                log_len,
+                matches!(tail, Tail::Some(_)),
+            );
             let reopened = database_on(Recording::holding(image))
                 .map_err(|e| e.to_string())
                 .and_then(|db| Store::start(here.path(), db, true).map_err(|e| e.to_string()))

@@ -380,6 +380,37 @@ pub(super) struct Appender {
     file: File,
     head: Head,
     buf: Vec<u8>,
+    /// A segment takes no new group past this ([`SEGMENT_BYTES`]; tests make it small).
+    limit: u64,
+    /// Told of every write and sync (the crash model records them).
+    #[cfg(test)]
+    observer: Option<observe::Observer>,
+}
+
+/// The crash model's view of the log (`crash_tests.rs`): an observer registered for a log
+/// directory hears the head after every write (`synced` false) and every sync (true).
+#[cfg(test)]
+pub(super) mod observe {
+    use std::path::{Path, PathBuf};
+    use std::sync::{Arc, Mutex};
+
+    use super::Head;
+
+    pub type Observer = Arc<dyn Fn(Head, bool) + Send + Sync>;
+
+    static OBSERVERS: Mutex<Vec<(PathBuf, Observer)>> = Mutex::new(Vec::new());
+
+    /// From now on, the appenders opened on `dir` report to `observer`.
+    pub fn register(dir: &Path, observer: Observer) {
+        let mut all = OBSERVERS.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|(d, _)| d != dir);
+        all.push((dir.to_path_buf(), observer));
+    }
+
+    pub(super) fn find(dir: &Path) -> Option<Observer> {
+        let all = OBSERVERS.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter().find(|(d, _)| d == dir).map(|(_, o)| o.clone())
+    }
 }
 
 impl Appender {
@@ -387,11 +418,20 @@ impl Appender {
     pub fn open(segments: Arc<Segments>, head: Head) -> std::io::Result<Appender> {
         let file = open_segment(&segments, head.segment)?;
         Ok(Appender {
+            #[cfg(test)]
+            observer: observe::find(segments.dir()),
             segments,
             file,
             head,
             buf: Vec::with_capacity(256 << 10),
+            limit: SEGMENT_BYTES,
         })
+    }
+
+    /// Rolls to a new segment past `limit` bytes instead of [`SEGMENT_BYTES`].
+    pub fn limited(mut self, limit: u64) -> Appender {
+        self.limit = limit;
+        self
     }
 
     /// Where the log will end once the group being built is written.
@@ -434,7 +474,7 @@ impl Appender {
     /// Starts a new segment if the head is full and no group is being built. Returns the
     /// number of the segment it left (already synced).
     pub fn roll_if_full(&mut self) -> std::io::Result<Option<u32>> {
-        if self.head.end < SEGMENT_BYTES || !self.buf.is_empty() {
+        if self.head.end < self.limit || !self.buf.is_empty() {
             return Ok(None);
         }
         self.file.sync_data()?;
@@ -453,7 +493,7 @@ impl Appender {
     /// segment is cut back to its committed end and the group dropped: its commit fails.
     pub fn write(&mut self, sync: bool) -> std::io::Result<()> {
         if self.buf.is_empty() {
-            return if sync { self.file.sync_data() } else { Ok(()) };
+            return if sync { self.sync() } else { Ok(()) };
         }
         let written = self
             .file
@@ -463,6 +503,7 @@ impl Appender {
             Ok(()) => {
                 self.head.end += self.buf.len() as u64;
                 self.buf.clear();
+                self.observed(sync);
                 Ok(())
             }
             Err(e) => {
@@ -500,8 +541,20 @@ impl Appender {
 
     /// Makes every written group durable.
     pub fn sync(&self) -> std::io::Result<()> {
-        self.file.sync_data()
+        self.file.sync_data()?;
+        self.observed(true);
+        Ok(())
     }
+
+    #[cfg(test)]
+    fn observed(&self, synced: bool) {
+        if let Some(observer) = &self.observer {
+            observer(self.head, synced);
+        }
+    }
+
+    #[cfg(not(test))]
+    fn observed(&self, _synced: bool) {}
 
     /// Deletes segment `n` (no row points into it and the commit that said so is durable).
     pub fn delete(&self, n: u32) {

@@ -11,6 +11,8 @@
 //! - `dedupe_expiry`: (expires ms, source, key) → () — lets the purge find expired marks in
 //!   order without scanning live ones.
 
+use std::path::Path;
+
 use redb::{ReadableTable, TableDefinition};
 
 use super::writer::Tables;
@@ -137,4 +139,45 @@ pub(super) fn purge(t: &mut Tables, now_ms: u64, limit: usize) -> Result<usize, 
             .map_err(StoreError::storage)?;
     }
     Ok(expired.len())
+}
+
+/// Writes `count` live marks (`source`, `PREFIX-N`) expiring at `expires_ms` straight into the
+/// store in `dir` (created if missing; it must not be running), in transactions of 200,000:
+/// how `loadgen fill-marks` sets up the ten-million-marks memory measurement (issue #18). Not
+/// for production use: the marks stand for no event.
+#[doc(hidden)]
+pub fn preload(
+    dir: &Path,
+    source: &str,
+    prefix: &str,
+    count: u64,
+    expires_ms: u64,
+) -> Result<(), StoreError> {
+    const STEP: u64 = 200_000;
+    std::fs::create_dir_all(dir).map_err(StoreError::storage)?;
+    let path = dir.join(super::DB_FILE);
+    if !path.exists() {
+        super::cell::create_new(&path).map_err(StoreError::storage)?;
+    }
+    let db = super::cell::create(&path).map_err(StoreError::storage)?;
+    let mut done = 0;
+    while done < count {
+        let txn = db.begin_write().map_err(StoreError::storage)?;
+        {
+            let mut table = txn.open_table(DEDUPE).map_err(StoreError::storage)?;
+            let mut expiry = txn.open_table(DEDUPE_EXPIRY).map_err(StoreError::storage)?;
+            for n in done..count.min(done + STEP) {
+                let key = format!("{prefix}-{n}");
+                table
+                    .insert((source, key.as_str()), (expires_ms, key.as_str()))
+                    .map_err(StoreError::storage)?;
+                expiry
+                    .insert((expires_ms, source, key.as_str()), ())
+                    .map_err(StoreError::storage)?;
+            }
+        }
+        txn.commit().map_err(StoreError::storage)?;
+        done = count.min(done + STEP);
+    }
+    Ok(())
 }

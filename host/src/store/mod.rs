@@ -269,8 +269,6 @@ impl Store {
         let path = dir.join(DB_FILE);
         if !path.exists() {
             cell::create_new(&path).map_err(|e| open_err(e.to_string()))?;
-            // A new store: nothing is in its log yet (a leftover `log/` was never committed).
-            log::recover(&log::Segments::new(dir), log::Head { segment: 1, end: 0 })?;
         }
         let db = cell::create(&path).map_err(|e| open_err(e.to_string()))?;
         Store::start(dir, db, fsync)
@@ -280,6 +278,16 @@ impl Store {
     /// and starts the writer on `db` (the crash model, `crash_tests.rs`, starts it on an
     /// in-memory disk).
     fn start(dir: &Path, db: redb::Database, fsync: bool) -> Result<Store, StoreError> {
+        Store::start_with(dir, db, fsync, log::SEGMENT_BYTES)
+    }
+
+    /// [`Store::start`] with log segments of `segment_bytes` (tests make them small).
+    fn start_with(
+        dir: &Path,
+        db: redb::Database,
+        fsync: bool,
+        segment_bytes: u64,
+    ) -> Result<Store, StoreError> {
         let open_err = |reason: String| StoreError::Open {
             path: dir.to_path_buf(),
             reason,
@@ -289,8 +297,9 @@ impl Store {
             let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
             let head = log_head(&txn)?;
             let kept = log::recover(&segments, head)?;
-            let mut appender =
-                log::Appender::open(segments.clone(), head).map_err(StoreError::storage)?;
+            let mut appender = log::Appender::open(segments.clone(), head)
+                .map_err(StoreError::storage)?
+                .limited(segment_bytes);
             let next = {
                 // Creating every table up front lets readers open them without a write.
                 txn.open_table(EVENTS).map_err(StoreError::storage)?;

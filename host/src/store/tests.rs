@@ -434,3 +434,44 @@ async fn a_half_created_database_is_discarded_not_refused() {
         AcceptOutcome::Stored
     );
 }
+
+/// With small segments, a segment is deleted once every row pointing into it is pruned; the
+/// open events' segments stay, and read whole after a reopen.
+#[tokio::test]
+async fn a_log_segment_is_deleted_once_nothing_in_it_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(DB_FILE);
+    cell::create_new(&path).unwrap();
+    let db = cell::create(&path).unwrap();
+    // Each event's record is longer than this: each group starts a segment of its own.
+    let store = Store::start_with(dir.path(), db, true, 50).unwrap();
+    for i in 0..6 {
+        let e = event(&format!("e{i}"), &["a"]);
+        assert_eq!(store.accept(e).await.unwrap(), AcceptOutcome::Stored);
+    }
+    let log_dir = dir.path().join(log::LOG_DIR);
+    assert_eq!(log::list(&log_dir).unwrap(), [1, 2, 3, 4, 5, 6]);
+    for i in 0..4 {
+        let (_, deliveries) = store.event("demo", &format!("e{i}")).unwrap().unwrap();
+        let done = DeliveryUpdate::Delivered {
+            seq: deliveries[0].seq,
+            at_ms: 2_000,
+        };
+        store.update_deliveries(vec![done]).await.unwrap();
+    }
+    let step = store.prune_settled(u64::MAX, None, 100, 100).await.unwrap();
+    assert_eq!(step.pruned, 4);
+    // Segment 7 is the head the commits after the sixth event rolled over to.
+    assert_eq!(log::list(&log_dir).unwrap(), [5, 6, 7]);
+    store.close().await;
+    drop(store);
+
+    let store = Store::open(dir.path()).unwrap();
+    let due = store.due_deliveries("a", 5_000, 10).unwrap();
+    let ids: Vec<&str> = due.iter().map(|d| d.event_id.as_str()).collect();
+    assert_eq!(ids, ["e4", "e5"]);
+    assert!(due.iter().all(|d| d.body == b"x"));
+    let (e5, _) = store.event("demo", "e5").unwrap().unwrap();
+    assert_eq!(e5.body, br#"{"a":1}"#);
+    assert!(store.event("demo", "e0").unwrap().is_none());
+}
