@@ -52,9 +52,10 @@ pub(super) enum Job {
         mark: Option<DedupeMark>,
         resp: Responder<AcceptOutcome>,
     },
-    /// Record delivery attempts.
+    /// Record delivery attempts (`durable`: the batch is made durable before the answer).
     Update {
         updates: Vec<DeliveryUpdate>,
+        durable: bool,
         resp: Responder<()>,
     },
     /// Remove up to `limit` expired dedupe marks; answers how many.
@@ -89,6 +90,12 @@ impl Job {
 
     fn is_accept(&self) -> bool {
         matches!(self, Job::Accept { .. })
+    }
+
+    /// Whether its answer promises durability (with `fsync = true`): everything but outcomes
+    /// recorded lazily ([`super::Store::record_outcomes`]).
+    fn wants_sync(&self) -> bool {
+        !matches!(self, Job::Update { durable: false, .. })
     }
 
     /// Applies the job inside the batch's transaction.
@@ -423,7 +430,7 @@ impl Writer<'_> {
         let seq_before = state.next_seq;
         // The last commit before stopping is always durable, so `fsync = false` loses data
         // only on a crash, and then at most LAZY_SYNC_INTERVAL of it.
-        let durable = state.fsync
+        let durable = (state.fsync && batch.iter().any(Job::wants_sync))
             || stop
             || state
                 .unsynced_since
