@@ -83,12 +83,7 @@ impl Worker {
         let mut pause = STORE_ERROR_PAUSE;
         let mut stopped = self.stopped.clone();
         loop {
-            let recorded = if self.ordered {
-                self.store.update_deliveries(updates.clone()).await
-            } else {
-                self.store.record_outcomes(updates.clone()).await
-            };
-            let e = match recorded {
+            let e = match self.store.update_deliveries(updates.clone()).await {
                 Ok(()) => return,
                 Err(e) => e,
             };

@@ -142,7 +142,6 @@ impl Workers {
                 store: store.clone(),
                 clock: clock.clone(),
                 stopped: stopped.clone(),
-                ordered: config.order_key.is_some(),
             };
             let dispatch =
                 Dispatch::new(DispatchConfig::for_sink(name, config), open, clock.clone());

@@ -33,11 +33,6 @@ pub(super) struct Worker {
     /// Set when the workers stop: an attempt holding results it cannot record gives up then
     /// (its deliveries stay pending and go again after the restart).
     pub stopped: watch::Receiver<bool>,
-    /// `order_key` is set: results are recorded durably before the key's next delivery goes,
-    /// so a crash can never re-send an earlier delivery after a later one was received.
-    /// Otherwise they ride the next durable commit (at most a second later): a crash in
-    /// between re-sends them with the same id, as at-least-once allows.
-    pub ordered: bool,
 }
 
 impl Worker {

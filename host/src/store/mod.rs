@@ -391,34 +391,12 @@ impl Store {
         .await
     }
 
-    /// Records the results of delivery attempts in one commit, durable before it returns.
+    /// Records the results of delivery attempts in one commit.
     pub async fn update_deliveries(&self, updates: Vec<DeliveryUpdate>) -> Result<(), StoreError> {
         if updates.is_empty() {
             return Ok(());
         }
-        self.ask(|resp| writer::Job::Update {
-            updates,
-            durable: true,
-            resp,
-        })
-        .await
-    }
-
-    /// Records the results of delivery attempts without waiting for an fsync of their own:
-    /// they are visible to every reader at once and durable with the next durable commit (an
-    /// accepted event's, or the writer's lazy sync at most a second later). A crash before
-    /// then loses the record, not the delivery: it is sent again with the same id. What a
-    /// sink without `order_key` records; saves a delivery its own fsync wait.
-    pub async fn record_outcomes(&self, updates: Vec<DeliveryUpdate>) -> Result<(), StoreError> {
-        if updates.is_empty() {
-            return Ok(());
-        }
-        self.ask(|resp| writer::Job::Update {
-            updates,
-            durable: false,
-            resp,
-        })
-        .await
+        self.ask(|resp| writer::Job::Update { updates, resp }).await
     }
 
     /// Sink `sink`'s feed of newly queued deliveries; from this call on, every commit that

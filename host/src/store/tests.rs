@@ -475,27 +475,3 @@ async fn a_log_segment_is_deleted_once_nothing_in_it_is_kept() {
     assert_eq!(e5.body, br#"{"a":1}"#);
     assert!(store.event("demo", "e0").unwrap().is_none());
 }
-
-/// Outcomes recorded lazily are seen at once and durable after a close.
-#[tokio::test]
-async fn outcomes_recorded_lazily_are_seen_at_once_and_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    store.accept(event("e1", &["a", "a"])).await.unwrap();
-    let (_, deliveries) = store.event("demo", "e1").unwrap().unwrap();
-    let done = DeliveryUpdate::Delivered {
-        seq: deliveries[0].seq,
-        at_ms: 2_000,
-    };
-    store.record_outcomes(vec![done]).await.unwrap();
-    assert_eq!(store.pending_count("a").unwrap(), 1);
-    store.close().await;
-    drop(store);
-    let store = Store::open(dir.path()).unwrap();
-    assert_eq!(store.pending_count("a").unwrap(), 1);
-    let (_, deliveries) = store.event("demo", "e1").unwrap().unwrap();
-    assert!(matches!(
-        deliveries[0].state,
-        DeliveryState::Delivered { .. }
-    ));
-}

@@ -52,10 +52,9 @@ pub(super) enum Job {
         mark: Option<DedupeMark>,
         resp: Responder<AcceptOutcome>,
     },
-    /// Record delivery attempts (`durable`: the batch is made durable before the answer).
+    /// Record delivery attempts.
     Update {
         updates: Vec<DeliveryUpdate>,
-        durable: bool,
         resp: Responder<()>,
     },
     /// Remove up to `limit` expired dedupe marks; answers how many.
@@ -90,12 +89,6 @@ impl Job {
 
     fn is_accept(&self) -> bool {
         matches!(self, Job::Accept { .. })
-    }
-
-    /// Whether its answer promises durability (with `fsync = true`): everything but outcomes
-    /// recorded lazily ([`super::Store::record_outcomes`]).
-    fn wants_sync(&self) -> bool {
-        !matches!(self, Job::Update { durable: false, .. })
     }
 
     /// Applies the job inside the batch's transaction.
@@ -430,7 +423,7 @@ impl Writer<'_> {
         let seq_before = state.next_seq;
         // The last commit before stopping is always durable, so `fsync = false` loses data
         // only on a crash, and then at most LAZY_SYNC_INTERVAL of it.
-        let durable = (state.fsync && batch.iter().any(Job::wants_sync))
+        let durable = state.fsync
             || stop
             || state
                 .unsynced_since
