@@ -87,8 +87,9 @@ fn the_example_config_checks_out() {
 
 /// `hookwall store check` on a stopped instance's store: counts what it holds and exits 0; on
 /// a running instance's store it refuses (the file is held) and exits non-zero.
-#[test]
-fn store_check_reads_every_record_of_a_stopped_instance() {
+/// A running instance with one HMAC source `demo` and a file sink `orders.jsonl`, which has
+/// accepted and delivered three events `PREFIX-0..2`; its work dir and config text.
+fn three_delivered(prefix: &str) -> (tempfile::TempDir, String, Hookwall) {
     let dir = workdir(&[]);
     let config = format!(
         "{}{}{}",
@@ -96,12 +97,12 @@ fn store_check_reads_every_record_of_a_stopped_instance() {
         hmac_source("demo", "", "orders"),
         file_sink("orders", "orders.jsonl", ""),
     );
-    let mut hw = Hookwall::start(BIN, dir.path(), &config);
+    let hw = Hookwall::start(BIN, dir.path(), &config);
     for i in 0..3 {
         let r = post_signed(
             &hw,
             "demo",
-            &format!("chk-{i}"),
+            &format!("{prefix}-{i}"),
             &serde_json::json!({"n": i}),
         );
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
@@ -111,6 +112,12 @@ fn store_check_reads_every_record_of_a_stopped_instance() {
         3,
         Duration::from_secs(10)
     ));
+    (dir, config, hw)
+}
+
+#[test]
+fn store_check_reads_every_record_of_a_stopped_instance() {
+    let (dir, _, mut hw) = three_delivered("chk");
     let config_path = dir.path().join("hookwall.toml");
     let busy = Command::new(BIN)
         .args(["store", "--config"])
@@ -154,25 +161,8 @@ fn log_records(bytes: &[u8]) -> Vec<usize> {
 /// intact event, lists the lost one, and the instance starts and takes events again.
 #[test]
 fn a_corrupt_log_record_is_refused_at_start_and_repair_keeps_every_intact_event() {
-    let dir = workdir(&[]);
-    let config = format!(
-        "{}{}{}",
-        base_config("", "", None, ""),
-        hmac_source("demo", "", "orders"),
-        file_sink("orders", "orders.jsonl", ""),
-    );
-    let mut hw = Hookwall::start(BIN, dir.path(), &config);
-    for i in 0..3 {
-        let r = post_signed(
-            &hw,
-            "demo",
-            &format!("rep-{i}"),
-            &serde_json::json!({"n": i}),
-        );
-        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    }
+    let (dir, config, mut hw) = three_delivered("rep");
     let orders = dir.path().join("orders.jsonl");
-    assert!(wait_for_lines(&orders, 3, Duration::from_secs(10)));
     hw.stop();
 
     let segment = dir.path().join("data/log/0000000001.log");

@@ -174,17 +174,7 @@ pub fn check(dir: &Path) -> Result<CheckReport, StoreError> {
 
 /// Where the log ended at the last commit.
 fn head(txn: &ReadTransaction) -> Result<log::Head, StoreError> {
-    let meta = txn.open_table(super::META).map_err(StoreError::storage)?;
-    let get = |key: &str| -> Result<Option<u64>, StoreError> {
-        Ok(meta
-            .get(key)
-            .map_err(StoreError::storage)?
-            .map(|v| v.value()))
-    };
-    Ok(log::Head {
-        segment: get(super::LOG_SEGMENT_KEY)?.map_or(1, |s| s as u32),
-        end: get(super::LOG_END_KEY)?.unwrap_or(0),
-    })
+    super::log_head(&txn.open_table(super::META).map_err(StoreError::storage)?)
 }
 
 /// Decodes every record of `table` as a `T` and runs `follow` on it (reading what it points

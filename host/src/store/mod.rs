@@ -295,7 +295,7 @@ impl Store {
         let segments = Arc::new(log::Segments::new(dir));
         let (next_seq, pending, appender) = {
             let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
-            let head = log_head(&txn)?;
+            let head = log_head(&txn.open_table(META).map_err(StoreError::storage)?)?;
             let kept = log::recover(&segments, head)?;
             let mut appender = log::Appender::open(segments.clone(), head)
                 .map_err(StoreError::storage)?
@@ -579,9 +579,9 @@ impl Store {
     }
 }
 
-/// Where the log ended at the last commit (a new store's: segment 1, empty).
-fn log_head(txn: &redb::WriteTransaction) -> Result<log::Head, StoreError> {
-    let meta = txn.open_table(META).map_err(StoreError::storage)?;
+/// Where the log ended at the last commit, from the `meta` table (a new store's: segment 1,
+/// empty).
+fn log_head(meta: &impl ReadableTable<&'static str, u64>) -> Result<log::Head, StoreError> {
     let get = |key: &str| -> Result<Option<u64>, StoreError> {
         Ok(meta
             .get(key)
