@@ -256,6 +256,17 @@ pub fn repair(dir: &Path) -> Result<RepairReport, StoreError> {
                 .push(format!("{damage} ({} bytes)", next - damage.offset));
         }
     }
+    let head_path = segments.path(head.segment);
+    if head.end > 0 && !head_path.exists() {
+        // The segment the last commit wrote to is gone: the log starts it again, empty.
+        let mut meta = txn.open_table(super::META).map_err(StoreError::storage)?;
+        meta.insert(super::LOG_END_KEY, 0)
+            .map_err(StoreError::storage)?;
+        report.padded.push(format!(
+            "{}: missing; the log starts it again, empty",
+            head_path.display()
+        ));
+    }
     drop_lost(&txn, &segments, &mut report)?;
     txn.commit().map_err(StoreError::storage)?;
     Ok(report)
@@ -436,5 +447,38 @@ mod tests {
         assert!(report.unreadable[0].starts_with("events \"demo\\0broken\""));
         assert_eq!(report.dangling.len(), 1, "{report:?}");
         assert!(report.dangling[0].contains("999999"), "{report:?}");
+    }
+
+    /// A log segment deleted by hand: start-up refuses naming it; repair drops the events
+    /// stored in it, restarts the log, and the store takes events again.
+    #[tokio::test]
+    async fn a_missing_segment_is_refused_and_repair_starts_the_log_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.accept(event("e1", &["a"])).await.unwrap();
+        store.close().await;
+        drop(store);
+        std::fs::remove_file(Segments::new(dir.path()).path(1)).unwrap();
+
+        let refused = Store::open(dir.path()).err().unwrap().to_string();
+        assert!(
+            refused.contains("0000000001.log") && refused.contains("missing"),
+            "{refused}"
+        );
+        let report = repair(dir.path()).unwrap();
+        assert!(report.padded[0].contains("missing"), "{report:?}");
+        assert!(
+            report.lost.iter().any(|l| l.starts_with("event demo:e1 ")),
+            "{report:?}"
+        );
+
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.event("demo", "e1").unwrap().is_none());
+        assert_eq!(store.pending_count("a").unwrap(), 0);
+        store.accept(event("e2", &["a"])).await.unwrap();
+        assert!(store.event("demo", "e2").unwrap().is_some());
+        store.close().await;
+        drop(store);
+        assert!(check(dir.path()).unwrap().ok());
     }
 }

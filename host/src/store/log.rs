@@ -337,8 +337,20 @@ pub(super) struct Head {
 pub(super) fn recover(segments: &Segments, head: Head) -> Result<Vec<u32>, StoreError> {
     let dir = segments.dir();
     std::fs::create_dir_all(dir).map_err(StoreError::storage)?;
+    let found = list(dir).map_err(StoreError::storage)?;
+    if head.end > 0 && !found.contains(&head.segment) {
+        let path = segments.path(head.segment);
+        return Err(StoreError::Corrupt {
+            what: format!("log segment {}", path.display()),
+            reason: format!(
+                "it is missing, and the last commit wrote {} bytes to it; restore it from a \
+                 backup (`hookwall store repair` drops every event stored in it)",
+                head.end
+            ),
+        });
+    }
     let mut kept = Vec::new();
-    for n in list(dir).map_err(StoreError::storage)? {
+    for n in found {
         let path = segments.path(n);
         if n > head.segment {
             tracing::warn!(file = %path.display(), "removing a log segment no commit reached");
@@ -690,5 +702,13 @@ mod tests {
         assert_eq!(list(segments.dir()).unwrap(), vec![1, 2]);
         assert_eq!(recover(&segments, committed).unwrap(), vec![1]);
         assert_eq!(list(segments.dir()).unwrap(), vec![1]);
+
+        // The head segment gone while the last commit wrote to it: refused.
+        std::fs::remove_file(segments.path(1)).unwrap();
+        let err = recover(&segments, committed).unwrap_err().to_string();
+        assert!(
+            err.contains("0000000001.log") && err.contains("missing"),
+            "{err}"
+        );
     }
 }
