@@ -85,8 +85,6 @@ fn the_example_config_checks_out() {
     run_config_ok("check", &root.join("examples/hookwall.toml"));
 }
 
-/// `hookwall store check` on a stopped instance's store: counts what it holds and exits 0; on
-/// a running instance's store it refuses (the file is held) and exits non-zero.
 /// A running instance with one HMAC source `demo` and a file sink `orders.jsonl`, which has
 /// accepted and delivered three events `PREFIX-0..2`; its work dir and config text.
 fn three_delivered(prefix: &str) -> (tempfile::TempDir, String, Hookwall) {
@@ -115,6 +113,8 @@ fn three_delivered(prefix: &str) -> (tempfile::TempDir, String, Hookwall) {
     (dir, config, hw)
 }
 
+/// `hookwall store check` on a stopped instance's store: counts what it holds and exits 0; on
+/// a running instance's store it refuses (the file is held) and exits non-zero.
 #[test]
 fn store_check_reads_every_record_of_a_stopped_instance() {
     let (dir, _, mut hw) = three_delivered("chk");

@@ -8,6 +8,7 @@ mod bundled;
 mod cli;
 mod dashboard;
 mod delivery;
+mod deploy;
 mod edge_limits;
 mod edge_secrets;
 mod edge_tls;

@@ -381,7 +381,8 @@ pub struct AdminConfig {
     #[serde(default)]
     pub token: Option<SecretRef>,
     /// `public = ["/metrics"]`: paths served without the token. Only `/healthz` (always
-    /// public) and `/metrics` may be listed.
+    /// public), `/metrics` and `/readyz` (for an orchestrator's readiness probe, which cannot
+    /// send a secret) may be listed.
     #[serde(default)]
     pub public: Vec<String>,
     /// `allowed_hosts = ["hookwall.internal:9090"]`: more names (`host` or `host:port`; without
@@ -394,7 +395,7 @@ pub struct AdminConfig {
 }
 
 /// Admin paths that `[admin] public` may open.
-pub const ADMIN_PUBLIC_ALLOWED: &[&str] = &["/healthz", "/metrics"];
+pub const ADMIN_PUBLIC_ALLOWED: &[&str] = &["/healthz", "/metrics", "/readyz"];
 
 impl AdminConfig {
     /// The `public` paths are ones that may be opened, and every `allowed_hosts` entry is a
