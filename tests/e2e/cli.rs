@@ -113,6 +113,20 @@ fn three_delivered(prefix: &str) -> (tempfile::TempDir, String, Hookwall) {
     (dir, config, hw)
 }
 
+/// `hookwall store check --json` on the store of the config at `path`, asserted to succeed
+/// and find nothing wrong; its report.
+fn store_checks_clean(path: &Path) -> serde_json::Value {
+    let out = run_ok(
+        Command::new(BIN)
+            .args(["store", "--config"])
+            .arg(path)
+            .args(["check", "--json"]),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    report
+}
+
 /// `hookwall store check` on a stopped instance's store: counts what it holds and exits 0; on
 /// a running instance's store it refuses (the file is held) and exits non-zero.
 #[test]
@@ -130,14 +144,7 @@ fn store_check_reads_every_record_of_a_stopped_instance() {
     assert!(stderr.contains("stop it first"), "{stderr}");
     hw.stop();
 
-    let out = run_ok(
-        Command::new(BIN)
-            .args(["store", "--config"])
-            .arg(&config_path)
-            .args(["check", "--json"]),
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["ok"], true, "{report}");
+    let report = store_checks_clean(&config_path);
     assert_eq!(report["integrity"], "clean", "{report}");
     assert_eq!(report["events"], 3, "{report}");
     assert_eq!(report["deliveries"], 3, "{report}");
@@ -224,14 +231,7 @@ fn a_corrupt_log_record_is_refused_at_start_and_repair_keeps_every_intact_event(
         "only rep-1 is lost: {lost:?}"
     );
 
-    let out = run_ok(
-        Command::new(BIN)
-            .args(["store", "--config"])
-            .arg(&config_path)
-            .args(["check", "--json"]),
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["ok"], true, "{report}");
+    let report = store_checks_clean(&config_path);
     assert_eq!(report["events"], 2, "{report}");
 
     let hw = Hookwall::start(BIN, dir.path(), &config);
