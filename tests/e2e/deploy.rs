@@ -3,7 +3,9 @@
 //! and the Kubernetes example's ports, probes, mounts and secrets match what its config makes
 //! the binary serve and read.
 //!
-//! No container engine runs here, so the image itself is not built; see deploy/README.md.
+//! No container engine runs here, so the image itself is not built; the binary is run the way
+//! the image runs it instead (its user, arguments, environment and config). See
+//! deploy/README.md.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -247,4 +249,143 @@ fn the_kubernetes_example_matches_what_the_binary_serves_and_reads() {
         .parse::<u64>()
         .unwrap();
     assert!(spec["terminationGracePeriodSeconds"].as_u64().unwrap() > grace);
+}
+
+/// The process the image runs, stopped (SIGKILL) if the test ends early.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The image's config run as the image runs it: its user (uid/gid 65532, through `setpriv`
+/// when the tests run as root), its arguments (`serve --config …/hookwall.toml`), only its
+/// environment (the secrets), the config in a read-only directory and the store in a directory
+/// that user owns. Probes answer without the token, the API needs it, a signed GitHub delivery
+/// reaches the app, and SIGTERM (the image's `STOPSIGNAL`) ends it cleanly.
+#[test]
+fn the_image_config_serves_as_the_image_runs_it() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let up = hookwall_testkit::upstream::Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let root = is_root();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (etc, data) = (dir.path().join("etc"), dir.path().join("data"));
+    std::fs::create_dir(&etc).unwrap();
+    std::fs::create_dir(&data).unwrap();
+    if root {
+        std::os::unix::fs::chown(&data, Some(65532), Some(65532)).unwrap();
+    }
+    let (web, admin) = (hookwall_testkit::free_port(), hookwall_testkit::free_port());
+    let text = localized(
+        &std::fs::read_to_string(deploy().join("hookwall.toml")).unwrap(),
+        dir.path(),
+    )
+    .replace("0.0.0.0:8080", &format!("127.0.0.1:{web}"))
+    .replace("0.0.0.0:9090", &format!("127.0.0.1:{admin}"))
+    .replace("http://127.0.0.1:3000/webhooks", &up.url());
+    let config = etc.join("hookwall.toml");
+    std::fs::write(&config, text).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o555)).unwrap();
+
+    let bin = std::fs::canonicalize(BIN).unwrap();
+    let mut cmd = if root {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65532", "--regid=65532", "--clear-groups"])
+            .arg(&bin);
+        c
+    } else {
+        eprintln!("not root: running as this user instead of uid 65532");
+        Command::new(&bin)
+    };
+    let log = std::fs::File::create(dir.path().join("hookwall.log")).unwrap();
+    cmd.args(["serve", "--config"])
+        .arg(&config)
+        .env_clear()
+        .env("HOOKWALL_ADMIN_TOKEN", "admin-token")
+        .env("GITHUB_WEBHOOK_SECRET", "gh-secret")
+        .env("APP_WEBHOOK_SECRET", "whsec_Y2hhbmdlLW1lLXRvby1wbGVhc2U=")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    let mut running = Running(cmd.spawn().expect("start hookwall"));
+    let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let web_addr: std::net::SocketAddr = format!("127.0.0.1:{web}").parse().unwrap();
+    let log_text = || std::fs::read_to_string(dir.path().join("hookwall.log")).unwrap();
+    let get = |path: &str, headers: &[(&str, &str)]| {
+        hookwall_testkit::http(admin_addr, "GET", path, headers, b"").map(|r| r.status)
+    };
+    assert!(
+        hookwall_testkit::wait_for(std::time::Duration::from_secs(60), || {
+            get("/healthz", &[]).is_ok_and(|s| s == 200)
+        }),
+        "did not start:\n{}",
+        log_text()
+    );
+    assert_eq!(get("/readyz", &[]).unwrap(), 200, "a probe sends no token");
+    assert_eq!(get("/api/v1/events", &[]).unwrap(), 401);
+    let bearer = [("Authorization", "Bearer admin-token")];
+    assert_eq!(get("/api/v1/events", &bearer).unwrap(), 200);
+
+    let body = br#"{"action":"opened","number":1}"#;
+    let signature = hookwall_testkit::sign_sha256_hex("gh-secret", body);
+    let reply = hookwall_testkit::http(
+        web_addr,
+        "POST",
+        "/hooks/github",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Hub-Signature-256", &signature),
+            ("X-GitHub-Delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958"),
+            ("X-GitHub-Event", "pull_request"),
+        ],
+        body,
+    )
+    .unwrap();
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert!(
+        hookwall_testkit::wait_for(std::time::Duration::from_secs(10), || up.count() == 1),
+        "not delivered to the app:\n{}",
+        log_text()
+    );
+    if root {
+        use std::os::unix::fs::MetadataExt as _;
+        let store = std::fs::metadata(data.join("hookwall.redb")).unwrap();
+        assert_eq!(
+            store.uid(),
+            65532,
+            "the store is written as the image's user"
+        );
+    }
+
+    let pid = running.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let stopped = hookwall_testkit::wait_for(std::time::Duration::from_secs(20), || {
+        running.0.try_wait().unwrap().is_some()
+    });
+    assert!(stopped, "SIGTERM did not stop it:\n{}", log_text());
+    let status = running.0.wait().unwrap();
+    assert!(status.success(), "exit {status}:\n{}", log_text());
+}
+
+/// Whether the tests run as root (they can then run the binary as the image's user).
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
