@@ -9,6 +9,7 @@ mod cli;
 mod dashboard;
 mod delivery;
 mod deploy;
+mod docs;
 mod edge_limits;
 mod edge_secrets;
 mod edge_tls;

@@ -396,7 +396,7 @@ fn example_alerts_parse_and_use_only_documented_metrics() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let text = std::fs::read_to_string(root.join("examples/alerts.yml")).unwrap();
     let file: RuleFile = serde_yaml_ng::from_str(&text).expect("alerts.yml is valid YAML");
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(root.join("docs/operating.md")).unwrap();
     let documented: Vec<&str> = readme
         .lines()
         .filter_map(|l| l.strip_prefix("| `hookwall_"))
@@ -437,7 +437,7 @@ fn example_alerts_parse_and_use_only_documented_metrics() {
                     .unwrap_or(name);
                 assert!(
                     documented.contains(&base),
-                    "{}: hookwall_{name} is not in the README's metrics table",
+                    "{}: hookwall_{name} is not in docs/operating.md's metrics table",
                     rule.alert
                 );
             }

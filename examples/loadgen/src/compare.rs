@@ -97,7 +97,7 @@ sinks = ["bench"]
         sink = if stages.deliver {
             // 64 units in flight (the default is 16): at 16, one delivery per request to a
             // loopback app is bound by the round trip and falls behind from ~8k events/s on
-            // the 2-core VM (README "Performance").
+            // the 2-core VM (docs/performance.md).
             "[sinks.bench]\ntype = \"http\"\nurl = \"http://{sink}/deliveries\"\nsecret = \"whsec_bG9hZGdlbi1iZW5jaC1zaW5rLWtleQ==\"\nconcurrency = 64"
         } else if stages.write_file {
             "[sinks.bench]\ntype = \"file\"\npath = \"events.jsonl\""

@@ -71,7 +71,7 @@ enum Cmd {
     },
     /// Write COUNT live dedupe marks (`SOURCE`, `fill-N`, expiring in 48 h) into the stopped
     /// store in DIR (created if missing): the set-up of the ten-million-marks memory
-    /// measurement (README "Performance").
+    /// measurement (docs/performance.md).
     FillMarks {
         /// The store's directory (`[storage] path`).
         #[arg(long)]

@@ -143,7 +143,7 @@ pub fn scaffold(name: &str, lang: Lang, dir: &Path) -> Result<Vec<PathBuf>, Scaf
     if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
         return Err(ScaffoldError::Exists(dir.to_path_buf()));
     }
-    // Big runtimes (JS, Python) cost ~1 ms to instantiate: pool them (see the README).
+    // Big runtimes (JS, Python) cost ~1 ms to instantiate: pool them (see docs/plugins.md).
     let instances = match lang {
         Lang::Rust => {
             "# instances = \"fresh\"      # a new instance per event (the default for small plugins)\n"

@@ -2,7 +2,7 @@
 //!
 //! Adding a provider means adding an entry here (and its name to
 //! [`SchemeName`](super::SchemeName)), not code. Each entry cites the provider's spec; the
-//! generic `hmac` scheme exposes the same knobs (README "Verification" lists each preset as its
+//! generic `hmac` scheme exposes the same knobs (docs/providers.md lists each preset as its
 //! equivalent `hmac` line).
 
 use std::time::Duration;

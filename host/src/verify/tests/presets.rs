@@ -14,7 +14,7 @@ struct Case {
     /// A secret in the form the provider hands out.
     secret: &'static str,
     other_secret: &'static str,
-    /// The equivalent generic `hmac` line's knobs (README "Verification").
+    /// The equivalent generic `hmac` line's knobs (docs/providers.md).
     generic: &'static str,
 }
 
