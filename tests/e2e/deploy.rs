@@ -251,8 +251,8 @@ fn the_kubernetes_example_matches_what_the_binary_serves_and_reads() {
     assert!(spec["terminationGracePeriodSeconds"].as_u64().unwrap() > grace);
 }
 
-/// The process the image runs, stopped (SIGKILL) if the test ends early.
-struct Running(std::process::Child);
+/// A process a test started, stopped (SIGKILL) when the test ends, early or not.
+pub(crate) struct Running(pub std::process::Child);
 
 impl Drop for Running {
     fn drop(&mut self) {

@@ -275,3 +275,104 @@ fn every_toml_snippet_in_the_docs_passes_check() {
     }
     assert!(checked >= 7, "only {checked} snippets found");
 }
+
+/// The shell commands of the README's quick start, in order (comments and output lines
+/// dropped).
+fn quick_start_commands() -> Vec<String> {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = readme.find("## Quick start").expect("a quick start");
+    let end = readme[start..]
+        .find("\n## ")
+        .map_or(readme.len(), |e| start + e);
+    let mut out = Vec::new();
+    let mut in_sh = false;
+    for line in readme[start..end].lines() {
+        if line.starts_with("```sh") {
+            in_sh = true;
+        } else if line.starts_with("```") {
+            in_sh = false;
+        } else if in_sh && !line.trim().is_empty() && !line.starts_with('#') {
+            out.push(line.trim().to_string());
+        }
+    }
+    out
+}
+
+/// Every command of the README's quick start, run as written from a copy of the repository's
+/// `examples/` and `plugins/` (the binary this build made standing in for `cargo run --release
+/// -p hookwall --`; the example's ports moved to free ones): the server starts, `send` is
+/// answered `200 … accepted`, the event is in `data/orders.jsonl`, and the admin API shows it.
+/// The set-up (`rustup target add`) and the test command (`./.ci/run`, which runs this test)
+/// are the two commands not run here; they are named so that a new one fails this test.
+#[test]
+fn the_quick_start_commands_work_as_written() {
+    let commands = quick_start_commands();
+    let dir = tempfile::tempdir().unwrap();
+    let copy = |from: &str| {
+        let to = dir.path().join(from);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(root().join(from), &to).unwrap();
+    };
+    copy("examples/events/order.json");
+    copy("plugins/router.wasm");
+    let (web, admin) = (hookwall_testkit::free_port(), hookwall_testkit::free_port());
+    let config = std::fs::read_to_string(root().join("examples/hookwall.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{web}"))
+        .replace("127.0.0.1:9090", &format!("127.0.0.1:{admin}"));
+    std::fs::write(dir.path().join("examples/hookwall.toml"), config).unwrap();
+
+    const CARGO_RUN: &str = "cargo run --release -p hookwall -- ";
+    let mut server: Option<crate::deploy::Running> = None;
+    let mut ran = 0;
+    for command in &commands {
+        if command == "rustup target add wasm32-wasip2" || command == "./.ci/run" {
+            continue;
+        }
+        if let Some(args) = command.strip_prefix(CARGO_RUN) {
+            let args: Vec<&str> = args.split_whitespace().collect();
+            if args[0] == "serve" {
+                let child = Command::new(BIN)
+                    .args(&args)
+                    .current_dir(dir.path())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap();
+                server = Some(crate::deploy::Running(child));
+                let addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+                assert!(hookwall_testkit::wait_for(
+                    std::time::Duration::from_secs(60),
+                    || hookwall_testkit::http(addr, "GET", "/healthz", &[], b"")
+                        .is_ok_and(|r| r.status == 200)
+                ));
+            } else {
+                let out = Command::new(BIN)
+                    .args(&args)
+                    .current_dir(dir.path())
+                    .output()
+                    .unwrap();
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                assert!(out.status.success(), "{command}: {stdout}");
+                assert!(
+                    stdout.starts_with("200 ") && stdout.contains("\"accepted\""),
+                    "{command}: {stdout}"
+                );
+            }
+        } else if let Some(file) = command.strip_prefix("cat ") {
+            let path = dir.path().join(file);
+            assert!(
+                hookwall_testkit::wait_for(std::time::Duration::from_secs(10), || {
+                    std::fs::read_to_string(&path).is_ok_and(|t| t.contains("order.created"))
+                }),
+                "{command}: no order.created event in {}",
+                path.display()
+            );
+        } else {
+            panic!("the quick start shows a command this test does not run: {command}");
+        }
+        ran += 1;
+    }
+    assert!(server.is_some(), "the quick start starts the server");
+    assert_eq!(ran, 3, "{commands:?}");
+}
