@@ -207,7 +207,6 @@ impl Segments {
     /// The parts of the record at `at`, its checksum verified.
     pub fn parts(&self, at: LogRef) -> Result<Parts, StoreError> {
         let file = self.file(at.segment)?;
-        let mut buf = vec![0u8; HEADER as usize + at.len as usize];
         let corrupt = |reason: String| StoreError::Corrupt {
             what: format!(
                 "log record at {} offset {}",
@@ -216,6 +215,15 @@ impl Segments {
             ),
             reason,
         };
+        // A damaged row must not make us allocate what its length field claims.
+        let file_len = file.metadata().map_err(StoreError::storage)?.len();
+        let end = at.offset.saturating_add(HEADER + u64::from(at.len));
+        if end > file_len {
+            return Err(corrupt(format!(
+                "the record would end at {end}, past the file's end {file_len}"
+            )));
+        }
+        let mut buf = vec![0u8; HEADER as usize + at.len as usize];
         file.read_exact_at(&mut buf, at.offset)
             .map_err(|e| corrupt(e.to_string()))?;
         let payload = check_record(&buf, at.len as u64).map_err(corrupt)?;
@@ -683,6 +691,12 @@ mod tests {
         assert!(err.contains("hookwall store repair"), "{err}");
         segments.forget(1);
         assert!(segments.parts(second).is_err());
+        let claims_too_much = LogRef {
+            len: u32::MAX,
+            ..second
+        };
+        let err = segments.parts(claims_too_much).err().unwrap().to_string();
+        assert!(err.contains("past the file's end"), "{err}");
 
         // Padding over the bad record makes the segment read clean; the first still reads.
         pad(&path, second.offset, committed.end).unwrap();
