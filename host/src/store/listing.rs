@@ -155,7 +155,7 @@ impl Store {
                     ds.push(super::delivery_record(&self.inner.log, b.value(), *seq)?);
                 }
             }
-            let event = super::event_record(&self.inner.log, bytes.value(), id)?;
+            let event = super::event_from_row(&self.inner.log, row, id)?;
             let outcome = Outcome::of(&event, &ds);
             if filter.outcome.is_some_and(|o| o != outcome) {
                 continue;

@@ -123,9 +123,17 @@ pub(crate) fn event_key(source: &str, id: &str) -> String {
 
 /// The event whose `events` row is `bytes`, its headers and body read from the log.
 fn event_record(log: &log::Segments, bytes: &[u8], key: &str) -> Result<EventRecord, StoreError> {
-    let what = || format!("event {key}");
-    let row: records::EventRow = records::decode(bytes, what)?;
-    let part = log.parts(row.payload)?.take(0, what)?;
+    let row: records::EventRow = records::decode(bytes, || format!("event {key}"))?;
+    event_from_row(log, row, key)
+}
+
+/// The event whose decoded `events` row is `row`, its headers and body read from the log.
+fn event_from_row(
+    log: &log::Segments,
+    row: records::EventRow,
+    key: &str,
+) -> Result<EventRecord, StoreError> {
+    let part = log.parts(row.payload)?.take(0, || format!("event {key}"))?;
     Ok(row.into_record(part.into_body()))
 }
 
