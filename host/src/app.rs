@@ -12,7 +12,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::admin::Admin;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, StorageBackend};
 use crate::delivery::{DeliveryError, Workers};
 use crate::pipeline::Pipeline;
 use crate::plugin::kv::{EmbeddedKv, RedisKv};
@@ -21,6 +21,7 @@ use crate::plugin::{PluginError, PluginHost, PluginKv};
 use crate::redis::{RedisError, SharedRedis};
 use crate::server::tls::{Tls, TlsError};
 use crate::server::{self, edge::Edge};
+use crate::store::postgres::{Shared, SharedOptions};
 use crate::store::{Store, StoreError};
 use crate::telemetry;
 
@@ -100,10 +101,7 @@ impl App {
                 .transpose()?,
             None => None,
         };
-        let store = Store::open_with(&config.storage.path, config.storage.fsync)?;
-        if !config.storage.fsync {
-            tracing::warn!("storage.fsync = false: a crash can lose acknowledged events");
-        }
+        let store = open_store(&config).await?;
         let redis = connect_redis(&config).await?;
         // The plugins' key-value store: shared through Redis when replicas share state (so a
         // stateful plugin sees one state whichever replica an event lands on), else embedded.
@@ -240,6 +238,46 @@ impl App {
         tracing::info!(addr = %bound, "admin listening");
         admin
     }
+}
+
+/// The store `[storage]` names: embedded under `path`, or shared in PostgreSQL at `url`.
+pub async fn open_store(config: &Config) -> Result<Store, AppError> {
+    match config.storage.backend {
+        StorageBackend::Embedded => {
+            let store = Store::open_with(&config.storage.path, config.storage.fsync)?;
+            if !config.storage.fsync {
+                tracing::warn!("storage.fsync = false: a crash can lose acknowledged events");
+            }
+            Ok(store)
+        }
+        StorageBackend::Postgres => {
+            let shared = Shared::connect(shared_options(config)?).await?;
+            Ok(Store::from(shared))
+        }
+    }
+}
+
+/// How to reach the shared store, from `[storage]` (its URL resolved) and the sinks.
+pub fn shared_options(config: &Config) -> Result<SharedOptions, AppError> {
+    let url = config
+        .storage
+        .url
+        .as_ref()
+        .ok_or_else(|| ConfigError::Invalid {
+            key: "storage.url".into(),
+            reason: "backend = \"postgres\" needs url".into(),
+        })?
+        .resolve(&config.base_dir, "storage.url")?;
+    let url = String::from_utf8(url.expose().to_vec()).map_err(|_| ConfigError::Invalid {
+        key: "storage.url".into(),
+        reason: "not UTF-8".into(),
+    })?;
+    Ok(SharedOptions {
+        url,
+        lease: config.storage.lease,
+        pool_size: config.storage.pool_size,
+        order_keys: crate::store::postgres::order_keys(&config.sinks),
+    })
 }
 
 /// The shared Redis connection, when `[storage] redis` is set.

@@ -128,3 +128,15 @@ pub struct Reply {
     /// The reply's body.
     pub body: Vec<u8>,
 }
+
+/// The order key of a delivery's body: the string or number at `pointer` (from a sink's
+/// `order_key = "json:/…"`); `None` when the body is not JSON or has no such value. Delivery
+/// orders by it; the shared store keeps it with each delivery so every replica orders alike.
+pub fn order_key(pointer: &str, body: &[u8]) -> Option<String> {
+    let body: serde_json::Value = serde_json::from_slice(body).ok()?;
+    match body.pointer(pointer)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}

@@ -12,5 +12,5 @@ mod tmpfs;
 pub mod upstream;
 
 pub use harness::*;
-pub use services::{NatsServer, RedisServer, StreamEntry};
+pub use services::{NatsServer, PostgresServer, RedisServer, StreamEntry};
 pub use tmpfs::Tmpfs;

@@ -54,7 +54,7 @@ where
         if let Some(r) = expect(&method, Method::GET) {
             return Ok(r);
         }
-        return Ok(list(admin, req.uri().query()));
+        return Ok(list(admin, req.uri().query()).await);
     }
     if path == "/api/v1/dead-letters/purge" || path == "/api/v1/replay" {
         if let Some(r) = expect(&method, Method::POST) {
@@ -76,7 +76,7 @@ where
         let Ok(seq) = seq.parse::<u64>() else {
             return Ok(bad_request("a dead letter is named by its number (seq)"));
         };
-        return Ok(show(admin, seq));
+        return Ok(show(admin, seq).await);
     }
     // /api/v1/sinks/{name}/pause|resume
     if let Some(r) = expect(&method, Method::POST) {
@@ -135,7 +135,8 @@ async fn purge_letters(admin: &Admin, filter: &LetterFilter) -> Response<Full<By
     let purged = async {
         let seqs = admin
             .store
-            .dead_letters_matching(filter, MAX_REPLAY)?
+            .dead_letters_matching(filter, MAX_REPLAY)
+            .await?
             .into_iter()
             .map(|(seq, _)| seq)
             .collect();
@@ -201,7 +202,7 @@ fn letter_json(seq: u64, l: &DeadLetter) -> Value {
     })
 }
 
-fn list(admin: &Admin, query: Option<&str>) -> Response<Full<Bytes>> {
+async fn list(admin: &Admin, query: Option<&str>) -> Response<Full<Bytes>> {
     let limit = query_param(query, "limit")
         .and_then(|v| v.parse().ok())
         .unwrap_or(100usize)
@@ -213,7 +214,7 @@ fn list(admin: &Admin, query: Option<&str>) -> Response<Full<Bytes>> {
         (None, Some(k)) => LetterFilter::Sink(k.to_string()),
         (None, None) => LetterFilter::All,
     };
-    match admin.store.dead_letters_matching(&filter, limit) {
+    match admin.store.dead_letters_matching(&filter, limit).await {
         Ok(letters) => {
             let letters: Vec<Value> = letters
                 .iter()
@@ -227,24 +228,27 @@ fn list(admin: &Admin, query: Option<&str>) -> Response<Full<Bytes>> {
     }
 }
 
-fn show(admin: &Admin, seq: u64) -> Response<Full<Bytes>> {
-    let found = admin
-        .store
-        .dead_letters_matching(&LetterFilter::Seq(seq), 1)
-        .and_then(|mut l| {
-            let Some((_, letter)) = l.pop() else {
-                return Ok(None);
-            };
-            let delivery = match letter.delivery {
-                Some(d) => admin.store.delivery(d)?,
-                None => None,
-            };
-            let event = admin
-                .store
-                .event(&letter.source, &letter.event_id)?
-                .map(|(e, _)| e);
-            Ok(Some((letter, delivery, event)))
-        });
+async fn show(admin: &Admin, seq: u64) -> Response<Full<Bytes>> {
+    let found = async {
+        let mut l = admin
+            .store
+            .dead_letters_matching(&LetterFilter::Seq(seq), 1)
+            .await?;
+        let Some((_, letter)) = l.pop() else {
+            return Ok(None);
+        };
+        let delivery = match letter.delivery {
+            Some(d) => admin.store.delivery(d).await?,
+            None => None,
+        };
+        let event = admin
+            .store
+            .event(&letter.source, &letter.event_id)
+            .await?
+            .map(|(e, _)| e);
+        Ok::<_, crate::store::StoreError>(Some((letter, delivery, event)))
+    }
+    .await;
     match found {
         Ok(Some((letter, delivery, event))) => {
             let mut out = letter_json(seq, &letter);

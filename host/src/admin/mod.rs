@@ -156,7 +156,7 @@ impl Admin {
             return resp;
         }
         if let Some(id) = path.strip_prefix("/api/v1/events/") {
-            return match self.event(id) {
+            return match self.event(id).await {
                 Ok(Lookup::One(body)) => respond::json(StatusCode::OK, &body),
                 Ok(Lookup::Ambiguous(body)) => respond::json(StatusCode::CONFLICT, &body),
                 Ok(Lookup::None) => {
@@ -166,11 +166,11 @@ impl Admin {
             };
         }
         let result = if path == "/api/v1/sinks" {
-            self.sinks()
+            self.sinks().await
         } else if path == "/api/v1/plugins" {
             Ok(json!({ "plugins": self.plugins.status() }))
         } else if let (true, Some(pipeline)) = (path == "/api/v1/intake", &self.pipeline) {
-            Ok(pipeline.intake_report())
+            Ok(pipeline.intake_report().await)
         } else {
             return respond::error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint");
         };
@@ -196,17 +196,19 @@ impl Admin {
     /// `GET /api/v1/events/{source}/{id}`, or `GET /api/v1/events/{id}` when exactly one
     /// source holds an event with that id. When several do, the answer is 409 naming each
     /// `/api/v1/events/{source}/{id}`, never one of them picked at random.
-    fn event(&self, path: &str) -> Result<Lookup, crate::store::StoreError> {
+    async fn event(&self, path: &str) -> Result<Lookup, crate::store::StoreError> {
         let decode = |s: &str| {
             percent_encoding::percent_decode_str(s)
                 .decode_utf8_lossy()
                 .into_owned()
         };
         if let Some((source, id)) = path.split_once('/') {
-            return Ok(match self.store.event(&decode(source), &decode(id))? {
-                Some((event, deliveries)) => Lookup::One(event_json(&event, &deliveries)),
-                None => Lookup::None,
-            });
+            return Ok(
+                match self.store.event(&decode(source), &decode(id)).await? {
+                    Some((event, deliveries)) => Lookup::One(event_json(&event, &deliveries)),
+                    None => Lookup::None,
+                },
+            );
         }
         let id = decode(path);
         let sources = self
@@ -216,7 +218,7 @@ impl Admin {
             .unwrap_or_default();
         let mut found = Vec::new();
         for source in sources {
-            if let Some(hit) = self.store.event(&source, &id)? {
+            if let Some(hit) = self.store.event(&source, &id).await? {
                 found.push((source, hit));
             }
         }
@@ -236,12 +238,12 @@ impl Admin {
         })
     }
 
-    fn sinks(&self) -> Result<Value, crate::store::StoreError> {
+    async fn sinks(&self) -> Result<Value, crate::store::StoreError> {
         let mut out = Vec::new();
         for name in &self.sinks {
             out.push(json!({
                 "name": name,
-                "pending": self.store.pending_count(name)?,
+                "pending": self.store.pending_count(name).await?,
                 "paused": self.delivery.is_paused(name),
                 "circuit_open": self.delivery.is_circuit_open(name),
             }));

@@ -38,14 +38,14 @@ impl Admin {
         query: Option<&str>,
     ) -> Option<Response<Full<Bytes>>> {
         Some(match path {
-            "/metrics" => self.metrics(),
+            "/metrics" => self.metrics().await,
             "/readyz" => self.readyz().await,
-            "/api/v1/events" => self.list_events(query),
+            "/api/v1/events" => self.list_events(query).await,
             _ => return None,
         })
     }
 
-    fn metrics(&self) -> Response<Full<Bytes>> {
+    async fn metrics(&self) -> Response<Full<Bytes>> {
         let Some(handle) = &self.metrics else {
             return respond::error(
                 StatusCode::NOT_FOUND,
@@ -54,12 +54,12 @@ impl Admin {
             );
         };
         for sink in &self.sinks {
-            match self.store.pending_count(sink) {
+            match self.store.pending_count(sink).await {
                 Ok(n) => metrics::gauge!(m::SINK_BACKLOG, "sink" => sink.clone()).set(n as f64),
                 Err(e) => tracing::warn!(sink, error = %e, "cannot read the backlog for /metrics"),
             }
         }
-        if let Ok(n) = self.store.dead_letter_count() {
+        if let Ok(n) = self.store.dead_letter_count().await {
             metrics::gauge!(m::DEAD_LETTERS_QUEUED).set(n as f64);
         }
         m::store_writable(self.store.write_error().is_none());
@@ -74,7 +74,10 @@ impl Admin {
     async fn readyz(&self) -> Response<Full<Bytes>> {
         // Readable is not enough: after a failed write (a full disk) the store refuses every
         // event until it could be reopened, and a balancer should send traffic elsewhere.
-        let store = match (self.store.write_error(), self.store.dead_letter_count()) {
+        let store = match (
+            self.store.write_error(),
+            self.store.dead_letter_count().await,
+        ) {
             (Some(error), _) => json!({"ok": false, "writable": false, "error": error}),
             (None, Ok(_)) => json!({"ok": true, "writable": true}),
             (None, Err(e)) => json!({"ok": false, "error": e.to_string()}),
@@ -110,7 +113,7 @@ impl Admin {
         }
     }
 
-    fn list_events(&self, query: Option<&str>) -> Response<Full<Bytes>> {
+    async fn list_events(&self, query: Option<&str>) -> Response<Full<Bytes>> {
         let params = match EventsQuery::parse(query.unwrap_or("")) {
             Ok(p) => p,
             Err(message) => {
@@ -120,6 +123,7 @@ impl Admin {
         match self
             .store
             .list_events(&params.filter, params.cursor, params.limit)
+            .await
         {
             Ok(page) => {
                 let events: Vec<Value> = page

@@ -2,11 +2,20 @@
 
 use std::path::Path;
 
+use crate::config::StorageBackend;
 use crate::plugin::PluginHost;
 
 /// Checks the config at `path` and prints what it would run.
-pub fn run(path: &Path) -> anyhow::Result<()> {
+pub async fn run(path: &Path) -> anyhow::Result<()> {
     let config = super::load_config(path)?;
+    // The shared store's database: reachable, and a schema this binary can use.
+    let database = match config.storage.backend {
+        StorageBackend::Embedded => None,
+        StorageBackend::Postgres => {
+            let options = crate::app::shared_options(&config)?;
+            Some(crate::store::postgres::inspect(&options.url).await?)
+        }
+    };
     let plugins = PluginHost::load(&config, None)?;
     let loaded = plugins.plugins();
     println!(
@@ -16,6 +25,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         config.sinks.len(),
         loaded.iter().count()
     );
+    if let Some(database) = database {
+        println!("  storage postgres: {database}");
+    }
     for p in loaded.iter() {
         println!("  plugin {} {} ({})", p.name, p.version, p.path.display());
     }

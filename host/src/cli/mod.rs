@@ -142,7 +142,7 @@ pub enum PluginCommand {
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve { config, log_format } => serve::run(&config, log_format).await,
-        Command::Check { config } => check::run(&config),
+        Command::Check { config } => check::run(&config).await,
         Command::Plugins { config } => plugins::run(&config).await,
         Command::Dlq { config, command } => {
             let config = Config::load(&config)?;

@@ -217,6 +217,42 @@ pub struct StorageConfig {
     /// purged. `"0s"` keeps everything.
     #[serde(default = "default_retention", with = "humantime_serde")]
     pub retention: Duration,
+    /// `backend = "embedded"` (the default: redb and a log under `path`, one process) or
+    /// `"postgres"`: the inbox, outbox, dead letters and dedupe marks live in PostgreSQL at
+    /// `url`, shared by every replica that uses it.
+    #[serde(default)]
+    pub backend: StorageBackend,
+    /// `url = "env:DATABASE_URL"`: the PostgreSQL connection URL (`postgres://user:pass@host/db`,
+    /// a secret reference, since it may carry a password). Only with `backend = "postgres"`.
+    #[serde(default)]
+    pub url: Option<SecretRef>,
+    /// `lease = "30s"`: with `backend = "postgres"`, how long a replica holds the deliveries it
+    /// claimed without renewing them (it renews every third of it while it works). A replica
+    /// that dies leaves its deliveries to the others once this has passed.
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
+    /// `pool_size = 16`: with `backend = "postgres"`, connections this replica opens at most.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+}
+
+/// `[storage] backend`: which engine keeps the queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// redb and the log under `[storage] path`: one process, no server to run.
+    #[default]
+    Embedded,
+    /// PostgreSQL at `[storage] url`, shared by replicas.
+    Postgres,
+}
+
+fn default_lease() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_pool_size() -> usize {
+    16
 }
 
 fn default_retention() -> Duration {
@@ -243,6 +279,10 @@ impl Default for StorageConfig {
             redis: None,
             redis_prefix: default_redis_prefix(),
             retention: default_retention(),
+            backend: StorageBackend::Embedded,
+            url: None,
+            lease: default_lease(),
+            pool_size: default_pool_size(),
         }
     }
 }
@@ -590,8 +630,39 @@ impl Config {
                 "use printable ASCII without spaces",
             ));
         }
+        self.validate_storage_backend()?;
         self.validate_sources()?;
         self.validate_sinks()
+    }
+
+    /// `[storage] backend`, `url`, `lease` and `pool_size` agree.
+    fn validate_storage_backend(&self) -> Result<(), ConfigError> {
+        let storage = &self.storage;
+        match (storage.backend, &storage.url) {
+            (StorageBackend::Postgres, None) => {
+                return Err(invalid(
+                    "storage.url",
+                    "backend = \"postgres\" needs url = \"env:DATABASE_URL\" (a postgres:// URL)",
+                ));
+            }
+            (StorageBackend::Embedded, Some(_)) => {
+                return Err(invalid(
+                    "storage.url",
+                    "url is the PostgreSQL URL of backend = \"postgres\"; set the backend too, or remove it",
+                ));
+            }
+            _ => {}
+        }
+        if storage.lease < Duration::from_secs(1) {
+            return Err(invalid("storage.lease", "use at least 1s"));
+        }
+        if storage.pool_size < 2 {
+            return Err(invalid(
+                "storage.pool_size",
+                "use at least 2 (intake and delivery each hold a connection)",
+            ));
+        }
+        Ok(())
     }
 
     /// `[plugins]`: the per-call limits leave a plugin room to run.
@@ -712,6 +783,9 @@ impl Config {
         }
         if let Some(url) = &self.storage.redis {
             url.resolve(&self.base_dir, "storage.redis")?;
+        }
+        if let Some(url) = &self.storage.url {
+            url.resolve(&self.base_dir, "storage.url")?;
         }
         for (name, sink) in &self.sinks {
             sink::check_secrets(name, sink, &self.base_dir)?;

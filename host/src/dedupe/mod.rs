@@ -201,7 +201,11 @@ impl Dedupe {
                 "request has no dedupe key; processed without a mark");
             return Ok(Begin::Unkeyed);
         };
-        if let Some(id) = self.store.marked(&self.source, &key, received_at_ms)? {
+        if let Some(id) = self
+            .store
+            .marked(&self.source, &key, received_at_ms)
+            .await?
+        {
             return Ok(self.duplicate(id));
         }
         let mark = DedupeMark {

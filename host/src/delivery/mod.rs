@@ -31,6 +31,7 @@ pub mod bench;
 mod dispatch;
 mod flow;
 mod schedule;
+mod shared;
 mod unit;
 mod worker;
 
@@ -50,7 +51,7 @@ use worker::Worker;
 use crate::clock::Clock;
 use crate::config::{ConfigError, SinkConfig};
 use crate::sink;
-use crate::store::Store;
+use crate::store::{Outbox, Store};
 
 /// The running delivery workers: one task per sink.
 pub struct Workers {
@@ -97,7 +98,8 @@ pub enum DeliveryError {
 /// A sink's worker, built and not yet running.
 struct Ready {
     worker: Worker,
-    dispatch: Dispatch,
+    config: DispatchConfig,
+    circuit_open: Arc<AtomicBool>,
     paused: watch::Receiver<bool>,
 }
 
@@ -143,11 +145,10 @@ impl Workers {
                 clock: clock.clone(),
                 stopped: stopped.clone(),
             };
-            let dispatch =
-                Dispatch::new(DispatchConfig::for_sink(name, config), open, clock.clone());
             ready.push(Ready {
                 worker,
-                dispatch,
+                config: DispatchConfig::for_sink(name, config),
+                circuit_open: open,
                 paused: rx,
             });
         }
@@ -158,8 +159,22 @@ impl Workers {
         let workers = ready
             .into_iter()
             .map(|r| {
-                let run = Arc::new(r.worker).run(r.dispatch, stopped.clone(), r.paused);
-                tokio::spawn(run)
+                let worker = Arc::new(r.worker);
+                match store.outbox() {
+                    Outbox::Local(embedded) => {
+                        let dispatch = Dispatch::new(r.config, r.circuit_open, clock.clone());
+                        let run = worker.run(embedded.clone(), dispatch, stopped.clone(), r.paused);
+                        tokio::spawn(run)
+                    }
+                    Outbox::Shared(queue) => tokio::spawn(shared::run(
+                        worker,
+                        queue.clone(),
+                        r.config,
+                        r.circuit_open,
+                        stopped.clone(),
+                        r.paused,
+                    )),
+                }
             })
             .collect();
         Ok(Workers {
@@ -193,7 +208,7 @@ pub const REMOVED_SINK: &str = "sink removed from the config";
 /// send them, and in the dead-letter queue they are listed, purgeable, and replayable once
 /// the sink is back.
 async fn dead_letter_removed_sinks(store: Store, configured: std::collections::BTreeSet<String>) {
-    let pending = match store.pending_sinks() {
+    let pending = match store.pending_sinks().await {
         Ok(sinks) => sinks,
         Err(e) => {
             tracing::error!(error = %e, "cannot list the sinks with pending deliveries");
@@ -201,6 +216,15 @@ async fn dead_letter_removed_sinks(store: Store, configured: std::collections::B
         }
     };
     for sink in pending.iter().filter(|s| !configured.contains(*s)) {
+        if let Outbox::Shared(_) = store.outbox() {
+            // Another replica may run a config that has the sink (a rolling change): its
+            // deliveries stay pending for it, never dead-lettered from here.
+            tracing::warn!(sink = %sink,
+                "the shared queue holds pending deliveries for a sink this replica does not \
+                 configure; a replica that has it delivers them (dead-letter them through the \
+                 admin API if no replica will)");
+            continue;
+        }
         match store.dead_letter_sink(sink, REMOVED_SINK).await {
             Ok(n) => tracing::warn!(sink = %sink, deliveries = n,
                 "pending deliveries of a sink no longer in the config were dead-lettered; \

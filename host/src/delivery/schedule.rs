@@ -339,16 +339,7 @@ impl Schedule {
     }
 }
 
-/// The order key of a delivery's body: the string or number at `pointer` (from
-/// `order_key = "json:/…"`); `None` when the body is not JSON or has no such value.
-pub(super) fn order_key(pointer: &str, body: &[u8]) -> Option<String> {
-    let body: serde_json::Value = serde_json::from_slice(body).ok()?;
-    match body.pointer(pointer)? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
+pub(super) use crate::event::order_key;
 
 #[cfg(test)]
 mod tests {

@@ -18,7 +18,7 @@ use super::attempt::Policy;
 use super::dispatch::{Attempted, Dispatch, Done, Port, STORE_ERROR_PAUSE, Wait};
 use crate::clock::Clock;
 use crate::sink::Sink;
-use crate::store::{DeliveryRecord, Store, StoreError};
+use crate::store::{DeliveryRecord, Embedded, Store, StoreError};
 
 /// What one sink's attempts need: the sink, its retry policy, the store and the clock.
 pub(super) struct Worker {
@@ -39,18 +39,19 @@ impl Worker {
     /// Dispatches until `stopped`, then lets the units in flight finish.
     pub async fn run(
         self: Arc<Self>,
+        store: Embedded,
         mut dispatch: Dispatch,
         mut stopped: watch::Receiver<bool>,
         mut paused: watch::Receiver<bool>,
     ) {
-        let feed = self.store.feed(&self.name);
+        let feed = store.feed(&self.name);
         let mut running = Running::default();
         let mut restored = false;
         while !*stopped.borrow() {
-            restored = restored || self.restore(&mut dispatch);
+            restored = restored || self.restore(&store, &mut dispatch);
             let wait = if restored {
                 let is_paused = *paused.borrow();
-                let mut port = self.port(&mut running);
+                let mut port = self.port(&store, &mut running);
                 dispatch.arrive(&mut port, feed.drain());
                 dispatch.dispatch_round(&mut port, is_paused)
             } else {
@@ -74,11 +75,9 @@ impl Worker {
 
     /// Reads the sink's pending deliveries into the schedule; if the read fails part way, the
     /// schedule is emptied to be read again whole. False if the store could not be read.
-    fn restore(&self, dispatch: &mut Dispatch) -> bool {
+    fn restore(&self, store: &Embedded, dispatch: &mut Dispatch) -> bool {
         let with_bodies = dispatch.needs_bodies();
-        let read = self
-            .store
-            .scan_pending(&self.name, with_bodies, |q, body| dispatch.add(q, body));
+        let read = store.scan_pending(&self.name, with_bodies, |q, body| dispatch.add(q, body));
         match read {
             Ok(n) => {
                 tracing::debug!(sink = %self.name, pending = n, "schedule restored");
@@ -93,9 +92,14 @@ impl Worker {
         }
     }
 
-    fn port<'a>(self: &'a Arc<Self>, running: &'a mut Running) -> WorkerPort<'a> {
+    fn port<'a>(
+        self: &'a Arc<Self>,
+        store: &'a Embedded,
+        running: &'a mut Running,
+    ) -> WorkerPort<'a> {
         WorkerPort {
             worker: self,
+            store,
             running,
         }
     }
@@ -127,16 +131,17 @@ impl Running {
 /// [`Port`] onto the store (the sink's records) and the worker's tasks.
 struct WorkerPort<'a> {
     worker: &'a Arc<Worker>,
+    store: &'a Embedded,
     running: &'a mut Running,
 }
 
 impl Port for WorkerPort<'_> {
     fn load(&mut self, seqs: &[u64]) -> Result<Vec<DeliveryRecord>, StoreError> {
-        self.worker.store.pending_records(seqs)
+        self.store.pending_records(seqs)
     }
 
     fn writable(&mut self) -> bool {
-        self.worker.store.write_error().is_none()
+        self.store.write_error().is_none()
     }
 
     fn send(&mut self, unit: Vec<DeliveryRecord>) {

@@ -228,7 +228,7 @@ impl Pipeline {
     }
 
     /// Intake counters and gauges for the admin API.
-    pub fn intake_report(&self) -> serde_json::Value {
+    pub async fn intake_report(&self) -> serde_json::Value {
         let load = self.store.load();
         let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         serde_json::json!({
@@ -236,7 +236,7 @@ impl Pipeline {
             "overload_shed": self.overload.shed(),
             "duplicates": n(&self.dedupe_stats.duplicates),
             "duplicates_in_flight": n(&self.dedupe_stats.in_flight),
-            "dedupe_marks": self.store.mark_count().ok(),
+            "dedupe_marks": self.store.mark_count().await.ok(),
             "pending_deliveries": load.pending,
             "commit_latency_ms": load.commit_latency.as_millis() as u64,
             "redis": self.redis.as_ref().map(|r| serde_json::json!({

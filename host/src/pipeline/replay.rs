@@ -46,7 +46,7 @@ pub async fn replay(
     filter: &LetterFilter,
 ) -> Result<ReplayReport, ReplayError> {
     let store = pipeline.store();
-    let letters = store.dead_letters_matching(filter, MAX_REPLAY)?;
+    let letters = store.dead_letters_matching(filter, MAX_REPLAY).await?;
     let mut report = ReplayReport::default();
     let mut replays = Vec::new();
     for (seq, letter) in letters {
@@ -62,7 +62,7 @@ pub async fn replay(
         }
         let (Some(source), Some((event, _))) = (
             pipeline.source_named(&letter.source),
-            store.event(&letter.source, &letter.event_id)?,
+            store.event(&letter.source, &letter.event_id).await?,
         ) else {
             tracing::warn!(letter = seq, source = %letter.source, event = %letter.event_id,
                 "cannot replay: the source or the event is gone");

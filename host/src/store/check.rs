@@ -390,12 +390,12 @@ fn drop_lost(
 mod tests {
     use super::*;
     use crate::store::tests::event;
-    use crate::store::{DeliveryUpdate, Store};
+    use crate::store::{DeliveryUpdate, Embedded};
 
     #[tokio::test]
     async fn a_healthy_store_checks_clean_and_a_bad_record_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Embedded::open(dir.path()).unwrap();
         store.accept(event("e1", &["a", "b"])).await.unwrap();
         store.accept(event("e2", &["a"])).await.unwrap();
         let (_, deliveries) = store.event("demo", "e1").unwrap().unwrap();
@@ -454,13 +454,13 @@ mod tests {
     #[tokio::test]
     async fn a_missing_segment_is_refused_and_repair_starts_the_log_again() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Embedded::open(dir.path()).unwrap();
         store.accept(event("e1", &["a"])).await.unwrap();
         store.close().await;
         drop(store);
         std::fs::remove_file(Segments::new(dir.path()).path(1)).unwrap();
 
-        let refused = Store::open(dir.path()).err().unwrap().to_string();
+        let refused = Embedded::open(dir.path()).err().unwrap().to_string();
         assert!(
             refused.contains("0000000001.log") && refused.contains("missing"),
             "{refused}"
@@ -472,7 +472,7 @@ mod tests {
             "{report:?}"
         );
 
-        let store = Store::open(dir.path()).unwrap();
+        let store = Embedded::open(dir.path()).unwrap();
         assert!(store.event("demo", "e1").unwrap().is_none());
         assert_eq!(store.pending_count("a").unwrap(), 0);
         store.accept(event("e2", &["a"])).await.unwrap();

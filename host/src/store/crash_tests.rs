@@ -236,7 +236,7 @@ async fn every_acknowledged_event_survives_a_power_cut_at_any_point() {
     let db = database_on(disk.clone()).unwrap();
     // Before this, a cut leaves no file: the store is created whole or not at all.
     let born = disk.len_ops();
-    let store = Store::start(dir.path(), db, true).unwrap();
+    let store = Embedded::start(dir.path(), db, true).unwrap();
     // (event id, operations done when its accept returned)
     let mut acked: Vec<(String, usize)> = Vec::new();
     for group in 0..6 {
@@ -283,7 +283,7 @@ async fn every_acknowledged_event_survives_a_power_cut_at_any_point() {
             );
             let reopened = database_on(Recording::holding(image))
                 .map_err(|e| e.to_string())
-                .and_then(|db| Store::start(here.path(), db, true).map_err(|e| e.to_string()))
+                .and_then(|db| Embedded::start(here.path(), db, true).map_err(|e| e.to_string()))
                 .unwrap_or_else(|e| panic!("cut after op {cut} ({tail:?}): does not open: {e}"));
             for (id, at) in acked.iter().filter(|(_, at)| *at <= cut) {
                 let found = reopened.event("demo", id).unwrap();

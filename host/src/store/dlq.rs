@@ -19,7 +19,7 @@ use super::records::{
     NewDelivery,
 };
 use super::writer::{self, Job, Tables};
-use super::{DEAD_LETTERS, DELIVERIES, EVENT_TIMES, EVENTS, Store, StoreError};
+use super::{DEAD_LETTERS, DELIVERIES, EVENT_TIMES, EVENTS, Embedded, StoreError};
 
 /// Which dead letters an operation applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +94,7 @@ pub struct PruneStep {
     pub next: Option<PruneCursor>,
 }
 
-impl Store {
+impl Embedded {
     /// Dead letters matching `filter`, newest first, at most `limit`.
     pub fn dead_letters_matching(
         &self,

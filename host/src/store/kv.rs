@@ -9,7 +9,7 @@
 use tokio::sync::oneshot;
 
 use super::writer::{Job, KvOp};
-use super::{PLUGIN_KV, Store, StoreError};
+use super::{Embedded, PLUGIN_KV, StoreError};
 
 /// Stored form: 8 bytes of big-endian expiry (0 = never) followed by the value.
 pub(super) fn encode(value: &[u8], expires_at_ms: Option<u64>) -> Vec<u8> {
@@ -26,7 +26,7 @@ pub(super) fn live(stored: &[u8], now_ms: u64) -> Option<&[u8]> {
     (expires == 0 || expires > now_ms).then_some(value)
 }
 
-impl Store {
+impl Embedded {
     /// Runs a key-value write on the writer thread and waits for its commit.
     async fn kv_write(&self, op: KvOp) -> Result<bool, StoreError> {
         let (resp, rx) = oneshot::channel();

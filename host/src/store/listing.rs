@@ -10,7 +10,9 @@
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use super::records::{self, DeliveryRecord, DeliveryState, EventRecord, EventRow, EventStatus};
-use super::{DEAD_LETTERS, DELIVERIES, EVENT_TIMES as EVENTS_BY_TIME, EVENTS, Store, StoreError};
+use super::{
+    DEAD_LETTERS, DELIVERIES, EVENT_TIMES as EVENTS_BY_TIME, EVENTS, Embedded, StoreError,
+};
 
 /// Rows of the index examined per listing call at most, so a filter that matches nothing
 /// cannot turn one admin request into a full scan; the caller gets a cursor to go on.
@@ -100,7 +102,7 @@ pub struct EventPage {
     pub next: Option<(u64, String)>,
 }
 
-impl Store {
+impl Embedded {
     /// Up to `limit` events matching `filter`, newest first, starting strictly before `after`
     /// (a previous page's `next`).
     pub fn list_events(
@@ -215,7 +217,7 @@ mod tests {
     #[tokio::test]
     async fn lists_by_time_not_by_id_pages_and_survives_a_lost_index() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Embedded::open(dir.path()).unwrap();
         // Ids in the opposite order of time; two at the same millisecond.
         for (id, source, at) in [("z", "a", 1), ("y", "b", 2), ("x", "a", 3), ("w", "a", 3)] {
             store.accept(event(id, source, at)).await.unwrap();
@@ -251,7 +253,7 @@ mod tests {
             txn.delete_table(EVENTS_BY_TIME).unwrap();
             txn.commit().unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = Embedded::open(dir.path()).unwrap();
         assert_eq!(
             ids(&store.list_events(&all, None, 10).unwrap()),
             ["x", "w", "y", "z"]

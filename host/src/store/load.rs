@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::Store;
+use super::Embedded;
 
 /// A commit's latency counts as "recent" for this long; after that a quiet store is assumed
 /// fast again, so one slow commit cannot shed load forever (shed requests commit nothing).
@@ -82,7 +82,20 @@ impl Gauges {
         *self.write_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
     }
 
-    fn snapshot(&self) -> StoreLoad {
+    /// Sets the backlog (the shared store reads it from the database).
+    pub(super) fn set_pending(&self, pending: u64) {
+        self.pending.store(pending, Ordering::Relaxed);
+    }
+
+    /// Why the store cannot be written now, if it cannot.
+    pub(super) fn write_error(&self) -> Option<String> {
+        self.write_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(super) fn snapshot(&self) -> StoreLoad {
         let now = self.now_us();
         let running = match self.started_us.load(Ordering::Relaxed) {
             0 => 0,
@@ -101,7 +114,7 @@ impl Gauges {
     }
 }
 
-impl Store {
+impl Embedded {
     /// The current backlog and commit latency; a few atomic loads.
     pub fn load(&self) -> StoreLoad {
         self.inner.gauges.snapshot()
@@ -110,12 +123,7 @@ impl Store {
     /// Why the store cannot take writes right now (the last commit failed and the database
     /// could not be reopened yet), or `None` when it can.
     pub fn write_error(&self) -> Option<String> {
-        self.inner
-            .gauges
-            .write_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.inner.gauges.write_error()
     }
 }
 

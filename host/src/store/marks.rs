@@ -16,7 +16,7 @@ use std::path::Path;
 use redb::{ReadableTable, TableDefinition};
 
 use super::writer::Tables;
-use super::{Store, StoreError};
+use super::{Embedded, StoreError};
 
 pub(super) const DEDUPE: TableDefinition<(&str, &str), (u64, &str)> =
     TableDefinition::new("dedupe");
@@ -34,7 +34,7 @@ pub struct DedupeMark {
     pub expires_ms: u64,
 }
 
-impl Store {
+impl Embedded {
     /// The id of the event that holds an unexpired mark for (`source`, `key`) at `now_ms`.
     /// A cheap MVCC read; the writer's check at commit stays the authority.
     pub fn marked(

@@ -1,5 +1,9 @@
 //! Store: the durable inbox and outbox. An event is acknowledged only after it is here.
 //!
+//! Two backends sit behind one seam ([`Backend`], held as a [`Store`]): the embedded store
+//! described below (the default), and [`postgres`], the queue shared by replicas through
+//! PostgreSQL (`[storage] backend = "postgres"`).
+//!
 //! Two parts: an append-only [`log`] of segment files holds what is large (each request's and
 //! each routed message's headers and body, written once), and [redb] (an embedded, pure-Rust,
 //! ACID B-tree store) holds small index rows that point into it. All writes go through one
@@ -27,6 +31,7 @@
 //! Invariant: an event, all of its deliveries and its dedupe mark are committed in one
 //! transaction, after the log records they point at are on disk.
 
+mod backend;
 mod cell;
 mod check;
 pub mod dlq;
@@ -36,6 +41,7 @@ mod load;
 pub mod log;
 pub mod marks;
 mod migrate;
+pub mod postgres;
 mod records;
 pub mod upkeep;
 
@@ -48,8 +54,9 @@ use std::sync::{Arc, Mutex};
 use redb::{ReadableTable, TableDefinition};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+pub use backend::{Backend, Outbox, Store};
 pub use check::{CheckReport, Integrity, RepairReport, check, repair};
-pub use dlq::{LetterFilter, Replay};
+pub use dlq::{LetterFilter, PruneCursor, PruneStep, Replay};
 pub use listing::{EventFilter, EventPage, Outcome};
 pub use load::StoreLoad;
 pub use marks::DedupeMark;
@@ -102,6 +109,9 @@ pub enum StoreError {
     /// The store is shutting down and takes no more writes.
     #[error("store is closed")]
     Closed,
+    /// The shared store's database cannot be used (unreachable, or its schema is newer).
+    #[error("cannot use the PostgreSQL store: {0}")]
+    Connect(String),
     /// The database is being reopened after a failed write (e.g. the disk was full).
     #[error("store is being reopened after a write failure")]
     Unavailable,
@@ -175,9 +185,10 @@ pub enum AcceptOutcome {
     },
 }
 
-/// A cheap, cloneable handle to the store.
+/// The embedded store (redb + the log): one process's inbox and outbox on local disk. A cheap,
+/// cloneable handle; [`Store`] wraps it as one [`Backend`].
 #[derive(Clone)]
-pub struct Store {
+pub struct Embedded {
     inner: Arc<Inner>,
 }
 
@@ -260,15 +271,15 @@ impl Arrivals {
     }
 }
 
-impl Store {
+impl Embedded {
     /// Opens (or creates) the store in directory `dir`, fsyncing every commit.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        Store::open_with(dir, true)
+    pub fn open(dir: &Path) -> Result<Embedded, StoreError> {
+        Embedded::open_with(dir, true)
     }
 
     /// Opens the store; with `fsync = false` commits skip the fsync (a crash can lose
-    /// acknowledged events), except the final one at [`Store::close`].
-    pub fn open_with(dir: &Path, fsync: bool) -> Result<Store, StoreError> {
+    /// acknowledged events), except the final one at [`Embedded::close`].
+    pub fn open_with(dir: &Path, fsync: bool) -> Result<Embedded, StoreError> {
         let open_err = |reason: String| StoreError::Open {
             path: dir.to_path_buf(),
             reason,
@@ -279,23 +290,23 @@ impl Store {
             cell::create_new(&path).map_err(|e| open_err(e.to_string()))?;
         }
         let db = cell::create(&path).map_err(|e| open_err(e.to_string()))?;
-        Store::start(dir, db, fsync)
+        Embedded::start(dir, db, fsync)
     }
 
     /// Makes the tables, brings the log to its committed end, reads the next sequence number
     /// and starts the writer on `db` (the crash model, `crash_tests.rs`, starts it on an
     /// in-memory disk).
-    fn start(dir: &Path, db: redb::Database, fsync: bool) -> Result<Store, StoreError> {
-        Store::start_with(dir, db, fsync, log::SEGMENT_BYTES)
+    fn start(dir: &Path, db: redb::Database, fsync: bool) -> Result<Embedded, StoreError> {
+        Embedded::start_with(dir, db, fsync, log::SEGMENT_BYTES)
     }
 
-    /// [`Store::start`] with log segments of `segment_bytes` (tests make them small).
+    /// [`Embedded::start`] with log segments of `segment_bytes` (tests make them small).
     fn start_with(
         dir: &Path,
         db: redb::Database,
         fsync: bool,
         segment_bytes: u64,
-    ) -> Result<Store, StoreError> {
+    ) -> Result<Embedded, StoreError> {
         let open_err = |reason: String| StoreError::Open {
             path: dir.to_path_buf(),
             reason,
@@ -351,7 +362,7 @@ impl Store {
             fsync,
         )
         .map_err(|e| open_err(e.to_string()))?;
-        Ok(Store {
+        Ok(Embedded {
             inner: Arc::new(Inner {
                 db,
                 log: segments,
@@ -383,7 +394,7 @@ impl Store {
         self.accept_marked(event, None).await
     }
 
-    /// Like [`Store::accept`], and also commits `mark` in the same transaction. If a live mark
+    /// Like [`Embedded::accept`], and also commits `mark` in the same transaction. If a live mark
     /// for the same (source, key) exists (checked at the event's `received_at_ms`), nothing is
     /// written and the answer is the marked event's id as a duplicate.
     pub async fn accept_marked(

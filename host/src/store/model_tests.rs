@@ -60,7 +60,7 @@ impl Model {
 }
 
 /// The pending delivery of `id` to `sink` (after replays an event has older, settled ones).
-fn pending_seq(store: &Store, id: &str, sink: &str) -> u64 {
+fn pending_seq(store: &Embedded, id: &str, sink: &str) -> u64 {
     let (_, deliveries) = store.event("demo", id).unwrap().unwrap();
     deliveries
         .iter()
@@ -70,7 +70,7 @@ fn pending_seq(store: &Store, id: &str, sink: &str) -> u64 {
 }
 
 /// Checks that `store` holds what `model` says, after operation `op` of run `seed`.
-fn check(store: &Store, model: &Model, seed: u64, op: &str) {
+fn check(store: &Embedded, model: &Model, seed: u64, op: &str) {
     let at = || format!("seed {seed}, after {op}");
     for sink in SINKS {
         let stored: BTreeMap<String, u64> = store
@@ -124,7 +124,7 @@ fn check(store: &Store, model: &Model, seed: u64, op: &str) {
 
 async fn run(seed: u64, dir: &Path) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut store = Store::open_with(dir, false).unwrap();
+    let mut store = Embedded::open_with(dir, false).unwrap();
     let mut model = Model::default();
     for step in 0..OPS_PER_RUN {
         let roll = rng.random_range(0..100);
@@ -217,7 +217,7 @@ async fn run(seed: u64, dir: &Path) {
         } else {
             store.close().await;
             drop(store);
-            store = Store::open_with(dir, false).unwrap();
+            store = Embedded::open_with(dir, false).unwrap();
             "close and reopen".to_string()
         };
         check(&store, &model, seed, &op);

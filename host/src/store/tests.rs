@@ -29,7 +29,7 @@ pub(super) fn event(id: &str, sinks: &[&str]) -> NewEvent {
 #[tokio::test]
 async fn event_and_deliveries_commit_together_and_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Embedded::open(dir.path()).unwrap();
     assert_eq!(
         store.accept(event("e1", &["a", "b"])).await.unwrap(),
         AcceptOutcome::Stored
@@ -41,7 +41,7 @@ async fn event_and_deliveries_commit_together_and_survive_reopen() {
     store.close().await;
     drop(store);
 
-    let store = Store::open(dir.path()).unwrap();
+    let store = Embedded::open(dir.path()).unwrap();
     let (record, deliveries) = store.event("demo", "e1").unwrap().unwrap();
     assert_eq!(record.deliveries.len(), 2);
     assert_eq!(deliveries.len(), 2);
@@ -56,7 +56,7 @@ async fn event_and_deliveries_commit_together_and_survive_reopen() {
 #[tokio::test]
 async fn concurrent_copies_of_one_event_store_it_once() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Embedded::open(dir.path()).unwrap();
     let tasks: Vec<_> = (0..50)
         .map(|_| {
             let store = store.clone();
@@ -76,7 +76,7 @@ async fn concurrent_copies_of_one_event_store_it_once() {
 #[tokio::test]
 async fn retries_reschedule_and_dead_letters_are_listed() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Embedded::open(dir.path()).unwrap();
     store.accept(event("e1", &["a"])).await.unwrap();
     let seq = store.due_deliveries("a", 1_000, 10).unwrap()[0].seq;
 
@@ -114,7 +114,7 @@ async fn retries_reschedule_and_dead_letters_are_listed() {
 #[tokio::test]
 async fn high_priority_is_due_first() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Embedded::open(dir.path()).unwrap();
     store.accept(event("normal", &["a"])).await.unwrap();
     let mut urgent = event("urgent", &["a"]);
     urgent.deliveries[0].priority = Priority::High;
@@ -127,7 +127,7 @@ async fn high_priority_is_due_first() {
 #[tokio::test]
 async fn writes_after_close_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Embedded::open(dir.path()).unwrap();
     store.close().await;
     assert!(matches!(
         store.accept(event("late", &["a"])).await,
@@ -138,11 +138,11 @@ async fn writes_after_close_are_refused() {
 #[tokio::test]
 async fn without_fsync_a_clean_close_still_persists() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_with(dir.path(), false).unwrap();
+    let store = Embedded::open_with(dir.path(), false).unwrap();
     store.accept(event("e1", &["a"])).await.unwrap();
     store.close().await;
     drop(store);
-    let store = Store::open(dir.path()).unwrap();
+    let store = Embedded::open(dir.path()).unwrap();
     assert!(store.event("demo", "e1").unwrap().is_some());
 }
 
@@ -157,7 +157,7 @@ fn mark(key: &str, expires_ms: u64) -> DedupeMark {
 #[tokio::test]
 async fn concurrent_copies_under_one_mark_store_exactly_one_event() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Embedded::open(dir.path()).unwrap();
     // Different event ids (as with a body-hash key, where each copy gets a fresh id): only the
     // mark makes them the same event.
     let tasks: Vec<_> = (0..100)
@@ -194,7 +194,7 @@ async fn concurrent_copies_under_one_mark_store_exactly_one_event() {
 #[tokio::test]
 async fn marks_survive_reopen_expire_and_are_purged_in_batches() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Embedded::open(dir.path()).unwrap();
     // received_at_ms is 1_000 for every test event.
     for i in 0..5 {
         let out = store
@@ -209,7 +209,7 @@ async fn marks_survive_reopen_expire_and_are_purged_in_batches() {
     store.close().await;
     drop(store);
 
-    let store = Store::open(dir.path()).unwrap();
+    let store = Embedded::open(dir.path()).unwrap();
     assert_eq!(
         store.marked("demo", "k0", 1_500).unwrap().as_deref(),
         Some("e0")
@@ -234,7 +234,7 @@ async fn marks_survive_reopen_expire_and_are_purged_in_batches() {
 #[tokio::test]
 async fn an_expired_mark_no_longer_makes_a_duplicate_and_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Embedded::open(dir.path()).unwrap();
     // The event arrives at 1_000; a mark that expired at 900 is stale.
     let stale = mark("k", 900);
     let mut early = event("old", &[]);
@@ -302,7 +302,7 @@ async fn an_old_store_gets_its_events_keyed_by_source() {
         }
         txn.commit().unwrap();
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = Embedded::open(dir.path()).unwrap();
     let (record, deliveries) = store.event("demo", "42").unwrap().unwrap();
     assert_eq!(record.id, "42");
     assert_eq!(deliveries[0].event_id, "42");
@@ -333,7 +333,7 @@ async fn an_old_store_gets_its_events_keyed_by_source() {
 #[tokio::test]
 async fn the_feed_publishes_commits_and_a_resend_queues_exactly_the_dead_delivery() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Embedded::open(dir.path()).unwrap();
     let feed = store.feed("a");
     store.accept(event("e1", &["a", "a", "b"])).await.unwrap();
     let queued = feed.drain();
@@ -387,7 +387,7 @@ async fn the_feed_publishes_commits_and_a_resend_queues_exactly_the_dead_deliver
 #[tokio::test]
 async fn a_removed_sinks_pending_deliveries_become_dead_letters() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Embedded::open(dir.path()).unwrap();
     for i in 0..3 {
         store
             .accept(event(&format!("e{i}"), &["kept", "gone"]))
@@ -427,7 +427,7 @@ async fn a_half_created_database_is_discarded_not_refused() {
     let dir = tempfile::tempdir().unwrap();
     let leftover = dir.path().join(format!("{DB_FILE}.new"));
     std::fs::write(&leftover, b"half a redb header").unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = Embedded::open(dir.path()).unwrap();
     assert!(!leftover.exists());
     assert_eq!(
         store.accept(event("e1", &["a"])).await.unwrap(),
@@ -444,7 +444,7 @@ async fn a_log_segment_is_deleted_once_nothing_in_it_is_kept() {
     cell::create_new(&path).unwrap();
     let db = cell::create(&path).unwrap();
     // Each event's record is longer than this: each group starts a segment of its own.
-    let store = Store::start_with(dir.path(), db, true, 50).unwrap();
+    let store = Embedded::start_with(dir.path(), db, true, 50).unwrap();
     for i in 0..6 {
         let e = event(&format!("e{i}"), &["a"]);
         assert_eq!(store.accept(e).await.unwrap(), AcceptOutcome::Stored);
@@ -466,7 +466,7 @@ async fn a_log_segment_is_deleted_once_nothing_in_it_is_kept() {
     store.close().await;
     drop(store);
 
-    let store = Store::open(dir.path()).unwrap();
+    let store = Embedded::open(dir.path()).unwrap();
     let due = store.due_deliveries("a", 5_000, 10).unwrap();
     let ids: Vec<&str> = due.iter().map(|d| d.event_id.as_str()).collect();
     assert_eq!(ids, ["e4", "e5"]);

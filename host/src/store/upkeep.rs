@@ -150,7 +150,7 @@ mod tests {
     }
 
     async fn deliver(store: &Store, id: &str) {
-        let (record, _) = store.event("s", id).unwrap().unwrap();
+        let (record, _) = store.event("s", id).await.unwrap().unwrap();
         let updates = record
             .deliveries
             .iter()
@@ -187,15 +187,14 @@ mod tests {
         assert!(cursor.is_some(), "the pass stopped at its budget");
         assert_eq!(pass(&store, before_ms, &mut cursor, PRUNE_SCAN).await, 20);
         assert_eq!(cursor, None, "the range was walked to its end");
-        assert!(
-            closed
-                .iter()
-                .all(|id| store.event("s", id).unwrap().is_none())
-        );
-        assert!(store.event("s", "open-0").unwrap().is_some());
+        for id in &closed {
+            assert!(store.event("s", id).await.unwrap().is_none());
+        }
+        assert!(store.event("s", "open-0").await.unwrap().is_some());
         assert!(
             store
                 .event("s", &format!("open-{}", open - 1))
+                .await
                 .unwrap()
                 .is_some()
         );
@@ -211,8 +210,8 @@ mod tests {
             "a pass over {open} open events took {:?}",
             started.elapsed()
         );
-        assert!(store.event("s", "open-7").unwrap().is_none());
-        assert_eq!(store.pending_count("a").unwrap(), open as u64 - 1);
+        assert!(store.event("s", "open-7").await.unwrap().is_none());
+        assert_eq!(store.pending_count("a").await.unwrap(), open as u64 - 1);
         // Nothing newer than the cutoff goes.
         deliver(&store, "open-8").await;
         assert_eq!(pass(&store, 1_000, &mut None, MAX_SCAN_PER_PASS).await, 0);

@@ -35,6 +35,9 @@ pub const STORE_WRITABLE: &str = "hookwall_store_writable";
 pub const SINK_BACKLOG: &str = "hookwall_sink_backlog";
 /// `hookwall_dead_letters`: entries in the dead-letter queue, sampled at scrape.
 pub const DEAD_LETTERS_QUEUED: &str = "hookwall_dead_letters";
+/// `hookwall_queue_oldest_pending_seconds{sink}`: with the shared (PostgreSQL) store, the age
+/// of the sink's oldest pending delivery across every replica, read from the database.
+pub const QUEUE_OLDEST_PENDING: &str = "hookwall_queue_oldest_pending_seconds";
 /// Gauge: bytes of request bodies held under `[server] overload.max_body_bytes_in_flight`.
 pub const BODY_BYTES_IN_FLIGHT: &str = "hookwall_body_bytes_in_flight";
 
@@ -80,6 +83,11 @@ fn describe() {
     );
     describe_gauge!(DEAD_LETTERS_QUEUED, "Entries in the dead-letter queue.");
     describe_gauge!(
+        QUEUE_OLDEST_PENDING,
+        Unit::Seconds,
+        "Shared store: age of a sink's oldest pending delivery, across every replica."
+    );
+    describe_gauge!(
         BODY_BYTES_IN_FLIGHT,
         Unit::Bytes,
         "Bytes of request bodies reserved against the body budget (held until answered)."
@@ -88,6 +96,11 @@ fn describe() {
         STORE_WRITABLE,
         "1 while the store takes writes, 0 while a failed write keeps it read-only."
     );
+}
+
+/// Sets sink `sink`'s oldest pending age (the shared store reads it from the database).
+pub fn queue_oldest_pending(sink: &str, age: Duration) {
+    metrics::gauge!(QUEUE_OLDEST_PENDING, "sink" => sink.to_string()).set(age.as_secs_f64());
 }
 
 /// Moves the bytes of request bodies held under the body budget by `delta`.

@@ -36,6 +36,7 @@ impl PluginKv for EmbeddedKv {
     async fn get(&self, scope: KvScope<'_>, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         self.store
             .kv_get(scope.plugin, key, scope.now_ms)
+            .await
             .map_err(backend)
     }
 
