@@ -23,6 +23,7 @@ mod orders;
 mod queues;
 mod reload;
 mod scaffold;
+mod shared_queue;
 mod spine;
 mod trust;
 mod trust_admin;
