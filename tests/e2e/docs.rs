@@ -152,7 +152,7 @@ type = "stdout"
 }
 
 /// `hookwall check` on `snippet` merged into [`base`]; the error names the snippet.
-fn check(place: &str, snippet: &str, manifest: bool) {
+fn check(place: &str, snippet: &str, manifest: bool, database: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let repo_plugins = root().join("plugins");
     let plugins = if manifest {
@@ -249,7 +249,10 @@ fn check(place: &str, snippet: &str, manifest: bool) {
         .skip(1)
         .filter_map(|r| r.split('"').next())
     {
-        cmd.env(name, env_value(name));
+        match (name, database) {
+            ("DATABASE_URL", Some(url)) => cmd.env(name, url),
+            _ => cmd.env(name, env_value(name)),
+        };
     }
     let out = cmd.output().unwrap();
     assert!(
@@ -262,12 +265,19 @@ fn check(place: &str, snippet: &str, manifest: bool) {
 #[test]
 fn every_toml_snippet_in_the_docs_passes_check() {
     let mut checked = 0;
+    // A snippet of the shared store is checked against a real database (`hookwall check`
+    // connects and reads its schema): one private server, started for the first such snippet.
+    let mut database: Option<hookwall_testkit::PostgresServer> = None;
     for file in doc_files() {
         for (file, line, info, text) in toml_blocks(&file) {
             let place = format!("{file}:{line}");
+            if text.contains("backend = \"postgres\"") && database.is_none() {
+                database = Some(hookwall_testkit::PostgresServer::start());
+            }
+            let url = database.as_ref().map(|d| d.url());
             match info.as_str() {
-                "" => check(&place, &text, false),
-                "manifest" => check(&place, &text, true),
+                "" => check(&place, &text, false, url.as_deref()),
+                "manifest" => check(&place, &text, true, url.as_deref()),
                 other => panic!("{place}: unknown toml block kind {other:?}"),
             }
             checked += 1;

@@ -7,10 +7,12 @@ pub mod wasm {
 
 pub mod guests;
 mod harness;
+mod postgres;
 mod services;
 mod tmpfs;
 pub mod upstream;
 
 pub use harness::*;
-pub use services::{NatsServer, PostgresServer, RedisServer, StreamEntry};
+pub use postgres::PostgresServer;
+pub use services::{NatsServer, RedisServer, StreamEntry};
 pub use tmpfs::Tmpfs;
