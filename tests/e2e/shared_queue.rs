@@ -279,3 +279,61 @@ fn a_dead_letter_replayed_from_any_replica_is_delivered() {
         .collect();
     assert_eq!(states, ["resolved", "delivered"], "{event}");
 }
+
+/// `order_key` and `concurrency` hold for the fleet: two replicas, a slow and flaky app, the
+/// events of each order spread over both replicas. Per order the app accepts the steps in the
+/// order they were sent; never more than the sink's `concurrency` requests at once across both
+/// replicas (each alone would allow that many); different orders overlap.
+#[test]
+fn order_and_concurrency_hold_across_replicas() {
+    let pg = PostgresServer::start();
+    let up = Upstream::start();
+    up.answer(Answer::FailEvery(4));
+    up.delay(Duration::from_millis(20));
+    let sink = "concurrency = 3\norder_key = \"json:/order_id\"\ncircuit = { failures = 0 }";
+    let (_d1, one) = replica(&pg, &up.url(), "", sink);
+    let (_d2, two) = replica(&pg, &up.url(), "", sink);
+    const ORDERS: usize = 6;
+    const STEPS: usize = 8;
+    for step in 0..STEPS {
+        for order in 0..ORDERS {
+            let hw = if (order + step) % 2 == 0 { &one } else { &two };
+            let r = post_signed(
+                hw,
+                "shop",
+                &format!("o-{order}-{step}"),
+                &json!({"order_id": format!("o{order}"), "step": step}),
+            );
+            assert_eq!(r.status, 200, "{r:?}");
+        }
+    }
+    assert!(
+        wait_for(Duration::from_secs(60), || up.accepted().len()
+            >= ORDERS * STEPS),
+        "accepted {} of {}",
+        up.accepted().len(),
+        ORDERS * STEPS
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let mut per_order: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for r in up.accepted() {
+        let body = r.json();
+        per_order
+            .entry(body["order_id"].as_str().unwrap().to_string())
+            .or_default()
+            .push(body["step"].as_u64().unwrap());
+    }
+    for (order, steps) in &per_order {
+        let want: Vec<u64> = (0..STEPS as u64).collect();
+        assert_eq!(steps, &want, "order {order} delivered out of order");
+    }
+    assert!(
+        up.max_in_flight() > 1,
+        "orders were not delivered in parallel"
+    );
+    assert!(
+        up.max_in_flight() <= 3,
+        "the fleet exceeded the sink's concurrency: {}",
+        up.max_in_flight()
+    );
+}

@@ -46,21 +46,21 @@ struct Scenario {
 
 /// Which stages a Hookwall scenario turns on; each scenario adds one to the previous.
 #[derive(Clone, Copy, Default)]
-struct Stages {
+pub(crate) struct Stages {
     /// A per-client-IP rate limit (high enough never to refuse) and dedupe by event id.
-    intake: bool,
+    pub(crate) intake: bool,
     /// The bundled router plugin.
-    plugin: bool,
+    pub(crate) plugin: bool,
     /// Durable commits (fsync), the default configuration.
-    fsync: bool,
+    pub(crate) fsync: bool,
     /// Deliver to an `http` sink (at `{sink}`) instead of a paused file sink.
-    deliver: bool,
+    pub(crate) deliver: bool,
     /// Deliver to the file sink (running, not paused): issue #18's "full path".
-    write_file: bool,
+    pub(crate) write_file: bool,
 }
 
 /// The Hookwall config of a scenario.
-fn hookwall_config(plugins_dir: &Path, stages: Stages) -> String {
+pub(crate) fn hookwall_config(plugins_dir: &Path, stages: Stages) -> String {
     let plugins = if stages.plugin { "[\"router\"]" } else { "[]" };
     let intake = if stages.intake {
         "rate_limit = { rate = \"1000000/s\", burst = 100000, by = \"client_ip\" }\ndedupe = { key = \"scheme\" }"
@@ -157,9 +157,9 @@ fn scenarios(repo: &Path) -> Vec<Scenario> {
 }
 
 /// A server process of one run; killed on drop.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -177,12 +177,30 @@ impl Server {
         hookwall: &Path,
         sink: Option<SocketAddr>,
     ) -> anyhow::Result<Server> {
+        Server::launch(
+            scenario.name,
+            scenario.config.as_deref(),
+            hookwall,
+            sink,
+            &[],
+        )
+    }
+
+    /// Starts Hookwall on `config` (`{listen}` and `{sink}` filled in) with `env` added, or the
+    /// bare baseline when `config` is `None`, and waits until it listens.
+    pub(crate) fn launch(
+        name: &str,
+        config: Option<&str>,
+        hookwall: &Path,
+        sink: Option<SocketAddr>,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Server> {
         let dir = tempfile::tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut cmd = match &scenario.config {
+        let mut cmd = match config {
             None => {
                 let mut c = Command::new(std::env::current_exe()?);
                 c.args(["baseline", "--listen", &addr.to_string()]);
@@ -201,7 +219,8 @@ impl Server {
                 c.arg("serve")
                     .arg("--config")
                     .arg(&path)
-                    .env("RUST_LOG", "warn");
+                    .env("RUST_LOG", "warn")
+                    .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
                 c
             }
         };
@@ -219,7 +238,7 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(addr).is_err() {
             if Instant::now() > deadline {
-                bail!("{} did not start listening", scenario.name);
+                bail!("{name} did not start listening");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -227,7 +246,7 @@ impl Server {
     }
 
     /// (current RSS, peak RSS) in KiB, from /proc.
-    fn rss_kib(&self) -> (u64, u64) {
+    pub(crate) fn rss_kib(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
         let field = |name: &str| {
@@ -350,7 +369,7 @@ async fn run_one(
 
 /// CPU time (user + system) process `pid` has used so far, from `/proc/PID/stat`; zero if it
 /// cannot be read.
-fn process_cpu(pid: u32) -> Duration {
+pub(crate) fn process_cpu(pid: u32) -> Duration {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return Duration::ZERO;
     };
@@ -385,7 +404,7 @@ fn clock_ticks_per_second() -> u64 {
 
 /// Waits until the sink has one delivery per request sent, warm-up included (or they stop
 /// coming for a second, or [`DRAIN_LIMIT`]), then reads the sink's latency histogram.
-async fn drain(sink: &sink::SinkServer, times: &SendTimes) -> DeliveryLatency {
+pub(crate) async fn drain(sink: &sink::SinkServer, times: &SendTimes) -> DeliveryLatency {
     use std::sync::atomic::Ordering;
     let accepted = times.sent_count();
     let stopped = Instant::now();
@@ -435,7 +454,7 @@ fn median_delivery(runs: &[Run]) -> Option<DeliveryLatency> {
     })
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     let n = values.len();
     if n == 0 {

@@ -10,6 +10,7 @@ mod baseline;
 mod client;
 mod compare;
 mod pool;
+mod shared;
 mod sink;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -80,6 +81,25 @@ enum Cmd {
         source: String,
         #[arg(long, default_value_t = 10_000_000)]
         count: u64,
+    },
+    /// The full path on the embedded store beside one PostgreSQL with one and two replicas
+    /// (`[storage] backend = "postgres"`; a private server is started), alternating rounds, then
+    /// each at half its maximum with delivery (docs/performance.md, issue #19).
+    Shared {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(short, long, value_parser = humantime::parse_duration, default_value = "5s")]
+        duration: Duration,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+        warmup: Duration,
+        #[arg(short, long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value_t = 1024)]
+        body_bytes: usize,
+        #[arg(long, default_value_t = 200_000)]
+        pool: usize,
+        #[arg(long)]
+        json: bool,
     },
     /// Serve as the bare hyper baseline.
     Baseline {
@@ -226,6 +246,34 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&result)?);
             } else {
                 println!("{}", compare::table(&result, &options));
+            }
+            Ok(())
+        }
+        Cmd::Shared {
+            rounds,
+            duration,
+            warmup,
+            connections,
+            body_bytes,
+            pool,
+            json,
+        } => {
+            let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            let repo = std::fs::canonicalize(&repo).unwrap_or(repo);
+            let hookwall = compare::hookwall_binary(&repo)?;
+            let options = compare::Options {
+                rounds,
+                duration,
+                warmup,
+                connections,
+                body_bytes,
+                pool,
+            };
+            let result = client_runtime()?.block_on(shared::run(options, &repo, &hookwall))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else {
+                println!("{}", shared::table(&result, &options));
             }
             Ok(())
         }

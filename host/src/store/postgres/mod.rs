@@ -10,6 +10,9 @@
 //!   `FOR UPDATE SKIP LOCKED`, leasing them (`lease_until`, the database's clock) and renewing
 //!   the lease while it works; the outcome is recorded only while the lease is still its own.
 //!   A replica that dies leaves its leases to expire, and the others claim those deliveries.
+//!   Outcomes are group-committed too (whatever the attempts have queued, in one transaction);
+//!   claims and lease renewals commit asynchronously (`synchronous_commit = off` for those
+//!   transactions only): a lease lost in a database crash only means a delivery is sent again.
 //!   Per-key order, a sink's concurrency and its rate are decided inside the claim, under a
 //!   per-sink advisory lock, so they hold across replicas. Commits `NOTIFY` the sinks they
 //!   queued for; every replica `LISTEN`s, and polls as a backstop.
@@ -86,6 +89,7 @@ pub struct Shared {
 struct Inner {
     pool: Pool,
     jobs: mpsc::Sender<intake::Job>,
+    outcomes: mpsc::Sender<queue::Outcomes>,
     /// This replica's name in `lease_owner`: unique per process.
     replica: String,
     lease: Duration,
@@ -125,11 +129,14 @@ impl Wakeups {
 /// A PostgreSQL error as the store reports it (with the server's message, which
 /// `tokio_postgres::Error`'s own text leaves out).
 pub(crate) fn pg(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Storage(pg_message(&e))
+}
+
+/// `e` with the server's message and SQLSTATE when it has them.
+fn pg_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
-        Some(db) => {
-            StoreError::Storage(format!("postgres: {} ({})", db.message(), db.code().code()))
-        }
-        None => StoreError::Storage(format!("postgres: {e}")),
+        Some(db) => format!("postgres: {} ({})", db.message(), db.code().code()),
+        None => format!("postgres: {e}"),
     }
 }
 
@@ -180,17 +187,20 @@ impl Shared {
             wakeups.clone(),
             gauges.clone(),
         );
+        let replica = format!("{}/{}", hostname(), uuid::Uuid::now_v7());
+        let (outcomes, outcome_rx) = mpsc::channel(INTAKE_QUEUE_DEPTH);
         let background = vec![
             tokio::spawn(queue::listen(config, wakeups.clone())),
             tokio::spawn(queue::watch(pool.clone(), gauges.clone())),
+            tokio::spawn(queue::recorder(pool.clone(), replica.clone(), outcome_rx)),
         ];
-        let replica = format!("{}/{}", hostname(), uuid::Uuid::now_v7());
         tracing::info!(%replica, lease = ?options.lease, pool = options.pool_size,
             "the queue is shared through PostgreSQL");
         Ok(Shared {
             inner: Arc::new(Inner {
                 pool,
                 jobs,
+                outcomes,
                 replica,
                 lease: options.lease,
                 order_keys: options.order_keys,
@@ -268,7 +278,7 @@ async fn migrate(config: &tokio_postgres::Config) -> Result<(), StoreError> {
     let (mut client, connection) = config
         .connect(NoTls)
         .await
-        .map_err(|e| connect_error(format!("cannot connect to PostgreSQL: {}", pg(e))))?;
+        .map_err(|e| connect_error(format!("cannot connect: {}", pg_message(&e))))?;
     let driver = tokio::spawn(connection);
     let result = async {
         client
@@ -336,7 +346,7 @@ pub async fn inspect(url: &str) -> Result<String, StoreError> {
     let (client, connection) = config
         .connect(NoTls)
         .await
-        .map_err(|e| connect_error(format!("cannot connect to PostgreSQL: {}", pg(e))))?;
+        .map_err(|e| connect_error(format!("cannot connect: {}", pg_message(&e))))?;
     let driver = tokio::spawn(connection);
     let result = async {
         let applied = schema_version(&client).await?;
@@ -562,7 +572,16 @@ impl Backend for Shared {
     }
 
     async fn update_deliveries(&self, updates: Vec<DeliveryUpdate>) -> Result<(), StoreError> {
-        queue::record(self, updates).await
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let (resp, rx) = oneshot::channel();
+        self.inner
+            .outcomes
+            .send(queue::Outcomes { updates, resp })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn event(
@@ -983,3 +1002,6 @@ pub fn order_keys(sinks: &BTreeMap<String, crate::config::SinkConfig>) -> HashMa
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::intake::{self, Row};
@@ -21,6 +22,8 @@ use crate::store::load::Gauges;
 use crate::store::records::{Attempt, DeliveryRecord, EventStatus};
 use crate::store::writer::DeliveryUpdate;
 
+/// Delivery outcomes recorded in one transaction at most.
+const MAX_OUTCOMES: usize = 1024;
 /// The `LISTEN` connection's reconnect pause after it failed.
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
 /// How often the queue gauges (depth, oldest pending age) are read from the database.
@@ -53,6 +56,11 @@ impl Shared {
         }
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
+        // A lease lost in a database crash only lets another replica send the delivery again
+        // (at least once, with its stable id): claims need not wait for the WAL flush.
+        tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
+            .await
+            .map_err(pg)?;
         // One claimer per sink at a time, fleet-wide: the counts below stay true until commit.
         tx.execute(
             "SELECT pg_advisory_xact_lock(hashtext('hookwall:sink:' || $1))",
@@ -63,7 +71,8 @@ impl Shared {
         let leased: i64 = tx
             .query_one(
                 "SELECT count(*) FROM hookwall.deliveries
-                 WHERE sink = $1 AND state = 'pending' AND lease_until > now()",
+                 WHERE sink = $1 AND state = 'pending' AND lease_owner IS NOT NULL
+                   AND lease_until > now()",
                 &[&sink],
             )
             .await
@@ -140,9 +149,13 @@ impl Shared {
         if seqs.is_empty() {
             return Ok(0);
         }
-        let client = self.client().await?;
+        let mut client = self.client().await?;
         let seqs: Vec<i64> = seqs.iter().map(|s| ms(*s)).collect();
-        let n = client
+        let tx = client.transaction().await.map_err(pg)?;
+        tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
+            .await
+            .map_err(pg)?;
+        let n = tx
             .execute(
                 "UPDATE hookwall.deliveries
                  SET lease_until = now() + make_interval(secs => $3)
@@ -151,6 +164,7 @@ impl Shared {
             )
             .await
             .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
         Ok(n as usize)
     }
 }
@@ -189,13 +203,47 @@ async fn refill(
     Ok(tokens)
 }
 
+/// Outcomes waiting for the [`recorder`], with the attempt that waits for them.
+pub(super) struct Outcomes {
+    pub updates: Vec<DeliveryUpdate>,
+    pub resp: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Records outcomes in groups, as intake commits events: whatever the sinks' attempts have
+/// queued (up to [`MAX_OUTCOMES`]) in one transaction, so a busy sink costs a commit per group,
+/// not per delivery.
+pub(super) async fn recorder(pool: Pool, replica: String, mut rx: mpsc::Receiver<Outcomes>) {
+    while let Some(first) = rx.recv().await {
+        let mut n = first.updates.len();
+        let mut group = vec![first];
+        while n < MAX_OUTCOMES {
+            match rx.try_recv() {
+                Ok(o) => {
+                    n += o.updates.len();
+                    group.push(o);
+                }
+                Err(_) => break,
+            }
+        }
+        let updates: Vec<DeliveryUpdate> = group
+            .iter()
+            .flat_map(|o| o.updates.iter().cloned())
+            .collect();
+        let result = record(&pool, &replica, &updates).await;
+        for o in group {
+            let answer = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(StoreError::Storage(e.to_string())),
+            };
+            let _ = o.resp.send(answer);
+        }
+    }
+}
+
 /// Records delivery outcomes in one transaction: each only if the delivery is still pending
 /// and leased by this replica (a replica whose lease ran out and was taken over records
 /// nothing: the new holder's attempt counts). Dead ones get their dead letter.
-pub(super) async fn record(
-    shared: &Shared,
-    updates: Vec<DeliveryUpdate>,
-) -> Result<(), StoreError> {
+async fn record(pool: &Pool, replica: &str, updates: &[DeliveryUpdate]) -> Result<(), StoreError> {
     if updates.is_empty() {
         return Ok(());
     }
@@ -205,7 +253,7 @@ pub(super) async fn record(
     let mut settled: Vec<Option<i64>> = Vec::new();
     let mut notes: Vec<Option<String>> = Vec::new();
     let mut attempts = Vec::new();
-    for u in &updates {
+    for u in updates {
         let (seq, state, due, at, note, attempt) = match u {
             DeliveryUpdate::Delivered { seq, at_ms } => (
                 *seq,
@@ -262,7 +310,7 @@ pub(super) async fn record(
         notes.push(note);
         attempts.push(serde_json::to_string(&[attempt]).map_err(StoreError::storage)?);
     }
-    let mut client = shared.client().await?;
+    let mut client = pool.get().await.map_err(super::pool_error)?;
     let tx = client.transaction().await.map_err(pg)?;
     let stmt = tx
         .prepare_cached(
@@ -280,15 +328,7 @@ pub(super) async fn record(
     let rows = tx
         .query(
             &stmt,
-            &[
-                &seqs,
-                &states,
-                &dues,
-                &settled,
-                &notes,
-                &attempts,
-                &shared.inner.replica,
-            ],
+            &[&seqs, &states, &dues, &settled, &notes, &attempts, &replica],
         )
         .await
         .map_err(pg)?;
