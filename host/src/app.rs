@@ -15,7 +15,7 @@ use crate::admin::Admin;
 use crate::config::{Config, ConfigError, StorageBackend};
 use crate::delivery::{DeliveryError, Workers};
 use crate::pipeline::Pipeline;
-use crate::plugin::kv::{EmbeddedKv, RedisKv};
+use crate::plugin::kv::{RedisKv, StoreKv};
 use crate::plugin::reload::PluginWatcher;
 use crate::plugin::{PluginError, PluginHost, PluginKv};
 use crate::redis::{RedisError, SharedRedis};
@@ -107,7 +107,7 @@ impl App {
         // stateful plugin sees one state whichever replica an event lands on), else embedded.
         let kv: Arc<dyn PluginKv> = match &redis {
             Some(redis) => Arc::new(RedisKv::new(redis.clone())),
-            None => Arc::new(EmbeddedKv::new(store.clone())),
+            None => Arc::new(StoreKv::new(store.clone())),
         };
         let plugins = Arc::new(PluginHost::load(&config, Some(kv))?);
         let watcher =

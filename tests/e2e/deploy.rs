@@ -37,16 +37,21 @@ fn localized(text: &str, dir: &Path) -> String {
 
 /// `hookwall check` on `text`, with every `env:NAME` it references set.
 fn check(text: &str) {
+    // A config of the shared store is checked against a real database (`hookwall check`
+    // connects and reads its schema).
+    let database = text
+        .contains("backend = \"postgres\"")
+        .then(hookwall_testkit::PostgresServer::start);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hookwall.toml");
     std::fs::write(&path, localized(text, dir.path())).unwrap();
     let mut cmd = Command::new(BIN);
     cmd.args(["check", "--config"]).arg(&path);
     for name in env_refs(text) {
-        let value = if name.contains("APP") {
-            "whsec_Y2hhbmdlLW1lLXRvby1wbGVhc2U="
-        } else {
-            "test-secret"
+        let value = match (&database, name.as_str()) {
+            (Some(db), "DATABASE_URL") => db.url(),
+            _ if name.contains("APP") => "whsec_Y2hhbmdlLW1lLXRvby1wbGVhc2U=".into(),
+            _ => "test-secret".into(),
         };
         cmd.env(name, value);
     }

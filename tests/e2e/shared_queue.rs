@@ -337,3 +337,34 @@ fn order_and_concurrency_hold_across_replicas() {
         up.max_in_flight()
     );
 }
+
+/// A sink paused through one replica's admin API is paused for the fleet: events accepted by
+/// another replica wait, every replica reports the sink paused, and a resume through any
+/// replica lets them go.
+#[test]
+fn a_sink_paused_through_one_replica_is_paused_for_all() {
+    let pg = PostgresServer::start();
+    let up = Upstream::start();
+    let (_d1, one) = replica(&pg, &up.url(), "", "");
+    let (_d2, two) = replica(&pg, &up.url(), "", "");
+    let paused = one.admin_post("/api/v1/sinks/app/pause", &json!({}));
+    assert_eq!(paused.status, 200, "{paused:?}");
+    for i in 0..5 {
+        let r = post_signed(&two, "shop", &format!("p-{i}"), &json!({"n": i}));
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(up.count(), 0, "nothing is sent while the sink is paused");
+    for hw in [&one, &two] {
+        let sinks = hw.admin_get("/api/v1/sinks").json();
+        assert_eq!(sinks["sinks"][0]["paused"], true, "{sinks}");
+        assert_eq!(sinks["sinks"][0]["pending"], 5, "{sinks}");
+    }
+    let resumed = two.admin_post("/api/v1/sinks/app/resume", &json!({}));
+    assert_eq!(resumed.status, 200, "{resumed:?}");
+    assert!(wait_for(Duration::from_secs(10), || delivered(&up).len() == 5));
+    assert_eq!(
+        one.admin_get("/api/v1/sinks").json()["sinks"][0]["paused"],
+        false
+    );
+}

@@ -82,7 +82,7 @@ where
     if let Some(r) = expect(&method, Method::POST) {
         return Ok(r);
     }
-    Ok(set_paused(admin, &path["/api/v1/sinks/".len()..]))
+    Ok(set_paused(admin, &path["/api/v1/sinks/".len()..]).await)
 }
 
 /// Whether `path` is one of this module's endpoints (whatever the method).
@@ -152,12 +152,13 @@ async fn purge_letters(admin: &Admin, filter: &LetterFilter) -> Response<Full<By
 }
 
 /// `POST /api/v1/sinks/{name}/pause|resume`, given `{name}/pause|resume`.
-fn set_paused(admin: &Admin, rest: &str) -> Response<Full<Bytes>> {
+async fn set_paused(admin: &Admin, rest: &str) -> Response<Full<Bytes>> {
     let (name, action) = rest.rsplit_once('/').unwrap_or((rest, ""));
     let paused = action == "pause";
-    match admin.delivery.set_paused(name, paused) {
-        Some(()) => respond::json(StatusCode::OK, &json!({"sink": name, "paused": paused})),
-        None => respond::error(StatusCode::NOT_FOUND, "not_found", "no such sink"),
+    match admin.delivery.set_paused(name, paused).await {
+        Ok(Some(())) => respond::json(StatusCode::OK, &json!({"sink": name, "paused": paused})),
+        Ok(None) => respond::error(StatusCode::NOT_FOUND, "not_found", "no such sink"),
+        Err(e) => store_error(e),
     }
 }
 

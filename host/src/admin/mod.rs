@@ -244,7 +244,7 @@ impl Admin {
             out.push(json!({
                 "name": name,
                 "pending": self.store.pending_count(name).await?,
-                "paused": self.delivery.is_paused(name),
+                "paused": self.delivery.is_paused(name).await?,
                 "circuit_open": self.delivery.is_circuit_open(name),
             }));
         }

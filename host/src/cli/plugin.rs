@@ -64,7 +64,7 @@ pub async fn test(
     );
     let config = Config::parse(&text, scratch.path())?;
     let store = Store::open(&config.storage.path)?;
-    let kv = crate::plugin::kv::EmbeddedKv::new(store);
+    let kv = crate::plugin::kv::StoreKv::new(store);
     let host = PluginHost::load(&config, Some(Arc::new(kv)))?;
     let set = host.plugins();
     let plugin = set.get(name).context("the plugin did not load")?;

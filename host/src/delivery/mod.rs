@@ -51,7 +51,8 @@ use worker::Worker;
 use crate::clock::Clock;
 use crate::config::{ConfigError, SinkConfig};
 use crate::sink;
-use crate::store::{Outbox, Store};
+use crate::store::postgres::Shared;
+use crate::store::{Outbox, Store, StoreError};
 
 /// The running delivery workers: one task per sink.
 pub struct Workers {
@@ -60,20 +61,37 @@ pub struct Workers {
     control: DeliveryControl,
 }
 
-/// Pause and resume sinks of running [`Workers`] (the admin API holds one).
+/// Pause and resume sinks of running [`Workers`] (the admin API holds one). With the shared
+/// store, a pause holds for every replica (it is kept in the database).
 #[derive(Clone, Default)]
 pub struct DeliveryControl {
     paused: Arc<BTreeMap<String, watch::Sender<bool>>>,
     circuits: Arc<BTreeMap<String, Arc<AtomicBool>>>,
+    shared: Option<Shared>,
 }
 
 impl DeliveryControl {
-    /// Pauses (`true`) or resumes sink `name`; `None` if there is no such sink.
-    pub fn set_paused(&self, name: &str, paused: bool) -> Option<()> {
-        let tx = self.paused.get(name)?;
-        tx.send_replace(paused);
+    /// Pauses (`true`) or resumes sink `name` (on every replica, with the shared store);
+    /// `None` if there is no such sink.
+    pub async fn set_paused(&self, name: &str, paused: bool) -> Result<Option<()>, StoreError> {
+        let Some(tx) = self.paused.get(name) else {
+            return Ok(None);
+        };
+        match &self.shared {
+            // The fleet's pause lives in the database; a resume also lifts this replica's own
+            // (`paused = true` in its config).
+            Some(shared) => {
+                shared.set_paused(name, paused).await?;
+                if !paused {
+                    tx.send_replace(false);
+                }
+            }
+            None => {
+                tx.send_replace(paused);
+            }
+        }
         tracing::info!(sink = %name, paused, "sink pause state changed");
-        Some(())
+        Ok(Some(()))
     }
 
     /// Whether sink `name`'s circuit breaker is open; `None` if there is no such sink.
@@ -81,9 +99,16 @@ impl DeliveryControl {
         self.circuits.get(name).map(|o| o.load(Ordering::Relaxed))
     }
 
-    /// Whether sink `name` is paused; `None` if there is no such sink.
-    pub fn is_paused(&self, name: &str) -> Option<bool> {
-        self.paused.get(name).map(|tx| *tx.borrow())
+    /// Whether sink `name` is paused (here, or for every replica through the shared store);
+    /// `None` if there is no such sink.
+    pub async fn is_paused(&self, name: &str) -> Result<Option<bool>, StoreError> {
+        let Some(here) = self.paused.get(name).map(|tx| *tx.borrow()) else {
+            return Ok(None);
+        };
+        Ok(Some(match &self.shared {
+            Some(shared) if !here => shared.is_paused(name).await?,
+            _ => here,
+        }))
     }
 }
 
@@ -183,6 +208,10 @@ impl Workers {
             control: DeliveryControl {
                 paused: Arc::new(paused),
                 circuits: Arc::new(circuits),
+                shared: match store.outbox() {
+                    Outbox::Shared(shared) => Some(shared.clone()),
+                    Outbox::Local(_) => None,
+                },
             },
         })
     }

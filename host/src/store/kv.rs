@@ -1,5 +1,5 @@
 //! The `plugin_kv` table: values by (namespace, key), each with an absolute expiry, for the
-//! plugins' embedded key-value store ([`crate::plugin::kv::EmbeddedKv`]). The store knows
+//! plugins' embedded key-value store ([`crate::plugin::kv::StoreKv`]). The store knows
 //! bytes and expiries, not plugins.
 //!
 //! Reads are snapshot reads on the calling thread. Writes go through the writer thread like

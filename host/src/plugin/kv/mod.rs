@@ -1,16 +1,16 @@
 //! The plugins' key-value store: the [`PluginKv`] capability beside its consumer (the
 //! `kv` WIT import, [`super::imports`]), with its two backends next to it:
-//! [`embedded`] (the redb store, one replica) and [`redis`] (`[storage] redis`, shared by
-//! replicas). Both follow one contract, checked by one test (`check_kv_contract`) run
+//! [`store`] (the store's own table: embedded for one replica, or PostgreSQL shared by replicas)
+//! and [`redis`] (`[storage] redis`, shared by replicas). Both follow one contract, checked by one test (`check_kv_contract`) run
 //! against each.
 
-pub mod embedded;
 pub mod redis;
+pub mod store;
 
 use std::time::Instant;
 
-pub use embedded::EmbeddedKv;
 pub use redis::RedisKv;
+pub use store::StoreKv;
 
 /// Key and value bounds for the key-value store.
 pub const MAX_KV_KEY_BYTES: usize = 512;

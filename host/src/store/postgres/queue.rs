@@ -87,7 +87,15 @@ impl Shared {
             room = room.min((t.floor() as usize).saturating_mul(claim.per_unit.max(1)));
             tokens = Some(t);
         }
-        if room == 0 {
+        let paused: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM hookwall.paused_sinks WHERE sink = $1)",
+                &[&sink],
+            )
+            .await
+            .map_err(pg)?
+            .get(0);
+        if room == 0 || paused {
             tx.commit().await.map_err(pg)?;
             return Ok(Vec::new());
         }
@@ -141,6 +149,45 @@ impl Shared {
         }
         tx.commit().await.map_err(pg)?;
         Ok(claimed)
+    }
+
+    /// Pauses (`true`) or resumes sink `sink` for every replica: while it is paused no replica
+    /// claims its deliveries (they are stored, not sent). Wakes the workers on a resume.
+    pub async fn set_paused(&self, sink: &str, paused: bool) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        if paused {
+            tx.execute(
+                "INSERT INTO hookwall.paused_sinks (sink, at_ms) VALUES ($1, $2)
+                 ON CONFLICT (sink) DO NOTHING",
+                &[&sink, &ms(crate::clock::now_ms())],
+            )
+            .await
+            .map_err(pg)?;
+        } else {
+            tx.execute(
+                "DELETE FROM hookwall.paused_sinks WHERE sink = $1",
+                &[&sink],
+            )
+            .await
+            .map_err(pg)?;
+            intake::notify(&tx, &HashSet::from([sink.to_string()])).await?;
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(())
+    }
+
+    /// Whether sink `sink` is paused for every replica (through the admin API).
+    pub async fn is_paused(&self, sink: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM hookwall.paused_sinks WHERE sink = $1)",
+                &[&sink],
+            )
+            .await
+            .map_err(pg)?
+            .get(0))
     }
 
     /// Extends this replica's leases on `seqs` (those still pending); returns how many it

@@ -84,6 +84,12 @@ CREATE TABLE hookwall.plugin_kv (
     PRIMARY KEY (plugin, key)
 );
 
+-- Sinks paused through the admin API: no replica claims their deliveries until resumed.
+CREATE TABLE hookwall.paused_sinks (
+    sink    text    PRIMARY KEY,
+    at_ms   bigint  NOT NULL
+);
+
 -- A sink's `rate` across replicas: a token bucket, refilled when a replica claims.
 CREATE TABLE hookwall.sink_pace (
     sink    text              PRIMARY KEY,

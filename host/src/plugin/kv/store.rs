@@ -1,24 +1,25 @@
-//! The plugins' key-value store, embedded: the store's `plugin_kv` table
-//! ([`crate::store::Store::kv_get`] and friends), with TTLs turned into absolute expiries by
-//! the calling plugin's wall clock.
+//! The plugins' key-value store in the store itself ([`crate::store::Backend::kv_get`] and
+//! friends), with TTLs turned into absolute expiries by the calling plugin's wall clock. Used
+//! when no Redis is configured: the embedded store's `plugin_kv` table (one replica), or the
+//! shared store's `hookwall.plugin_kv` (every replica sees one state).
 //!
-//! Reads are snapshot reads on the calling thread. Writes go through the store's writer thread
-//! like every other write, so they share group commits and are durable when the call returns;
-//! the call awaits the commit without holding its thread.
+//! Embedded, reads are snapshot reads on the calling thread, and writes go through the store's
+//! writer thread like every other write, so they share group commits and are durable when the
+//! call returns; the call awaits the commit without holding its thread.
 
 use super::{KvError, KvScope, PluginKv};
 use crate::store::{Store, StoreError};
 
-/// [`PluginKv`] on the embedded store.
+/// [`PluginKv`] on the store (embedded or shared).
 #[derive(Clone)]
-pub struct EmbeddedKv {
+pub struct StoreKv {
     store: Store,
 }
 
-impl EmbeddedKv {
+impl StoreKv {
     /// The key-value store kept in `store`.
-    pub fn new(store: Store) -> EmbeddedKv {
-        EmbeddedKv { store }
+    pub fn new(store: Store) -> StoreKv {
+        StoreKv { store }
     }
 }
 
@@ -32,7 +33,7 @@ fn expiry(now_ms: u64, ttl_ms: Option<u64>) -> Option<u64> {
 }
 
 #[async_trait::async_trait]
-impl PluginKv for EmbeddedKv {
+impl PluginKv for StoreKv {
     async fn get(&self, scope: KvScope<'_>, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         self.store
             .kv_get(scope.plugin, key, scope.now_ms)
@@ -98,7 +99,7 @@ mod tests {
     #[tokio::test]
     async fn follows_the_kv_contract_and_expires_by_the_callers_clock() {
         let dir = tempfile::tempdir().unwrap();
-        let kv = EmbeddedKv::new(Store::open(dir.path()).unwrap());
+        let kv = StoreKv::new(Store::open(dir.path()).unwrap());
         let kv: &dyn PluginKv = &kv;
         super::super::check_kv_contract(kv, |plugin| at(plugin, 5_000)).await;
         // Expiry: set at 0 with a 1000 ms TTL.
