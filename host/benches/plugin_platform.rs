@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hookwall::config::Secret;
-use hookwall::plugin::kv::{EmbeddedKv, RedisKv};
+use hookwall::plugin::kv::{RedisKv, StoreKv};
 use hookwall::plugin::{PluginHost, PluginKv};
 use hookwall::redis::SharedRedis;
 use hookwall::store::Store;
@@ -163,7 +163,7 @@ fn kv_costs() {
     let backends: [(&str, Arc<dyn PluginKv>); 2] = [
         (
             "embedded (fsync on, the default)",
-            Arc::new(EmbeddedKv::new(store.clone())),
+            Arc::new(StoreKv::new(store.clone())),
         ),
         (
             "Redis (loopback, no persistence)",
