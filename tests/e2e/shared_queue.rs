@@ -368,3 +368,23 @@ fn a_sink_paused_through_one_replica_is_paused_for_all() {
         false
     );
 }
+
+/// A database that acknowledges commits before they are durable (`synchronous_commit = off`)
+/// can lose events Hookwall acknowledged: it says so at start.
+#[test]
+fn a_database_acknowledging_before_its_flush_is_warned_about_at_start() {
+    let pg = PostgresServer::start();
+    pg.psql("ALTER SYSTEM SET synchronous_commit = off");
+    pg.psql("SELECT pg_reload_conf()");
+    let up = Upstream::start();
+    let (_dir, hw) = replica(&pg, &up.url(), "", "");
+    assert!(
+        wait_for(Duration::from_secs(5), || hw
+            .log()
+            .contains("synchronous_commit = off")),
+        "{}",
+        hw.log()
+    );
+    let r = post_signed(&hw, "shop", "w-1", &json!({}));
+    assert_eq!(r.status, 200, "it still serves: {r:?}");
+}
