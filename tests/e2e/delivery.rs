@@ -499,15 +499,7 @@ fn per_key_order_holds_under_concurrency() {
     assert!(wait_for(Duration::from_secs(60), || up.accepted().len()
         >= ORDERS * STEPS));
     std::thread::sleep(Duration::from_millis(200));
-    let mut per_order: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for r in up.accepted() {
-        let body = r.json();
-        per_order
-            .entry(body["order_id"].as_str().unwrap().to_string())
-            .or_default()
-            .push(body["step"].as_u64().unwrap());
-    }
-    for (order, steps) in &per_order {
+    for (order, steps) in &crate::steps_per_order(&up) {
         let want: Vec<u64> = (0..STEPS as u64).collect();
         assert_eq!(steps, &want, "order {order} delivered out of order");
     }

@@ -238,6 +238,22 @@ pub fn has_header(delivery: &Value, name: &str, value: &str) -> bool {
     delivery["headers"].as_array().unwrap().contains(&pair)
 }
 
+/// Per `order_id` of the JSON bodies the app accepted, their `step`s in the order it accepted
+/// them (the `order_key` tests send `{"order_id": …, "step": …}`).
+pub fn steps_per_order(
+    up: &hookwall_testkit::upstream::Upstream,
+) -> std::collections::BTreeMap<String, Vec<u64>> {
+    let mut per_order: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for r in up.accepted() {
+        let body = r.json();
+        per_order
+            .entry(body["order_id"].as_str().unwrap().to_string())
+            .or_default()
+            .push(body["step"].as_u64().unwrap());
+    }
+    per_order
+}
+
 // Reading through the admin API.
 
 /// The plugin `name` as `GET /api/v1/plugins` lists it (`null` when it is not listed).

@@ -315,15 +315,7 @@ fn order_and_concurrency_hold_across_replicas() {
         ORDERS * STEPS
     );
     std::thread::sleep(Duration::from_millis(300));
-    let mut per_order: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
-    for r in up.accepted() {
-        let body = r.json();
-        per_order
-            .entry(body["order_id"].as_str().unwrap().to_string())
-            .or_default()
-            .push(body["step"].as_u64().unwrap());
-    }
-    for (order, steps) in &per_order {
+    for (order, steps) in &crate::steps_per_order(&up) {
         let want: Vec<u64> = (0..STEPS as u64).collect();
         assert_eq!(steps, &want, "order {order} delivered out of order");
     }

@@ -86,20 +86,8 @@ enum Cmd {
     /// (`[storage] backend = "postgres"`; a private server is started), alternating rounds, then
     /// each at half its maximum with delivery (docs/performance.md, issue #19).
     Shared {
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        #[arg(short, long, value_parser = humantime::parse_duration, default_value = "5s")]
-        duration: Duration,
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
-        warmup: Duration,
-        #[arg(short, long, default_value_t = 64)]
-        connections: usize,
-        #[arg(long, default_value_t = 1024)]
-        body_bytes: usize,
-        #[arg(long, default_value_t = 200_000)]
-        pool: usize,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        bench: Bench,
     },
     /// Serve as the bare hyper baseline.
     Baseline {
@@ -108,22 +96,65 @@ enum Cmd {
     },
     /// Start the baseline and each Hookwall scenario, measure them alternately, print a table.
     Compare {
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        #[arg(short, long, value_parser = humantime::parse_duration, default_value = "5s")]
-        duration: Duration,
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
-        warmup: Duration,
-        #[arg(short, long, default_value_t = 32)]
-        connections: usize,
-        #[arg(long, default_value_t = 1024)]
-        body_bytes: usize,
-        /// Pre-signed requests; a run that uses them all stops early (raise it on a fast machine).
-        #[arg(long, default_value_t = 600_000)]
-        pool: usize,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        bench: Bench,
     },
+}
+
+/// The options of `compare` and `shared`.
+#[derive(clap::Args)]
+struct Bench {
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    #[arg(short, long, value_parser = humantime::parse_duration, default_value = "5s")]
+    duration: Duration,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    warmup: Duration,
+    #[arg(short, long, default_value_t = 32)]
+    connections: usize,
+    #[arg(long, default_value_t = 1024)]
+    body_bytes: usize,
+    /// Pre-signed requests (`shared` makes two pools of half as many, one per replica); a run
+    /// that uses them all stops early (raise it on a fast machine).
+    #[arg(long, default_value_t = 600_000)]
+    pool: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+impl Bench {
+    fn options(&self) -> compare::Options {
+        compare::Options {
+            rounds: self.rounds,
+            duration: self.duration,
+            warmup: self.warmup,
+            connections: self.connections,
+            body_bytes: self.body_bytes,
+            pool: self.pool,
+        }
+    }
+}
+
+/// The repository and the release `hookwall` binary the benchmarks start.
+fn bench_target() -> anyhow::Result<(PathBuf, PathBuf)> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let repo = std::fs::canonicalize(&repo).unwrap_or(repo);
+    let hookwall = compare::hookwall_binary(&repo)?;
+    Ok((repo, hookwall))
+}
+
+/// Prints a benchmark's result as JSON or as its table.
+fn print_result<R: serde::Serialize>(
+    result: &R,
+    json: bool,
+    table: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(result)?);
+    } else {
+        println!("{}", table());
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -221,61 +252,17 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Compare {
-            rounds,
-            duration,
-            warmup,
-            connections,
-            body_bytes,
-            pool,
-            json,
-        } => {
-            let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-            let repo = std::fs::canonicalize(&repo).unwrap_or(repo);
-            let hookwall = compare::hookwall_binary(&repo)?;
-            let options = compare::Options {
-                rounds,
-                duration,
-                warmup,
-                connections,
-                body_bytes,
-                pool,
-            };
+        Cmd::Compare { bench } => {
+            let (repo, hookwall) = bench_target()?;
+            let options = bench.options();
             let result = client_runtime()?.block_on(compare::run(options, &repo, &hookwall))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&result)?);
-            } else {
-                println!("{}", compare::table(&result, &options));
-            }
-            Ok(())
+            print_result(&result, bench.json, || compare::table(&result, &options))
         }
-        Cmd::Shared {
-            rounds,
-            duration,
-            warmup,
-            connections,
-            body_bytes,
-            pool,
-            json,
-        } => {
-            let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-            let repo = std::fs::canonicalize(&repo).unwrap_or(repo);
-            let hookwall = compare::hookwall_binary(&repo)?;
-            let options = compare::Options {
-                rounds,
-                duration,
-                warmup,
-                connections,
-                body_bytes,
-                pool,
-            };
+        Cmd::Shared { bench } => {
+            let (repo, hookwall) = bench_target()?;
+            let options = bench.options();
             let result = client_runtime()?.block_on(shared::run(options, &repo, &hookwall))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&result)?);
-            } else {
-                println!("{}", shared::table(&result, &options));
-            }
-            Ok(())
+            print_result(&result, bench.json, || shared::table(&result, &options))
         }
     }
 }

@@ -252,11 +252,12 @@ pub async fn run(options: Options, repo: &Path, hookwall: &Path) -> anyhow::Resu
     let target = Target::from_config(&config_path, "bench")?;
     eprintln!(
         "preparing 2 × {} signed requests of {} bytes…",
-        options.pool, options.body_bytes
+        options.pool / 2,
+        options.body_bytes
     );
     let pools = [
-        Arc::new(target.prepare(options.pool, options.body_bytes, "a")?),
-        Arc::new(target.prepare(options.pool, options.body_bytes, "b")?),
+        Arc::new(target.prepare(options.pool / 2, options.body_bytes, "a")?),
+        Arc::new(target.prepare(options.pool / 2, options.body_bytes, "b")?),
     ];
 
     let mut results: Vec<Vec<Run>> = backends.iter().map(|_| Vec::new()).collect();
