@@ -83,6 +83,8 @@ fn env_value(name: &str) -> String {
         "redis://127.0.0.1:1/0".into()
     } else if name.contains("NATS") {
         "nats://127.0.0.1:1".into()
+    } else if name.contains("AMQP") {
+        "amqp://guest:guest@127.0.0.1:1/%2f".into()
     } else if name.contains("URL") {
         "http://127.0.0.1:1/hook".into()
     } else if name.contains("WEBHOOK_SECRET") || name.contains("WHSEC") {

@@ -205,3 +205,97 @@ fn nats_jetstream_messages_carry_the_stable_id_and_survive_outages() {
         assert_eq!(event["deliveries"][0]["state"], "delivered", "{event}");
     }
 }
+
+/// `type = "amqp"` against a private RabbitMQ: every event arrives once, persistent, with its
+/// stable id as `message_id`, routed by the templated key; the broker killed mid-run → the
+/// deliveries are retried and arrive once it is back.
+#[test]
+fn amqp_messages_arrive_once_and_survive_a_broker_outage() {
+    let mut mq = hookwall_testkit::RabbitServer::start();
+    mq.declare("hookwall", "orders", "hooks.#");
+    let sink = format!(
+        "type = \"amqp\"\nurl = \"{}\"\nexchange = \"hookwall\"\nrouting_key = \"hooks.{{source}}.{{sink}}\"",
+        mq.url()
+    );
+    let (_dir, hw) = start_queue(&sink);
+    let mut got: Vec<hookwall_testkit::AmqpMessage> = Vec::new();
+    for i in 0..5 {
+        let r = post_signed(&hw, "shop", &format!("a-{i}"), &json!({"n": i}));
+        assert_eq!(r.status, 200);
+    }
+    assert!(wait_for(Duration::from_secs(15), || {
+        got.extend(mq.take("orders").unwrap_or_default());
+        got.len() >= 5
+    }));
+    let first = &got[0];
+    assert_eq!(first.routing_key, "hooks.shop.q");
+    assert_eq!(first.delivery_mode, Some(2), "persistent");
+    assert_eq!(first.message_id.as_deref(), Some("shop:a-0:q:0"));
+    assert_eq!(first.header("hookwall-event-id"), Some("a-0"));
+    assert_eq!(first.header("hookwall-source"), Some("shop"));
+    assert_eq!(first.body, serde_json::to_vec(&json!({"n": 0})).unwrap());
+
+    // The broker dies; events keep being accepted; once it is back they are delivered.
+    mq.kill();
+    for i in 5..8 {
+        let r = post_signed(&hw, "shop", &format!("a-{i}"), &json!({"n": i}));
+        assert_eq!(r.status, 200, "ingest does not depend on the sink");
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    mq.restart();
+    // A consumer dedupes on message_id: the broker, killed, may hand back messages whose acks
+    // it had not written yet.
+    let ids = |got: &[hookwall_testkit::AmqpMessage]| -> BTreeSet<String> {
+        got.iter().filter_map(|m| m.message_id.clone()).collect()
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            got.extend(mq.take("orders").unwrap_or_default());
+            ids(&got).len() >= 8
+        }),
+        "got {:?}",
+        ids(&got)
+    );
+    let want: BTreeSet<String> = (0..8).map(|i| format!("shop:a-{i}:q:0")).collect();
+    assert_eq!(ids(&got), want, "every event");
+    let event = hw.event("a-6").json();
+    let attempts = event["deliveries"][0]["attempts"].as_array().unwrap();
+    assert!(
+        attempts.len() >= 2,
+        "retried while the broker was down: {event}"
+    );
+}
+
+/// A message no queue is bound for is returned by the broker: the delivery is not confirmed
+/// but retried, and goes once a queue is bound.
+#[test]
+fn an_unroutable_amqp_message_is_retried_until_a_queue_is_bound() {
+    let mq = hookwall_testkit::RabbitServer::start();
+    let sink = format!(
+        "type = \"amqp\"\nurl = \"{}\"\nrouting_key = \"late-queue\"",
+        mq.url()
+    );
+    let (_dir, hw) = start_queue(&sink);
+    let r = post_signed(&hw, "shop", "u-1", &json!({"n": 1}));
+    assert_eq!(r.status, 200);
+    assert!(wait_for(Duration::from_secs(10), || {
+        let event = hw.event("u-1").json();
+        event["deliveries"][0]["attempts"]
+            .as_array()
+            .is_some_and(|a| {
+                a.iter().any(|x| {
+                    x["error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("unroutable"))
+                })
+            })
+    }));
+    // The default exchange routes to the queue named by the key, once it exists.
+    mq.declare("bind-helper", "late-queue", "x");
+    let mut got = Vec::new();
+    assert!(wait_for(Duration::from_secs(15), || {
+        got.extend(mq.take("late-queue").unwrap_or_default());
+        !got.is_empty()
+    }));
+    assert_eq!(got[0].message_id.as_deref(), Some("shop:u-1:q:0"));
+}

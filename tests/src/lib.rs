@@ -8,11 +8,13 @@ pub mod wasm {
 pub mod guests;
 mod harness;
 mod postgres;
+mod rabbitmq;
 mod services;
 mod tmpfs;
 pub mod upstream;
 
 pub use harness::*;
 pub use postgres::PostgresServer;
+pub use rabbitmq::{AmqpMessage, RabbitServer};
 pub use services::{NatsServer, RedisServer, StreamEntry};
 pub use tmpfs::Tmpfs;

@@ -40,9 +40,9 @@ pub use intake::{
 };
 pub use secret::{Secret, SecretRef};
 pub use sink::{
-    BatchConfig, CircuitConfig, FileSinkConfig, Http2Mode, HttpSinkConfig, NatsSinkConfig,
-    RedisSinkConfig, RetryConfig, SinkConfig, SinkKind, StatusMatch, StdoutSinkConfig,
-    signing_scheme,
+    AmqpSinkConfig, BatchConfig, CircuitConfig, FileSinkConfig, Http2Mode, HttpSinkConfig,
+    NatsSinkConfig, RedisSinkConfig, RetryConfig, SinkConfig, SinkKind, StatusMatch,
+    StdoutSinkConfig, signing_scheme,
 };
 pub use verify::{
     Delimiter, Handshake, HmacAlgorithm, SchemeName, SecretEncoding, SignatureEncoding,

@@ -24,6 +24,12 @@
 //! maxlen = 100000
 //! batch = { max_events = 100 }
 //!
+//! [sinks.mq]
+//! type = "amqp"
+//! url = "env:AMQP_URL"                   # amqp://[USER:PASSWORD@]HOST:PORT[/VHOST] or amqps://…
+//! exchange = "hookwall"                  # "" (default): the default exchange, routing key = queue
+//! routing_key = "hooks.{source}"         # {source}, {sink}, {event_id}
+//!
 //! [sinks.bus]
 //! type = "nats"
 //! url = "env:NATS_URL"                   # nats://[USER:PASSWORD@]HOST:PORT
@@ -158,6 +164,8 @@ pub enum SinkKind {
     Redis(RedisSinkConfig),
     /// Publishes each delivery to a NATS JetStream subject, confirmed by the publish ack.
     Nats(NatsSinkConfig),
+    /// Publishes each delivery to a RabbitMQ exchange, confirmed by the broker.
+    Amqp(AmqpSinkConfig),
 }
 
 impl SinkKind {
@@ -169,6 +177,7 @@ impl SinkKind {
             SinkKind::Http(_) => "http",
             SinkKind::Redis(_) => "redis",
             SinkKind::Nats(_) => "nats",
+            SinkKind::Amqp(_) => "amqp",
         }
     }
 
@@ -177,7 +186,7 @@ impl SinkKind {
     pub fn default_timeout(&self) -> Duration {
         match self {
             SinkKind::Http(_) => Duration::from_secs(10),
-            SinkKind::Redis(_) | SinkKind::Nats(_) => Duration::from_secs(5),
+            SinkKind::Redis(_) | SinkKind::Nats(_) | SinkKind::Amqp(_) => Duration::from_secs(5),
             SinkKind::File(_) | SinkKind::Stdout(_) => Duration::from_secs(30),
         }
     }
@@ -222,6 +231,24 @@ pub struct NatsSinkConfig {
     /// stream must capture it (Hookwall does not create streams: their limits and replicas are
     /// the operator's choice); until one does, deliveries are retried.
     pub subject: String,
+}
+
+/// `type = "amqp"`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSinkConfig {
+    /// `url = "env:AMQP_URL"`: an `amqp://[USER:PASSWORD@]HOST:PORT[/VHOST]` URL (`amqps://` for
+    /// TLS; the vhost `/` is written `%2f`); a secret reference, since it may carry a password.
+    pub url: SecretRef,
+    /// `exchange = "hookwall"`: the exchange messages are published to; `""` (the default) is the
+    /// broker's default exchange, which routes to the queue named by the routing key. Hookwall
+    /// does not declare exchanges or queues: their durability and bindings are the operator's.
+    #[serde(default)]
+    pub exchange: String,
+    /// `routing_key = "hooks.{source}"`: each message's routing key; `{source}`, `{sink}` and
+    /// `{event_id}` are filled in from its event. A message no queue is bound for is returned by
+    /// the broker and retried.
+    pub routing_key: String,
 }
 
 /// `type = "http"`
@@ -477,6 +504,11 @@ pub(super) fn validate(name: &str, sink: &SinkConfig) -> Result<(), ConfigError>
     {
         return Err(invalid(key("subject"), reason));
     }
+    if let SinkKind::Amqp(a) = &sink.kind
+        && let Err(reason) = check_routing_key(&a.routing_key)
+    {
+        return Err(invalid(key("routing_key"), reason));
+    }
     if let SinkKind::Http(http) = &sink.kind {
         // The URL is a secret, checked once resolved (`check_secrets`).
         if !["POST", "PUT", "PATCH"].contains(&http.method.as_str()) {
@@ -521,6 +553,28 @@ fn check_nats_subject(subject: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// A routing key template: at most AMQP's 255 bytes before its fields are filled in, and no
+/// placeholder but `{source}`, `{sink}` and `{event_id}`.
+fn check_routing_key(template: &str) -> Result<(), String> {
+    if template.len() > 255 {
+        return Err("is longer than AMQP's 255 bytes".into());
+    }
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            return Err("has a `{` without its `}`".into());
+        };
+        let field = &rest[open..open + close + 1];
+        if !["{source}", "{sink}", "{event_id}"].contains(&field) {
+            return Err(format!(
+                "{field} is not a field: use {{source}}, {{sink}} or {{event_id}}"
+            ));
+        }
+        rest = &rest[open + close + 1..];
+    }
+    Ok(())
+}
+
 /// The verify table that describes how sinks sign: Standard Webhooks. Signing reuses the
 /// verify stage's HMAC code through it, so there is one implementation of the scheme.
 pub fn signing_scheme() -> super::VerifyConfig {
@@ -553,6 +607,9 @@ pub(super) fn check_secrets(
     }
     if let SinkKind::Nats(n) = &sink.kind {
         n.url.resolve(base_dir, &format!("sinks.{name}.url"))?;
+    }
+    if let SinkKind::Amqp(a) = &sink.kind {
+        a.url.resolve(base_dir, &format!("sinks.{name}.url"))?;
     }
     Ok(())
 }
@@ -622,6 +679,42 @@ mod tests {
         assert!(e.contains("sinks.app.method"), "{e}");
         let e = err("type = \"stdout\"\nconcurrency = 0");
         assert!(e.contains("sinks.app.concurrency"), "{e}");
+    }
+
+    #[test]
+    fn an_amqp_sink_parses_and_its_routing_key_template_is_checked() {
+        let c = Config::parse(
+            &with_sink(
+                "type = \"amqp\"\nurl = \"amqp://127.0.0.1:5672/%2f\"\nexchange = \"hw\"\n\
+                 routing_key = \"hooks.{source}.{event_id}\"",
+            ),
+            Path::new("/"),
+        )
+        .unwrap();
+        c.check_secrets().unwrap();
+        let sink = &c.sinks["app"];
+        assert_eq!(sink.concurrency, 1, "in order, like the other queues");
+        assert_eq!(sink.timeout, Duration::from_secs(5));
+        let SinkKind::Amqp(a) = &sink.kind else {
+            panic!("an amqp sink")
+        };
+        assert_eq!(
+            (a.exchange.as_str(), a.routing_key.as_str()),
+            ("hw", "hooks.{source}.{event_id}")
+        );
+        let amqp = |extra: &str| err(&format!("type = \"amqp\"\nurl = \"amqp://h\"\n{extra}"));
+        assert!(amqp("").contains("routing_key"), "the key is required");
+        let e = amqp("routing_key = \"a.{tenant}\"");
+        assert!(
+            e.contains("sinks.app.routing_key") && e.contains("{tenant}"),
+            "{e}"
+        );
+        let e = amqp("routing_key = \"a.{source\"");
+        assert!(e.contains("without its"), "{e}");
+        let e = amqp(&format!("routing_key = \"{}\"", "k".repeat(256)));
+        assert!(e.contains("255"), "{e}");
+        let e = amqp("routing_key = \"k\"\nqueue = \"x\"");
+        assert!(e.contains("queue"), "{e}");
     }
 
     #[test]

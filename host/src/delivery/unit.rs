@@ -40,7 +40,11 @@ impl UnitLimits {
             },
             (
                 None,
-                SinkKind::File(_) | SinkKind::Stdout(_) | SinkKind::Redis(_) | SinkKind::Nats(_),
+                SinkKind::File(_)
+                | SinkKind::Stdout(_)
+                | SinkKind::Redis(_)
+                | SinkKind::Nats(_)
+                | SinkKind::Amqp(_),
             ) => UnitLimits {
                 max_events: IMPLICIT_BATCH,
                 max_bytes: usize::MAX,

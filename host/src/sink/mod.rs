@@ -4,7 +4,7 @@
 //! A sink confirms a unit (one delivery, or a batch) only when the receiving side has it (for
 //! `file`: written and fsynced, each checked; for `stdout`: written to the descriptor without
 //! error; for `http`: a 2xx answer; for `redis`: an entry id per `XADD`; for `nats`: a
-//! JetStream publish ack per message), never when the bytes were merely handed to a buffer. Until it confirms, the deliveries
+//! JetStream publish ack per message; for `amqp`: a broker confirm per message, routed to a queue), never when the bytes were merely handed to a buffer. Until it confirms, the deliveries
 //! stay pending in the store and are retried, so a sink outage never loses an acknowledged
 //! event; the price is at-least-once delivery, which every delivery's stable id makes safe.
 //!
@@ -17,6 +17,7 @@
 //! instead of writing next to it. [`writes_in_progress`] counts those calls, so the binary can
 //! tell, at exit, that it abandons one (`main.rs` bounds the runtime's shutdown).
 
+mod amqp;
 mod file;
 mod http;
 mod nats;
@@ -34,6 +35,7 @@ use serde_json::{Map, Value, json};
 use crate::config::{ConfigError, SinkConfig, SinkKind};
 use crate::store::DeliveryRecord;
 
+pub use amqp::AmqpSink;
 pub use file::FileSink;
 pub use http::{HttpSink, batch_id};
 pub use nats::NatsSink;
@@ -98,6 +100,14 @@ pub fn build(
             let url = c.url.resolve(base_dir, &key)?;
             Arc::new(
                 RedisSink::new(&url, c.stream.clone(), c.maxlen, timeout)
+                    .map_err(|reason| ConfigError::Invalid { key, reason })?,
+            )
+        }
+        SinkKind::Amqp(c) => {
+            let key = format!("sinks.{name}.url");
+            let url = c.url.resolve(base_dir, &key)?;
+            Arc::new(
+                AmqpSink::new(&url, &c.exchange, &c.routing_key, timeout)
                     .map_err(|reason| ConfigError::Invalid { key, reason })?,
             )
         }
