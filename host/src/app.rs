@@ -277,6 +277,7 @@ pub fn shared_options(config: &Config) -> Result<SharedOptions, AppError> {
         lease: config.storage.lease,
         pool_size: config.storage.pool_size,
         order_keys: crate::store::postgres::order_keys(&config.sinks),
+        ca_file: config.storage.ca_file.clone(),
     })
 }
 

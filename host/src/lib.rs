@@ -11,7 +11,7 @@
 //! |---|---|
 //! | 0 | `clock`, `event` |
 //! | 1 | `config` |
-//! | 2 | `telemetry`, `redis` |
+//! | 2 | `telemetry`, `redis`, `tls` |
 //! | 3 | `store`, `verify` |
 //! | 4 | `sink`, `ratelimit`, `dedupe`, `plugin` |
 //! | 5 | `delivery` |
@@ -26,7 +26,7 @@
 //!   direct reply, a delivery's priority), [`config`] (the TOML file as
 //!   plain data, validated before any port is bound), [`telemetry`] (logs, metric names and
 //!   helpers that take `&'static str` labels), [`redis`] (the one connection replicas share
-//!   state through).
+//!   state through), [`tls`] (reading certificates, the TLS client side).
 //! - The stages, in the order a request meets them: [`verify`] authenticates the sender (only it
 //!   can make a `VerifiedRequest`); [`ratelimit`] applies per-source GCRA limits (429) and sheds
 //!   load (503) before a body is read; [`dedupe`] recognises copies of an event so each is stored
@@ -62,4 +62,5 @@ pub mod server;
 pub mod sink;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod verify;

@@ -380,3 +380,75 @@ fn a_database_acknowledging_before_its_flush_is_warned_about_at_start() {
     let r = post_signed(&hw, "shop", "w-1", &json!({}));
     assert_eq!(r.status, 200, "it still serves: {r:?}");
 }
+
+/// With `sslmode=require` the connection is TLS and the database's certificate is verified:
+/// against `[storage] ca_file` it works (every connection encrypted), against the system's
+/// roots alone the start is refused with the reason.
+#[test]
+fn sslmode_require_uses_tls_and_verifies_the_database_certificate() {
+    let ca = crate::edge_tls::TestCa::new("hookwall test database CA");
+    let leaf = ca.leaf("localhost");
+    let pg = PostgresServer::start_with_tls(Some((&leaf.cert_pem, &leaf.key_pem)));
+    let up = Upstream::start();
+    let dir = workdir(&[]);
+    std::fs::write(dir.path().join("db-ca.pem"), ca.pem()).unwrap();
+    // 127.0.0.1, not `localhost`: the server listens there only, and `localhost` may first
+    // resolve to ::1, where another test's server may hold the same port number.
+    let url = format!("{}?sslmode=require", pg.url());
+    let config = |ca_line: &str| {
+        format!(
+            r#"{}
+[sinks.app]
+type = "http"
+url = "{}"
+{}"#,
+            base_config(
+                "",
+                &format!("backend = \"postgres\"\nurl = \"env:DATABASE_URL\"\n{ca_line}"),
+                None,
+                ""
+            ),
+            up.url(),
+            hmac_source("shop", "", "app")
+        )
+    };
+    let hw = Hookwall::start_with_env(
+        BIN,
+        dir.path(),
+        &config("ca_file = \"db-ca.pem\""),
+        &[("DATABASE_URL", &url)],
+    );
+    let r = post_signed(&hw, "shop", "tls-1", &json!({"n": 1}));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(wait_for(Duration::from_secs(10), || delivered(&up).contains("tls-1")));
+    let plain = pg.psql(
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'hookwall' AND NOT s.ssl",
+    );
+    let encrypted = pg.psql(
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'hookwall' AND s.ssl",
+    );
+    assert_eq!(plain, "0", "no plain-text connection");
+    assert_ne!(encrypted, "0", "the replica's connections are TLS");
+    drop(hw);
+
+    // Without the CA the certificate cannot be verified: the start is refused, saying why.
+    let dir = workdir(&[]);
+    let text = config("")
+        .replace("{listen}", "127.0.0.1:0")
+        .replace("{admin}", "127.0.0.1:0");
+    std::fs::write(dir.path().join("hookwall.toml"), text).unwrap();
+    let check = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(dir.path().join("hookwall.toml"))
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        !check.status.success(),
+        "an unverifiable database is refused"
+    );
+    assert!(err.contains("certificate"), "{err}");
+}

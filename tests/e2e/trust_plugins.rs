@@ -162,11 +162,13 @@ fn a_plugin_at_capacity_answers_503_and_dead_letters_nothing() {
         accepted.len(),
         "{events}"
     );
+    // The file sink writes the line, then its outcome is recorded: wait for the record.
     for id in &accepted {
-        let event = stored(&hw, id);
-        assert_eq!(
-            event["deliveries"][0]["state"], "delivered",
-            "{id}: {event}"
+        let delivered = || stored(&hw, id)["deliveries"][0]["state"] == "delivered";
+        assert!(
+            wait_for(Duration::from_secs(5), delivered),
+            "{id}: {}",
+            stored(&hw, id)
         );
     }
 

@@ -16,6 +16,8 @@ pub struct PostgresServer {
     dir: tempfile::TempDir,
     bin: PathBuf,
     process: Option<Guard>,
+    /// Serving TLS with `server.crt` / `server.key` in the data dir.
+    ssl: bool,
 }
 
 /// Where Debian's PostgreSQL binaries are: the newest `/usr/lib/postgresql/N/bin`.
@@ -67,12 +69,19 @@ fn is_root() -> bool {
 
 impl PostgresServer {
     pub fn start() -> PostgresServer {
+        PostgresServer::start_with_tls(None)
+    }
+
+    /// [`PostgresServer::start`], serving TLS (`ssl = on`) with the PEM certificate chain and
+    /// key `tls` when given.
+    pub fn start_with_tls(tls: Option<(&str, &str)>) -> PostgresServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let server = PostgresServer {
             port: free_port(),
             bin: postgres_bin(),
             dir,
             process: None,
+            ssl: tls.is_some(),
         };
         if is_root() {
             let (uid, gid) = user_ids("postgres").expect(
@@ -99,6 +108,19 @@ impl PostgresServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+                let path = server.data().join(name);
+                std::fs::write(&path, pem).expect("write the TLS files");
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod");
+                if is_root() {
+                    let (uid, gid) = user_ids("postgres").expect("the postgres user");
+                    std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown");
+                }
+            }
+        }
         let mut server = server;
         server.spawn();
         server
@@ -143,6 +165,9 @@ impl PostgresServer {
                 self.dir.path().display()
             ))
             .args(["-c", "max_connections=200", "-c", "shared_buffers=64MB"]);
+        if self.ssl {
+            cmd.args(["-c", "ssl=on"]);
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -13,7 +13,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         StorageBackend::Embedded => None,
         StorageBackend::Postgres => {
             let options = crate::app::shared_options(&config)?;
-            Some(crate::store::postgres::inspect(&options.url).await?)
+            Some(crate::store::postgres::inspect(&options.url, options.ca_file.as_deref()).await?)
         }
     };
     let plugins = PluginHost::load(&config, None)?;

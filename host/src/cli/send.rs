@@ -109,7 +109,7 @@ async fn send_https(
     tls: &SendTls,
 ) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
     let identity = tls.client_cert.as_deref().zip(tls.client_key.as_deref());
-    let config = crate::server::tls::client_config(tls.ca_cert.as_deref(), identity)?;
+    let config = crate::tls::client_config(tls.ca_cert.as_deref(), identity, b"http/1.1")?;
     let host = request
         .uri()
         .host()

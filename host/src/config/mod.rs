@@ -234,6 +234,11 @@ pub struct StorageConfig {
     /// `pool_size = 16`: with `backend = "postgres"`, connections this replica opens at most.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
+    /// `ca_file = "/etc/ssl/db-ca.pem"`: with `backend = "postgres"` and `sslmode=require` in the
+    /// URL, the CA certificates (PEM) the database's certificate must chain to, instead of the
+    /// system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[storage] backend`: which engine keeps the queue.
@@ -283,6 +288,7 @@ impl Default for StorageConfig {
             url: None,
             lease: default_lease(),
             pool_size: default_pool_size(),
+            ca_file: None,
         }
     }
 }
@@ -588,6 +594,9 @@ impl Config {
             }
         };
         abs(&mut self.storage.path);
+        if let Some(ca) = &mut self.storage.ca_file {
+            abs(ca);
+        }
         abs(&mut self.plugins.dir);
         if let Some(tls) = &mut self.server.tls {
             edge::resolve_paths(tls, &base);
@@ -652,6 +661,12 @@ impl Config {
                 ));
             }
             _ => {}
+        }
+        if storage.ca_file.is_some() && storage.backend != StorageBackend::Postgres {
+            return Err(invalid(
+                "storage.ca_file",
+                "ca_file is the PostgreSQL server's CA, for backend = \"postgres\"",
+            ));
         }
         if storage.lease < Duration::from_secs(1) {
             return Err(invalid("storage.lease", "use at least 1s"));

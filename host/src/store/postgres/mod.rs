@@ -27,13 +27,16 @@ mod intake;
 mod queue;
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
+use tokio_postgres::config::SslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 pub use queue::Claim;
 
@@ -78,6 +81,9 @@ pub struct SharedOptions {
     pub pool_size: usize,
     /// Each sink's `order_key` JSON pointer (`json:` stripped), for the sinks that have one.
     pub order_keys: HashMap<String, String>,
+    /// `[storage] ca_file`: the CA certificates the database's certificate must chain to (with
+    /// `sslmode=require`); `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The shared store's handle (cheap to clone).
@@ -134,10 +140,17 @@ pub(crate) fn pg(e: tokio_postgres::Error) -> StoreError {
 
 /// `e` with the server's message and SQLSTATE when it has them.
 fn pg_message(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("postgres: {} ({})", db.message(), db.code().code()),
-        None => format!("postgres: {e}"),
+    if let Some(db) = e.as_db_error() {
+        return format!("postgres: {} ({})", db.message(), db.code().code());
     }
+    // The driver's own text leaves out the cause (a refused certificate, a reset connection).
+    let mut message = format!("postgres: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    message
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
@@ -156,11 +169,11 @@ impl Shared {
     /// connection and the queue gauges. Fails (for `hookwall serve` to refuse to start) when
     /// the database cannot be reached or its schema is newer than this binary's.
     pub async fn connect(options: SharedOptions) -> Result<Shared, StoreError> {
-        let config = pg_config(&options.url)?;
-        migrate(&config).await?;
+        let (config, tls) = pg_config(&options.url, options.ca_file.as_deref())?;
+        migrate(&config, &tls).await?;
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -190,7 +203,7 @@ impl Shared {
         let replica = format!("{}/{}", hostname(), uuid::Uuid::now_v7());
         let (outcomes, outcome_rx) = mpsc::channel(INTAKE_QUEUE_DEPTH);
         let background = vec![
-            tokio::spawn(queue::listen(config, wakeups.clone())),
+            tokio::spawn(queue::listen(config, tls, wakeups.clone())),
             tokio::spawn(queue::watch(pool.clone(), gauges.clone())),
             tokio::spawn(queue::recorder(pool.clone(), replica.clone(), outcome_rx)),
         ];
@@ -228,11 +241,24 @@ impl Shared {
     }
 }
 
-/// The URL parsed, with Hookwall's timeouts added where the URL sets none.
-fn pg_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+/// The URL parsed, with Hookwall's timeouts added where the URL sets none, and how to make TLS
+/// connections. TLS is used only with `sslmode=require`, and then the server's certificate is
+/// verified (against `ca_file`, else the system's roots) and its name checked against the URL's
+/// host; `prefer` (the default) and `disable` connect in plain text, so a server offering TLS
+/// with a certificate nobody can verify (Debian's default snakeoil) still works as before.
+fn pg_config(
+    url: &str,
+    ca_file: Option<&Path>,
+) -> Result<(tokio_postgres::Config, MakeRustlsConnect), StoreError> {
     let mut config: tokio_postgres::Config = url
         .parse()
         .map_err(|e| connect_error(format!("storage.url is not a PostgreSQL URL: {e}")))?;
+    if config.get_ssl_mode() != SslMode::Require {
+        config.ssl_mode(SslMode::Disable);
+    }
+    let client = crate::tls::client_config(ca_file, None, b"postgresql")
+        .map_err(|e| connect_error(format!("storage.ca_file: {e}")))?;
+    let tls = MakeRustlsConnect::new(client);
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
@@ -247,7 +273,7 @@ fn pg_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
         None => timeout,
     };
     config.options(&options);
-    Ok(config)
+    Ok((config, tls))
 }
 
 fn hostname() -> String {
@@ -274,9 +300,12 @@ fn known_version() -> i64 {
 
 /// Creates or migrates the schema on its own connection, under [`MIGRATION_LOCK`]; refuses a
 /// schema newer than [`known_version`].
-async fn migrate(config: &tokio_postgres::Config) -> Result<(), StoreError> {
+async fn migrate(
+    config: &tokio_postgres::Config,
+    tls: &MakeRustlsConnect,
+) -> Result<(), StoreError> {
     let (mut client, connection) = config
-        .connect(NoTls)
+        .connect(tls.clone())
         .await
         .map_err(|e| connect_error(format!("cannot connect: {}", pg_message(&e))))?;
     let driver = tokio::spawn(connection);
@@ -341,10 +370,10 @@ fn refuse_newer(applied: Option<i64>) -> Result<(), StoreError> {
 /// What `hookwall check` says of the database at `url`, changing nothing: reachable, and its
 /// schema current, to be created or migrated by `hookwall serve`; an error if unreachable or
 /// newer than this binary.
-pub async fn inspect(url: &str) -> Result<String, StoreError> {
-    let config = pg_config(url)?;
+pub async fn inspect(url: &str, ca_file: Option<&Path>) -> Result<String, StoreError> {
+    let (config, tls) = pg_config(url, ca_file)?;
     let (client, connection) = config
-        .connect(NoTls)
+        .connect(tls)
         .await
         .map_err(|e| connect_error(format!("cannot connect: {}", pg_message(&e))))?;
     let driver = tokio::spawn(connection);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use super::intake::{self, Row};
 use super::{
@@ -636,9 +636,13 @@ pub(super) async fn purge(shared: &Shared, letters: Vec<u64>) -> Result<usize, S
 /// Keeps a `LISTEN hookwall_queue` connection open (reconnecting after a failure) and rings
 /// the sinks each notification names. After a reconnect every sink is rung once, for what was
 /// committed while nobody listened.
-pub(super) async fn listen(config: tokio_postgres::Config, wakeups: Arc<Wakeups>) {
+pub(super) async fn listen(
+    config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    wakeups: Arc<Wakeups>,
+) {
     loop {
-        match config.connect(NoTls).await {
+        match config.connect(tls.clone()).await {
             Ok((client, mut connection)) => {
                 let mut messages =
                     futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));

@@ -16,6 +16,7 @@ async fn connect(pg: &PostgresServer, lease: Duration) -> Shared {
         lease,
         pool_size: 4,
         order_keys: HashMap::from([("ordered".to_string(), "/k".to_string())]),
+        ca_file: None,
     })
     .await
     .expect("connect")
@@ -299,6 +300,7 @@ async fn a_schema_newer_than_this_binary_is_refused() {
         lease: Duration::from_secs(30),
         pool_size: 4,
         order_keys: HashMap::new(),
+        ca_file: None,
     })
     .await
     .err()
@@ -308,6 +310,9 @@ async fn a_schema_newer_than_this_binary_is_refused() {
         refused.contains("schema is version 999, newer than this binary knows (1)"),
         "{refused}"
     );
-    let inspected = inspect(&pg.url()).await.expect_err("refused").to_string();
+    let inspected = inspect(&pg.url(), None)
+        .await
+        .expect_err("refused")
+        .to_string();
     assert!(inspected.contains("version 999"), "{inspected}");
 }
