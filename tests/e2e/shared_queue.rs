@@ -77,6 +77,20 @@ fn three_replicas_share_one_queue_and_take_each_event_once() {
         "{out}"
     );
 
+    // `hookwall store` is the embedded store's tool: it refuses, pointing elsewhere.
+    let store = std::process::Command::new(BIN)
+        .args(["store", "--config"])
+        .arg(&replicas[0].1.config_path)
+        .arg("check")
+        .env("DATABASE_URL", pg.url())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&store.stderr);
+    assert!(
+        !store.status.success() && err.contains("the store is PostgreSQL"),
+        "{err}"
+    );
+
     // Every event goes to one replica, and a copy to the next one at the same moment.
     const EVENTS: usize = 120;
     let answers: Vec<(String, String)> = on_threads(4, |t| {

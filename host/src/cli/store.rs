@@ -36,6 +36,14 @@ pub enum StoreCommand {
 /// Runs `command` on the store of the config at `path`.
 pub fn run(path: &Path, command: StoreCommand) -> anyhow::Result<()> {
     let config = Config::load(path)?;
+    if config.storage.backend == crate::config::StorageBackend::Postgres {
+        anyhow::bail!(
+            "{}: the store is PostgreSQL ([storage] backend = \"postgres\"): `hookwall store` \
+             checks and repairs the embedded store only; `hookwall check` reports the \
+             database's schema, and the database's own tools (pg_amcheck, backups) check it",
+            path.display()
+        );
+    }
     match command {
         StoreCommand::Check { json } => check(&config.storage.path, json),
         StoreCommand::Repair { json } => repair(&config.storage.path, json),
