@@ -10,8 +10,8 @@
 //! | floor | modules |
 //! |---|---|
 //! | 0 | `clock`, `event` |
-//! | 1 | `config` |
-//! | 2 | `telemetry`, `redis`, `tls` |
+//! | 1 | `config`, `tls` |
+//! | 2 | `telemetry`, `redis` |
 //! | 3 | `store`, `verify` |
 //! | 4 | `sink`, `ratelimit`, `dedupe`, `plugin` |
 //! | 5 | `delivery` |
@@ -25,7 +25,7 @@
 //!   stage shares: the inbound request, the event plugins see, a routed message, a refusal, a
 //!   direct reply, a delivery's priority), [`config`] (the TOML file as
 //!   plain data, validated before any port is bound), [`telemetry`] (logs, metric names and
-//!   helpers that take `&'static str` labels), [`redis`] (the one connection replicas share
+//!   helpers that take `&'static str` labels, traces exported over OTLP), [`redis`] (the one connection replicas share
 //!   state through), [`tls`] (reading certificates, the TLS client side).
 //! - The stages, in the order a request meets them: [`verify`] authenticates the sender (only it
 //!   can make a `VerifiedRequest`); [`ratelimit`] applies per-source GCRA limits (429) and sheds

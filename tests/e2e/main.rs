@@ -25,6 +25,7 @@ mod reload;
 mod scaffold;
 mod shared_queue;
 mod spine;
+mod traces;
 mod trust;
 mod trust_admin;
 mod trust_plugins;

@@ -7,6 +7,7 @@ pub mod wasm {
 
 pub mod guests;
 mod harness;
+pub mod otlp;
 mod postgres;
 mod rabbitmq;
 mod services;

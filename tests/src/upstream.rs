@@ -31,6 +31,8 @@ pub enum Answer {
     /// This status with a body of this many bytes, streamed in 64 KiB chunks without being
     /// held in memory (`usize::MAX`: endless, for any practical purpose).
     Big(u16, usize),
+    /// This status with exactly this body (an OTLP collector's empty protobuf answer).
+    Body(u16, Vec<u8>),
 }
 
 /// A body of `left` bytes of `x`, one shared chunk at a time.
@@ -276,6 +278,7 @@ async fn answer(
     };
     tokio::time::sleep(delay).await;
     let mut big = None;
+    let mut exact = None;
     let (status, retry_after) = match next {
         Answer::Status(status, retry_after) => (status, retry_after),
         Answer::Stall(d) => {
@@ -286,6 +289,10 @@ async fn answer(
         Answer::FailEvery(_) => (200, None),
         Answer::Big(status, bytes) => {
             big = Some(bytes);
+            (status, None)
+        }
+        Answer::Body(status, body) => {
+            exact = Some(body);
             (status, None)
         }
     };
@@ -309,12 +316,13 @@ async fn answer(
     if let Some(secs) = retry_after {
         resp = resp.header("retry-after", secs.to_string());
     }
-    let body = match big {
-        Some(left) => Either::Right(Repeat {
+    let body = match (big, exact) {
+        (Some(left), _) => Either::Right(Repeat {
             chunk: Bytes::from(vec![b'x'; 64 * 1024]),
             left,
         }),
-        None => Either::Left(Full::new(Bytes::from(format!("answer {status}")))),
+        (None, Some(body)) => Either::Left(Full::new(Bytes::from(body))),
+        (None, None) => Either::Left(Full::new(Bytes::from(format!("answer {status}")))),
     };
     Ok(resp.body(body).unwrap())
 }

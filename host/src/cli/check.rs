@@ -4,6 +4,7 @@ use std::path::Path;
 
 use crate::config::StorageBackend;
 use crate::plugin::PluginHost;
+use crate::telemetry::trace::Traces;
 
 /// Checks the config at `path` and prints what it would run.
 pub async fn run(path: &Path) -> anyhow::Result<()> {
@@ -16,6 +17,11 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
             Some(crate::store::postgres::inspect(&options.url, options.ca_file.as_deref()).await?)
         }
     };
+    // The trace exporter: its header secrets and CA file resolve (nothing is sent).
+    if let Some(otlp) = &config.telemetry.otlp {
+        let (traces, _) = Traces::build(otlp, &config.base_dir)?;
+        traces.shutdown().await;
+    }
     let plugins = PluginHost::load(&config, None)?;
     let loaded = plugins.plugins();
     println!(
@@ -25,6 +31,13 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         config.sinks.len(),
         loaded.iter().count()
     );
+    if let Some(otlp) = &config.telemetry.otlp {
+        println!(
+            "  traces: OTLP to {} (sampling {})",
+            otlp.traces_url(),
+            otlp.sampling
+        );
+    }
     if let Some(database) = database {
         println!("  storage postgres: {database}");
     }

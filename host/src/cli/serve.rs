@@ -5,17 +5,35 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::app::App;
+use crate::telemetry::trace::Traces;
 use crate::telemetry::{self, LogFormat};
 
 /// Runs the receiver described by the config at `path`.
 pub async fn run(path: &Path, log_format: LogFormat) -> anyhow::Result<()> {
     // Config first: a bad config must fail before anything is opened or bound.
     let config = super::load_config(path)?;
-    telemetry::init(log_format);
+    let traces = match &config.telemetry.otlp {
+        Some(otlp) => Some(Traces::build(otlp, &config.base_dir)?),
+        None => None,
+    };
+    let (traces, layer) = traces.unzip();
+    telemetry::init(log_format, layer);
+    if let Some(traces) = &traces {
+        traces.start();
+        tracing::info!(endpoint = %config.telemetry.otlp.as_ref().map(|o| o.traces_url()).unwrap_or_default(),
+            "exporting traces over OTLP");
+    }
     precompile(path);
-    let app = App::build(config).await?;
-    app.serve().await?;
-    Ok(())
+    let served: anyhow::Result<()> = async {
+        App::build(config).await?.serve().await?;
+        Ok(())
+    }
+    .await;
+    // Last: the spans of the final deliveries and of the shutdown itself.
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
+    served
 }
 
 /// Compiles the plugins the config at `path` uses in a child process (`hookwall check`, which

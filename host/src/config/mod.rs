@@ -111,7 +111,7 @@ pub struct Config {
     /// `[admin]`: the optional operator API listener.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
-    /// `[telemetry]`: metrics on/off, body logging.
+    /// `[telemetry]`: metrics on/off, body logging, trace export.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
     /// `[sources.NAME]`: one per webhook endpoint.
@@ -387,6 +387,101 @@ pub struct TelemetryConfig {
     /// hold personal data; off by default).
     #[serde(default)]
     pub log_bodies: bool,
+    /// `[telemetry.otlp]`: export traces over OTLP/HTTP. Absent (the default): no traces.
+    #[serde(default)]
+    pub otlp: Option<OtlpConfig>,
+}
+
+/// `[telemetry.otlp]`: where and how traces are exported (OTLP over HTTP, protobuf).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// `endpoint = "http://127.0.0.1:4318"`: the collector's OTLP/HTTP receiver. A URL without
+    /// a path gets the traces path `/v1/traces`; a URL with one is used as written.
+    pub endpoint: String,
+    /// `headers = { authorization = "env:OTLP_TOKEN" }`: sent with every export; values are
+    /// secrets (`env:`, `file:` or a literal) and are never logged.
+    #[serde(default)]
+    pub headers: BTreeMap<String, SecretRef>,
+    /// `sampling = 1.0`: the share of new traces recorded (0.0–1.0). A request that carries a
+    /// W3C `traceparent` follows its sender's decision instead.
+    #[serde(default = "default_sampling")]
+    pub sampling: f64,
+    /// `service_name = "hookwall"`: the `service.name` of the exported resource.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// `ca_file = "collector-ca.pem"`: CA certificates (PEM) an `https` collector is checked
+    /// against, instead of the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// `timeout = "10s"`: the bound on one export request.
+    #[serde(default = "default_otlp_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_sampling() -> f64 {
+    1.0
+}
+
+fn default_service_name() -> String {
+    "hookwall".into()
+}
+
+fn default_otlp_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl OtlpConfig {
+    /// The URL spans are posted to: `endpoint`, with `/v1/traces` when it has no path.
+    pub fn traces_url(&self) -> String {
+        let endpoint = self.endpoint.trim_end_matches('/');
+        let has_path = endpoint
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.contains('/'));
+        if has_path {
+            self.endpoint.clone()
+        } else {
+            format!("{endpoint}/v1/traces")
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("telemetry.otlp.{k}");
+        let uri: http::Uri = self
+            .traces_url()
+            .parse()
+            .map_err(|e| invalid(key("endpoint"), format!("not a URL: {e}")))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(invalid(
+                key("endpoint"),
+                "use an http:// or https:// URL with a host (OTLP over HTTP, e.g. http://127.0.0.1:4318)",
+            ));
+        }
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(invalid(
+                key("endpoint"),
+                "put credentials in headers (secrets), not in the URL",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.sampling) {
+            return Err(invalid(key("sampling"), "use a ratio from 0.0 to 1.0"));
+        }
+        if self.service_name.trim().is_empty() {
+            return Err(invalid(key("service_name"), "must not be empty"));
+        }
+        for name in self.headers.keys() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(invalid(
+                    key(&format!("headers.{name}")),
+                    "not a valid header name",
+                ));
+            }
+        }
+        if self.timeout.is_zero() {
+            return Err(invalid(key("timeout"), "must be greater than 0"));
+        }
+        Ok(())
+    }
 }
 
 fn default_metrics() -> bool {
@@ -398,6 +493,7 @@ impl Default for TelemetryConfig {
         TelemetryConfig {
             metrics: default_metrics(),
             log_bodies: false,
+            otlp: None,
         }
     }
 }
@@ -597,6 +693,14 @@ impl Config {
         if let Some(ca) = &mut self.storage.ca_file {
             abs(ca);
         }
+        if let Some(ca) = self
+            .telemetry
+            .otlp
+            .as_mut()
+            .and_then(|o| o.ca_file.as_mut())
+        {
+            abs(ca);
+        }
         abs(&mut self.plugins.dir);
         if let Some(tls) = &mut self.server.tls {
             edge::resolve_paths(tls, &base);
@@ -640,6 +744,9 @@ impl Config {
             ));
         }
         self.validate_storage_backend()?;
+        if let Some(otlp) = &self.telemetry.otlp {
+            otlp.validate()?;
+        }
         self.validate_sources()?;
         self.validate_sinks()
     }

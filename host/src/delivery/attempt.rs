@@ -15,12 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
+use tracing::Instrument as _;
 
 use super::dispatch::{Attempted, Health, STORE_ERROR_PAUSE};
 use super::worker::Worker;
 use crate::config::RetryConfig;
 use crate::sink::SinkError;
 use crate::store::{DeliveryRecord, DeliveryUpdate, StoreError};
+use crate::telemetry::trace;
 
 /// The longest pause between two tries at recording results the store refused.
 const MAX_RECORD_PAUSE: Duration = Duration::from_secs(30);
@@ -47,8 +49,22 @@ pub(super) struct Outcomes {
 
 impl Worker {
     /// Sends one unit and records the outcome.
-    pub(super) async fn attempt(self: Arc<Self>, unit: Vec<DeliveryRecord>) -> Attempted {
-        let result = self.sink.deliver(&unit).await;
+    pub(super) async fn attempt(self: Arc<Self>, mut unit: Vec<DeliveryRecord>) -> Attempted {
+        let span = self.attempt_span(&mut unit);
+        let result = self.sink.deliver(&unit).instrument(span.clone()).await;
+        if !span.is_disabled() {
+            span.record(
+                "hookwall.result",
+                if result.is_ok() {
+                    "delivered"
+                } else {
+                    "failed"
+                },
+            );
+            if result.is_err() {
+                span.record("otel.status_code", "error");
+            }
+        }
         let sink = self.name.clone();
         let result_label = if result.is_ok() { "success" } else { "failure" };
         metrics::counter!("hookwall_delivery_attempts_total", "sink" => sink.clone(), "result" => result_label)
@@ -73,6 +89,30 @@ impl Worker {
             health: outcomes.health,
             split: outcomes.split,
         }
+    }
+
+    /// The span of one attempt at `unit`: a child of the span that stored its first delivery,
+    /// linked to the others'. With traces on, each delivery's `traceparent` becomes the
+    /// attempt's, so the sink carries it to the app.
+    fn attempt_span(&self, unit: &mut [DeliveryRecord]) -> tracing::Span {
+        let first = &unit[0];
+        let span = trace::deliver_span(
+            &self.name,
+            &first.id,
+            unit.len(),
+            first.attempts.len() + 1,
+            &first.headers,
+        );
+        if span.is_disabled() {
+            return span;
+        }
+        for other in &unit[1..] {
+            trace::link(&span, &other.headers);
+        }
+        for delivery in unit.iter_mut() {
+            trace::stamp(&span, &mut delivery.headers);
+        }
+        span
     }
 
     /// Records `updates`, trying again (1 s, doubling up to 30 s) while the store refuses, until

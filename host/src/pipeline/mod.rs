@@ -323,7 +323,17 @@ impl Pipeline {
         request: InboundRequest,
     ) -> Result<Ingested, IngestError> {
         let now_ms = request.received_at_ms;
-        let verified = match source.verifier.verify(request, now_ms)? {
+        let span = tracing::debug_span!("verify", hookwall.verdict = tracing::field::Empty);
+        let verdict = span.in_scope(|| source.verifier.verify(request, now_ms));
+        span.record(
+            "hookwall.verdict",
+            match &verdict {
+                Ok(Verified::Event(_)) => "verified",
+                Ok(Verified::Challenge(_)) => "challenge",
+                Err(_) => "refused",
+            },
+        );
+        let verified = match verdict? {
             Verified::Event(verified) => verified,
             Verified::Challenge(challenge) => {
                 tracing::info!(source = %source.name, "answered the provider's endpoint challenge");
@@ -341,6 +351,7 @@ impl Pipeline {
             // The client behind a trusted proxy, not the proxy: one budget per real sender.
             limiter
                 .check(source.verifier.client_ip(verified.request()))
+                .instrument(tracing::debug_span!("ratelimit"))
                 .await?;
         }
         let id = verified
@@ -366,7 +377,11 @@ impl Pipeline {
                 "request body");
         }
         // Dropping `claim` on any early return below releases a shared claim.
-        let claim = match self.claim(source, &verified, &id).await? {
+        let claim = match self
+            .claim(source, &verified, &id)
+            .instrument(tracing::debug_span!("dedupe"))
+            .await?
+        {
             Ok(claim) => claim,
             Err(duplicate) => return Ok(duplicate),
         };
@@ -381,10 +396,16 @@ impl Pipeline {
             headers: request.headers,
             body: request.body.to_vec(),
         };
-        let decision = match decide(source, &id, self.route(source, &event).await?) {
+        let mut decision = match decide(source, &id, self.route(source, &event).await?) {
             Ok(decision) => decision,
             Err(early) => return early,
         };
+        // With traces on, each delivery keeps this event's span as its `traceparent`: the
+        // parent of its attempts, whenever and wherever they run.
+        let here = tracing::Span::current();
+        for routed in &mut decision.routed {
+            telemetry::trace::stamp(&here, &mut routed.headers);
+        }
         // Under `reject` the sender hears 500 and will send the event again: the failed copy is
         // kept as a dead letter under an id of its own and holds no dedupe mark, so the retry
         // is processed afresh instead of being answered `duplicate` (and never delivered).
@@ -398,6 +419,7 @@ impl Pipeline {
             claim,
             decision.answer,
         )
+        .instrument(tracing::debug_span!("commit"))
         .await
     }
 

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument as _;
 
 use crate::config::Config;
 
@@ -153,10 +154,15 @@ impl PluginHost {
     /// limits. Takes no permit: [`PluginHost::run_chain`]'s caller holds them.
     pub async fn call(&self, plugin: &LoadedPlugin, event: &Event) -> Result<Action, CallError> {
         let wit_event = types::Event::from(event);
+        let span = tracing::debug_span!("plugin",
+            otel.name = %format_args!("plugin {}", plugin.name),
+            plugin.name = %plugin.name, plugin.version = %plugin.version,
+            plugin.action = tracing::field::Empty, otel.status_code = tracing::field::Empty);
         let started = std::time::Instant::now();
         let result = self
             .runtime
             .call(plugin.callee(), &wit_event)
+            .instrument(span.clone())
             .await
             .map(Action::from)
             .and_then(|action| {
@@ -168,6 +174,18 @@ impl PluginHost {
             _ => None,
         };
         crate::telemetry::metrics::plugin_call(&plugin.name, started.elapsed(), failure);
+        let action = match &result {
+            Ok(Action::Forward(_)) => "forward",
+            Ok(Action::Drop(_)) => "drop",
+            Ok(Action::Reject(_)) => "reject",
+            Ok(Action::Respond(_)) => "respond",
+            Err(CallError::Busy(_)) => "busy",
+            Err(CallError::Failed(f)) => f.kind(),
+        };
+        span.record("plugin.action", action);
+        if failure.is_some() {
+            span.record("otel.status_code", "error");
+        }
         result
     }
 

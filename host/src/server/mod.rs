@@ -27,8 +27,9 @@ use hyper::body::Body;
 use tokio::net::TcpListener;
 
 use crate::pipeline::Pipeline;
-use crate::telemetry::metrics;
+use crate::telemetry::{metrics, trace};
 use respond::Refusal;
+use tracing::Instrument;
 
 pub use crate::event::InboundRequest;
 
@@ -106,21 +107,26 @@ where
         remote,
         received_at_ms: crate::clock::now_ms(),
     };
+    // The request's span: the trace of its `traceparent`, continued (a no-op without traces).
+    let span = trace::webhook_span(&source.name, &request.method, &request.headers);
     // A bug in a stage must cost one request a 500, not the connection or the process.
-    match AssertUnwindSafe(pipeline.ingest(&source, request))
-        .catch_unwind()
-        .await
-    {
-        Ok(Ok(ingested)) => {
-            metrics::request(&source.name, respond::ingested_outcome(&ingested));
-            respond::ingested(&ingested, source.respond())
-        }
-        Ok(Err(e)) => respond::ingest_error(&source.name, &e),
-        Err(_) => {
-            tracing::error!(source = %source.name, "pipeline panicked; answered 500");
-            Refusal::internal().answer(&source.name)
-        }
-    }
+    let response =
+        match AssertUnwindSafe(pipeline.ingest(&source, request).instrument(span.clone()))
+            .catch_unwind()
+            .await
+        {
+            Ok(Ok(ingested)) => {
+                metrics::request(&source.name, respond::ingested_outcome(&ingested));
+                respond::ingested(&ingested, source.respond())
+            }
+            Ok(Err(e)) => respond::ingest_error(&source.name, &e),
+            Err(_) => {
+                tracing::error!(source = %source.name, "pipeline panicked; answered 500");
+                Refusal::internal().answer(&source.name)
+            }
+        };
+    span.record("http.response.status_code", response.status().as_u16());
+    response
 }
 
 /// Accepts connections on `listener` and answers each request with `handler` until `shutdown`

@@ -895,7 +895,7 @@ fn update(t: &mut Tables, update: &DeliveryUpdate, next_seq: &mut u64) -> Result
 /// One line per delivery attempt, inside the event's span (so it carries the event id), as
 /// the attempt's outcome is recorded.
 fn log_attempt(record: &DeliveryRow, update: &DeliveryUpdate) {
-    let _span = crate::telemetry::event_span(&record.event_id, &record.source).entered();
+    let _span = crate::telemetry::event_log_span(&record.event_id, &record.source).entered();
     let attempt = record.attempts.len() + 1;
     let (sink, delivery) = (record.sink.as_str(), record.seq);
     match update {
