@@ -24,6 +24,9 @@ use crate::sink::{self, SendTimes};
 const SECRET: &str = "loadgen-bench-secret";
 /// Scenario 5, repeated at half load.
 const FULL_PATH: &str = "full path (+ durable commit)";
+/// The trace export of the OTLP scenarios, to the sink server (sampling 1.0 unless a line
+/// follows).
+const TRACES: &str = "[telemetry.otlp]\nendpoint = \"http://{sink}\"";
 /// After the load of the http-sink scenario stops, wait this long at most for deliveries to drain.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
@@ -38,10 +41,21 @@ pub struct Options {
 }
 
 struct Scenario {
-    name: &'static str,
+    name: String,
     /// `None`: the bare hyper baseline.
     config: Option<String>,
     stages: Stages,
+    /// Another `hookwall` binary than the one under test (`--other-binary`).
+    binary: Option<PathBuf>,
+}
+
+/// Which scenarios run: `--only` (substrings of names; the baseline always runs) and
+/// `--other-binary` (the full path with delivery again, on another build, e.g. the commit
+/// before a change, so both are measured in one run).
+#[derive(Default)]
+pub struct Selection {
+    pub only: Vec<String>,
+    pub other_binary: Option<PathBuf>,
 }
 
 /// Which stages a Hookwall scenario turns on; each scenario adds one to the previous.
@@ -57,6 +71,9 @@ pub(crate) struct Stages {
     pub(crate) deliver: bool,
     /// Deliver to the file sink (running, not paused): issue #18's "full path".
     pub(crate) write_file: bool,
+    /// Export traces over OTLP (sampling 1.0) to the sink server, which answers `/v1/traces`
+    /// as a collector does (issue #21).
+    pub(crate) traces: bool,
 }
 
 /// The Hookwall config of a scenario.
@@ -92,8 +109,14 @@ sinks = ["bench"]
 {intake}
 
 {sink}
+{traces}
 "#,
         fsync = stages.fsync,
+        traces = if stages.traces {
+            TRACES
+        } else {
+            ""
+        },
         sink = if stages.deliver {
             // 64 units in flight (the default is 16): at 16, one delivery per request to a
             // loopback app is bound by the round trip and falls behind from ~8k events/s on
@@ -113,7 +136,7 @@ sinks = ["bench"]
     )
 }
 
-fn scenarios(repo: &Path) -> Vec<Scenario> {
+fn scenarios(repo: &Path, selection: &Selection) -> Vec<Scenario> {
     let plugins = repo.join("plugins");
     let verify = Stages::default();
     let intake = Stages {
@@ -136,16 +159,22 @@ fn scenarios(repo: &Path) -> Vec<Scenario> {
         write_file: true,
         ..full
     };
-    let hookwall = |name, stages| Scenario {
-        name,
+    let traces = Stages {
+        traces: true,
+        ..deliver
+    };
+    let hookwall = |name: &str, stages| Scenario {
+        name: name.to_string(),
         config: Some(hookwall_config(&plugins, stages)),
         stages,
+        binary: None,
     };
-    vec![
+    let mut all = vec![
         Scenario {
-            name: "baseline (bare hyper)",
+            name: "baseline (bare hyper)".into(),
             config: None,
             stages: Stages::default(),
+            binary: None,
         },
         hookwall("verify", verify),
         hookwall("+ rate limit + dedupe", intake),
@@ -153,7 +182,26 @@ fn scenarios(repo: &Path) -> Vec<Scenario> {
         hookwall(FULL_PATH, full),
         hookwall("full path + delivery to file sink", write_file),
         hookwall("full path + delivery to http sink", deliver),
-    ]
+        hookwall("full path + http sink + OTLP traces", traces),
+        Scenario {
+            config: Some(
+                hookwall_config(&plugins, traces).replace(TRACES, &format!("{TRACES}\nsampling = 0.1")),
+            ),
+            ..hookwall("full path + http sink + OTLP traces, 10% sampled", traces)
+        },
+    ];
+    if let Some(other) = &selection.other_binary {
+        all.push(Scenario {
+            binary: Some(other.clone()),
+            ..hookwall("full path + http sink, other binary", deliver)
+        });
+    }
+    all.retain(|s| {
+        s.config.is_none()
+            || selection.only.is_empty()
+            || selection.only.iter().any(|o| s.name.contains(o.as_str()))
+    });
+    all
 }
 
 /// A server process of one run; killed on drop.
@@ -178,9 +226,9 @@ impl Server {
         sink: Option<SocketAddr>,
     ) -> anyhow::Result<Server> {
         Server::launch(
-            scenario.name,
+            &scenario.name,
             scenario.config.as_deref(),
-            hookwall,
+            scenario.binary.as_deref().unwrap_or(hookwall),
             sink,
             &[],
         )
@@ -491,8 +539,13 @@ async fn measure(
     Ok(report)
 }
 
-pub async fn run(options: Options, repo: &Path, hookwall: &Path) -> anyhow::Result<Comparison> {
-    let scenarios = scenarios(repo);
+pub async fn run(
+    options: Options,
+    selection: &Selection,
+    repo: &Path,
+    hookwall: &Path,
+) -> anyhow::Result<Comparison> {
+    let scenarios = scenarios(repo, selection);
     // One pool serves every run: each server starts with an empty store, so ids never repeat
     // within a server's life.
     let pool_config = tempfile::tempdir()?;
@@ -557,7 +610,7 @@ pub async fn run(options: Options, repo: &Path, hookwall: &Path) -> anyhow::Resu
             )
         };
         rows.push(Row {
-            scenario: scenario.name.to_string(),
+            scenario: scenario.name.clone(),
             median_rps,
             ratio_to_baseline: if baseline_rps > 0.0 {
                 median_rps / baseline_rps
@@ -591,10 +644,13 @@ pub async fn run(options: Options, repo: &Path, hookwall: &Path) -> anyhow::Resu
     }
 
     // The full path again at half its own maximum, open loop, for the latency at a sane load.
-    let full = scenarios
-        .iter()
-        .position(|s| s.name == FULL_PATH)
-        .expect("the full path is a scenario");
+    // (Not when `--only` left the full path out.)
+    let Some(full) = scenarios.iter().position(|s| s.name == FULL_PATH) else {
+        return Ok(Comparison {
+            rows,
+            half_load: Vec::new(),
+        });
+    };
     let max = rows[full].median_rps;
     let mut half_load = Vec::new();
     // The full path, and the full path with delivery, at half the full path's maximum: ack
@@ -628,7 +684,7 @@ pub async fn run(options: Options, repo: &Path, hookwall: &Path) -> anyhow::Resu
         )
         .await?;
         half_load.push(HalfLoad {
-            scenario: scenario.name.to_string(),
+            scenario: scenario.name.clone(),
             share,
             offered_rps: offered,
             achieved_rps: report.requests_per_sec,

@@ -98,6 +98,14 @@ enum Cmd {
     Compare {
         #[command(flatten)]
         bench: Bench,
+        /// Run only the scenarios whose names contain one of these (comma-separated); the
+        /// baseline always runs.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Also run the full path with delivery on this `hookwall` binary (another build, e.g.
+        /// the commit before a change), in the same rounds.
+        #[arg(long)]
+        other_binary: Option<PathBuf>,
     },
 }
 
@@ -252,10 +260,17 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Compare { bench } => {
+        Cmd::Compare {
+            bench,
+            only,
+            other_binary,
+        } => {
             let (repo, hookwall) = bench_target()?;
             let options = bench.options();
-            let result = client_runtime()?.block_on(compare::run(options, &repo, &hookwall))?;
+            let selection = compare::Selection { only, other_binary };
+            let result = client_runtime()?.block_on(compare::run(
+                options, &selection, &repo, &hookwall,
+            ))?;
             print_result(&result, bench.json, || compare::table(&result, &options))
         }
         Cmd::Shared { bench } => {

@@ -81,6 +81,7 @@ fn config(repo: &Path, backend: Backend, deliver: bool) -> String {
         fsync: true,
         deliver,
         write_file: false,
+        traces: false,
     };
     let text = hookwall_config(&repo.join("plugins"), stages);
     match backend {

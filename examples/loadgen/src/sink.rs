@@ -74,6 +74,8 @@ impl SendTimes {
 /// What the sink has received so far.
 pub struct Received {
     pub deliveries: AtomicU64,
+    /// OTLP trace exports received (`POST /v1/traces`).
+    pub exports: AtomicU64,
     /// Event-to-delivery latency in µs of deliveries whose send time was known.
     pub latency_us: Mutex<Histogram<u64>>,
 }
@@ -105,6 +107,7 @@ pub async fn start(times: Arc<SendTimes>) -> anyhow::Result<SinkServer> {
     let addr = listener.local_addr()?;
     let received = Arc::new(Received {
         deliveries: AtomicU64::new(0),
+        exports: AtomicU64::new(0),
         latency_us: Mutex::new(Histogram::new(3)?),
     });
     let state = received.clone();
@@ -118,6 +121,13 @@ pub async fn start(times: Arc<SendTimes>) -> anyhow::Result<SinkServer> {
                 let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let (state, times) = (state.clone(), times.clone());
                     async move {
+                        // Hookwall's trace exports (the OTLP scenario): answered as a collector
+                        // does (200, an empty protobuf answer), not counted as deliveries.
+                        if req.uri().path() == "/v1/traces" {
+                            let _ = req.into_body().collect().await;
+                            state.exports.fetch_add(1, Ordering::Relaxed);
+                            return Ok(http::Response::new(Empty::<Bytes>::new()));
+                        }
                         let index = req
                             .headers()
                             .get("webhook-id")

@@ -31,6 +31,14 @@ listen = "127.0.0.1:19090"
 token = "env:HOOKWALL_ADMIN_TOKEN"
 allowed_hosts = ["hookwall.internal:9090", "ops.example"]
 
+[telemetry.otlp]
+endpoint = "https://otel.example:4318"
+headers = { authorization = "env:OTLP_AUTHORIZATION" }
+sampling = 0.25
+service_name = "edge"
+ca_file = "otel-ca.pem"
+timeout = "3s"
+
 [sources.demo]
 path = "/hooks/demo"
 verify = { scheme = "hmac", algorithm = "sha512", header = "X-Signature", prefix = "sha512=", encoding = "base64", secrets = ["old", "new"], id_header = "X-Event-Id" }
@@ -124,6 +132,28 @@ fn omnibus_parses_and_resolves_paths() {
     assert_eq!(limit.rate.interval(), Duration::from_secs(2));
     assert_eq!((limit.burst(), limit.by), (30, LimitBy::Source));
     assert_eq!(limit.on_redis_error, OnRedisError::FailOpen);
+
+    let otlp = c.telemetry.otlp.as_ref().unwrap();
+    assert_eq!(otlp.traces_url(), "https://otel.example:4318/v1/traces");
+    assert_eq!((otlp.sampling, otlp.service_name.as_str()), (0.25, "edge"));
+    assert_eq!(otlp.ca_file.as_deref(), Some(Path::new("/etc/hookwall/otel-ca.pem")));
+    assert_eq!(otlp.timeout, Duration::from_secs(3));
+    assert!(otlp.headers.contains_key("authorization"));
+}
+
+#[test]
+fn the_otlp_endpoint_gets_the_traces_path_only_when_it_has_none() {
+    let url = |endpoint: &str| {
+        let text = format!(
+            "[telemetry.otlp]\nendpoint = \"{endpoint}\"\n[sources.a]\npath = \"/a\"\n\
+             verify = {{ scheme = \"none\" }}\nsinks = [\"s\"]\n[sinks.s]\ntype = \"stdout\"\n"
+        );
+        let c = Config::parse(&text, Path::new("/")).unwrap();
+        c.telemetry.otlp.unwrap().traces_url()
+    };
+    assert_eq!(url("http://127.0.0.1:4318"), "http://127.0.0.1:4318/v1/traces");
+    assert_eq!(url("http://127.0.0.1:4318/"), "http://127.0.0.1:4318/v1/traces");
+    assert_eq!(url("https://api.example/otlp/v1/traces"), "https://api.example/otlp/v1/traces");
 }
 
 #[test]
