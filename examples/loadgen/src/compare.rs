@@ -112,11 +112,7 @@ sinks = ["bench"]
 {traces}
 "#,
         fsync = stages.fsync,
-        traces = if stages.traces {
-            TRACES
-        } else {
-            ""
-        },
+        traces = if stages.traces { TRACES } else { "" },
         sink = if stages.deliver {
             // 64 units in flight (the default is 16): at 16, one delivery per request to a
             // loopback app is bound by the round trip and falls behind from ~8k events/s on
@@ -185,7 +181,8 @@ fn scenarios(repo: &Path, selection: &Selection) -> Vec<Scenario> {
         hookwall("full path + http sink + OTLP traces", traces),
         Scenario {
             config: Some(
-                hookwall_config(&plugins, traces).replace(TRACES, &format!("{TRACES}\nsampling = 0.1")),
+                hookwall_config(&plugins, traces)
+                    .replace(TRACES, &format!("{TRACES}\nsampling = 0.1")),
             ),
             ..hookwall("full path + http sink + OTLP traces, 10% sampled", traces)
         },

@@ -268,9 +268,8 @@ fn main() -> anyhow::Result<()> {
             let (repo, hookwall) = bench_target()?;
             let options = bench.options();
             let selection = compare::Selection { only, other_binary };
-            let result = client_runtime()?.block_on(compare::run(
-                options, &selection, &repo, &hookwall,
-            ))?;
+            let result =
+                client_runtime()?.block_on(compare::run(options, &selection, &repo, &hookwall))?;
             print_result(&result, bench.json, || compare::table(&result, &options))
         }
         Cmd::Shared { bench } => {

@@ -136,7 +136,10 @@ fn omnibus_parses_and_resolves_paths() {
     let otlp = c.telemetry.otlp.as_ref().unwrap();
     assert_eq!(otlp.traces_url(), "https://otel.example:4318/v1/traces");
     assert_eq!((otlp.sampling, otlp.service_name.as_str()), (0.25, "edge"));
-    assert_eq!(otlp.ca_file.as_deref(), Some(Path::new("/etc/hookwall/otel-ca.pem")));
+    assert_eq!(
+        otlp.ca_file.as_deref(),
+        Some(Path::new("/etc/hookwall/otel-ca.pem"))
+    );
     assert_eq!(otlp.timeout, Duration::from_secs(3));
     assert!(otlp.headers.contains_key("authorization"));
 }
@@ -151,9 +154,18 @@ fn the_otlp_endpoint_gets_the_traces_path_only_when_it_has_none() {
         let c = Config::parse(&text, Path::new("/")).unwrap();
         c.telemetry.otlp.unwrap().traces_url()
     };
-    assert_eq!(url("http://127.0.0.1:4318"), "http://127.0.0.1:4318/v1/traces");
-    assert_eq!(url("http://127.0.0.1:4318/"), "http://127.0.0.1:4318/v1/traces");
-    assert_eq!(url("https://api.example/otlp/v1/traces"), "https://api.example/otlp/v1/traces");
+    assert_eq!(
+        url("http://127.0.0.1:4318"),
+        "http://127.0.0.1:4318/v1/traces"
+    );
+    assert_eq!(
+        url("http://127.0.0.1:4318/"),
+        "http://127.0.0.1:4318/v1/traces"
+    );
+    assert_eq!(
+        url("https://api.example/otlp/v1/traces"),
+        "https://api.example/otlp/v1/traces"
+    );
 }
 
 #[test]
