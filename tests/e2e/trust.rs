@@ -143,20 +143,24 @@ fn two_sources_with_the_same_ids_do_not_swallow_each_other() {
     assert_eq!(hw.event("43").json()["source"], "a");
 }
 
+/// Posts one ~48 KB event with id `id` to source `a`.
+fn post_big(hw: &Hookwall, id: &str) -> hookwall_testkit::Reply {
+    let body = json!({"pad": "x".repeat(48 * 1024)}).to_string();
+    hw.post(
+        "/hooks/a",
+        &[("X-Id", id), ("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+}
+
 /// Posts ~48 KB events to source `a` until one is refused; returns the ids answered 2xx.
 fn post_until_refused(
     hw: &Hookwall,
     prefix: &str,
 ) -> (Vec<String>, Option<hookwall_testkit::Reply>) {
-    let body = json!({"pad": "x".repeat(48 * 1024)}).to_string();
     let mut acked = Vec::new();
     for i in 0..600 {
-        let id = format!("{prefix}-{i}");
-        let r = hw.post(
-            "/hooks/a",
-            &[("X-Id", &id), ("Content-Type", "application/json")],
-            body.as_bytes(),
-        );
+        let r = post_big(hw, &format!("{prefix}-{i}"));
         if r.status >= 300 {
             return (acked, Some(r));
         }
@@ -179,7 +183,7 @@ fn a_full_disk_refuses_events_then_recovers_by_itself() {
     // Leave the store little room, then send until it is full.
     let free = fs_free(disk.path());
     let filler = disk.fill("filler", free.saturating_sub(3 << 20) as usize);
-    let (acked, refused) = post_until_refused(&hw, "full");
+    let (mut acked, refused) = post_until_refused(&hw, "full");
     let refused = refused.expect("the disk never filled");
     assert_eq!(
         refused.status,
@@ -190,10 +194,18 @@ fn a_full_disk_refuses_events_then_recovers_by_itself() {
     assert!(refused.json()["error"].is_string());
     // Readiness says why while the store cannot be written; a metric too. Both are read in one
     // look: the writer probes the store every second, and on a nearly full disk an empty probe
-    // commit may pass for a moment before the next event fails again.
+    // commit (or a delivery's small outcome) may pass before the next event fails again. So each
+    // look follows one more event, which fails again while the disk is full: on a loaded machine
+    // the window after a single failure can close before the first look.
     let mut seen = String::new();
+    let mut n = 0;
     assert!(
         wait_for(Duration::from_secs(10), || {
+            n += 1;
+            let r = post_big(&hw, &format!("again-{n}"));
+            if r.status < 300 {
+                acked.push(r.json()["id"].as_str().unwrap().to_string());
+            }
             let ready = hw.admin_get("/readyz");
             let metrics = String::from_utf8_lossy(&hw.admin_get("/metrics").body).to_string();
             seen = format!("{}\n{metrics}", String::from_utf8_lossy(&ready.body));
